@@ -1,0 +1,209 @@
+"""The HTTP API: Capillary's /v2/otp endpoints over the engine in core, and nothing more."""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
+
+from core import engine
+from core import errors as E
+from core.clients import PERMISSION_OTP_WRITE, ClientIdentity
+from core.errors import OtpError
+from core.runtime import Runtime
+
+log = logging.getLogger("otp.api")
+
+
+# Shapes for the OpenAPI description only: bodies are read and checked by core.requests, which
+# reports every problem with Capillary's codes instead of FastAPI's 422.
+class ChannelBody(BaseModel):
+    type: Literal["EMAIL", "SMS", "MOBILE", "PHONE", "WHATSAPP", "ZALO"] = Field(
+        description="case-insensitive; MOBILE and PHONE both mean a voice call")
+    value: str = Field(description="phone number or email address for this channel")
+
+
+class EmailTemplateBody(BaseModel):
+    subject: str | None = None
+    body: str = Field(description="must contain {{ validation_code }} exactly once")
+
+
+class GenerateBody(BaseModel):
+    entityType: Literal["MOBILE", "EMAIL"] = Field(description="case-insensitive")
+    entityValue: str
+    action: Literal["COUPON", "POINTS", "REGISTRATION", "USERGROUP", "SUBSCRIPTION", "GENERIC", "POINTSTRANSFER",
+                    "CUSTOMER_STATUS_UPDATE", "CUSTOMER_IDENTIFIER_CHANGE", "CUSTOMER_ISSUE_LINK_CARD"] = Field(
+        description="case-insensitive")
+    template: str | None = Field(None, description="SMS text with {{ validation_code }} exactly once")
+    emailTemplate: EmailTemplateBody | None = None
+    whatsappTemplateName: str | None = None
+    whatsappTemplateLanguage: str | None = None
+    zaloTemplateIdentifier: str | None = None
+    channels: list[ChannelBody] | None = None
+
+
+class ValidateBody(BaseModel):
+    entityType: Literal["MOBILE", "EMAIL"]
+    entityValue: str
+    action: str
+    code: str = Field(description="the code the customer received: ASCII digits or letters")
+
+
+class ProblemBody(BaseModel):
+    status: bool = False
+    code: int
+    message: str
+
+
+class GenerateResponse(BaseModel):
+    createdId: int = Field(description="id of the OTP request; 1 when the same code was re-sent")
+    warnings: list[ProblemBody]
+
+
+class ValidateResponse(BaseModel):
+    entity: bool
+    warnings: list[ProblemBody]
+
+
+class ErrorResponse(BaseModel):
+    errors: list[ProblemBody]
+    warnings: list[ProblemBody]
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (400, 401, 403, 413, 422, 429, 502, 503)}
+
+
+def _body_schema(model: type[BaseModel], components: dict[str, Any]) -> dict[str, Any]:
+    """A model's JSON schema as an OpenAPI request body, its nested models hoisted into components."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(schema.pop("$defs", {}))
+    components[model.__name__] = schema
+    return {"required": True, "content": {"application/json": {
+        "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
+
+
+def _error_response(error: OtpError) -> JSONResponse:
+    headers = {"Retry-After": str(error.retry_after)} if error.retry_after else None
+    if error.http_status == 401:
+        headers = {"WWW-Authenticate": 'Basic realm="otp", Bearer'}
+    return JSONResponse(error.envelope(), status_code=error.http_status, headers=headers)
+
+
+async def read_json(request: Request) -> object:
+    """The parsed body, refusing oversized bodies before reading them whole and anything that is not JSON."""
+    limit = request.app.state.runtime.settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise OtpError.single(E.INVALID_BODY, f"the request body is larger than {limit} bytes", 413)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise OtpError.single(E.INVALID_BODY, f"the request body is larger than {limit} bytes", 413)
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks))
+    except (ValueError, RecursionError):
+        raise OtpError.single(E.INVALID_BODY, "the request body is not valid JSON") from None
+
+
+def _credentials(request: Request) -> tuple[str, str] | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    value = value.strip()
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(value, validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        key, sep, secret = decoded.partition(":")
+    elif scheme.lower() == "bearer":
+        key, sep, secret = value.partition(".")
+    else:
+        return None
+    return (key, secret) if sep and key and secret else None
+
+
+async def authorised_client(request: Request) -> ClientIdentity:
+    """The calling API client with otp:write; 401 without valid credentials, 403 without the permission."""
+    runtime: Runtime = request.app.state.runtime
+    credentials = _credentials(request)
+    if credentials is None:
+        raise OtpError.single(401, "authentication required: HTTP Basic (key:secret) or Bearer key.secret", 401)
+    client = runtime.auth.cached(*credentials)
+    if client is None:  # the slow hash runs off the event loop
+        client = await run_in_threadpool(runtime.auth.verify, *credentials)
+    if client is None:
+        raise OtpError.single(401, "invalid API credentials", 401)
+    if PERMISSION_OTP_WRITE not in client.permissions:
+        raise OtpError.single(403, f"this API client lacks the {PERMISSION_OTP_WRITE} permission", 403)
+    return client
+
+
+def create_app(runtime: Runtime | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        if not hasattr(app.state, "runtime"):
+            app.state.runtime = Runtime()
+        yield
+
+    app = FastAPI(title="OTP service", version="1.0",
+                  description="Capillary-compatible /v2/otp generate and validate.", lifespan=lifespan)
+    if runtime is not None:
+        app.state.runtime = runtime
+    body_components: dict[str, Any] = {}
+    generate_body = _body_schema(GenerateBody, body_components)
+    validate_body = _body_schema(ValidateBody, body_components)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(body_components)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+    @app.exception_handler(OtpError)
+    async def _otp_error(_request: Request, exc: OtpError) -> JSONResponse:
+        return _error_response(exc)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.error("unexpected error: %s", type(exc).__name__)
+        return _error_response(OtpError.single(E.STORAGE_FAILURE, "unable to process the request at the moment", 503))
+
+    @app.post("/v2/otp/generate", response_model=GenerateResponse, responses=_ERRORS,
+              openapi_extra={"requestBody": generate_body})
+    async def generate_otp(request: Request, client: ClientIdentity = Depends(authorised_client)) -> JSONResponse:
+        result = await engine.generate(request.app.state.runtime, await read_json(request), client_id=client.id)
+        return JSONResponse(result.body())
+
+    @app.post("/v2/otp/validate", response_model=ValidateResponse, responses=_ERRORS,
+              openapi_extra={"requestBody": validate_body})
+    async def validate_otp(request: Request, client: ClientIdentity = Depends(authorised_client)) -> JSONResponse:
+        result = await engine.validate(request.app.state.runtime, await read_json(request), client_id=client.id)
+        return JSONResponse(result.body())
+
+    @app.get("/health")
+    async def health(request: Request) -> JSONResponse:
+        try:
+            with request.app.state.runtime.read_db.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:  # reported, not raised: health must answer even when the database is down
+            return JSONResponse({"status": "unavailable", "database": type(exc).__name__}, status_code=503)
+        return JSONResponse({"status": "ok", "database": "ok"})
+
+    return app
+
+
+app = create_app()

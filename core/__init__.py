@@ -1,0 +1,1 @@
+"""The OTP engine: issuing, re-sending and validating codes, independent of any UI."""

@@ -1,0 +1,82 @@
+"""Service settings, read once from the environment (prefix OTP_) with safe embedded defaults."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = ROOT / "data"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OTP_", env_file=".env", extra="ignore")
+
+    database_url: str = f"sqlite:///{DATA_DIR / 'otp.db'}"
+    env: Literal["development", "test", "production"] = "development"
+    # base64 of 32 random bytes; empty means "use (or create) data/secret.key".
+    secret_key: str = ""
+    secret_key_file: Path = DATA_DIR / "secret.key"
+    default_region: str = "IN"
+    timezone: str = "UTC"
+    # "strict" uses is_valid_number, "possible" only is_possible_number.
+    phone_validation: Literal["strict", "possible"] = "strict"
+    daily_limit: int = 500
+    brand: str = ""
+    max_body_bytes: int = 64 * 1024
+    # Seconds a process trusts its cached configuration and templates before re-reading them;
+    # changes made in the same process invalidate the cache at once.
+    cache_seconds: float = 5.0
+    # Seconds a successfully verified API-client credential stays trusted in memory, so the slow
+    # hash is paid once per client and not once per request.
+    auth_cache_seconds: float = 60.0
+    gateway_timeout_seconds: float = 10.0
+    # Per channel: which gateway sends it. "outbox" keeps messages for the console (development only).
+    gateway_sms: str = "outbox"
+    gateway_email: str = "outbox"
+    gateway_phone: str = "outbox"
+    gateway_whatsapp: str = "outbox"
+    gateway_zalo: str = "outbox"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @field_validator("daily_limit")
+    @classmethod
+    def _positive_limit(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("daily_limit must be at least 1")
+        return value
+
+    @model_validator(mode="after")
+    def _production_is_explicit(self) -> "Settings":
+        # Production must not fall back to development conveniences.
+        if self.env == "production":
+            if not self.secret_key:
+                raise ValueError("OTP_SECRET_KEY is required when OTP_ENV=production")
+            outbox = [c for c in ("sms", "email", "phone", "whatsapp", "zalo")
+                      if getattr(self, f"gateway_{c}") == "outbox"]
+            if outbox:
+                raise ValueError(f"the outbox gateway is refused in production (channels: {', '.join(outbox)})")
+        return self
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def is_development(self) -> bool:
+        return self.env != "production"
+
+
+def get_settings() -> Settings:
+    return Settings()

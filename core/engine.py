@@ -1,0 +1,247 @@
+"""Generate and validate: the two operations of the service, shared by the API and the console.
+
+Each operation holds a database transaction only around its SQL; gateways are called after commit.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import Connection, insert, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from core import errors as E
+from core.codes import CodeSendsExhausted, IssuedCode, check_code, issue_or_resend, locked_until, \
+    record_failure, reset_failures
+from core.dispatch import dispatch
+from core.entities import mask
+from core.errors import OtpError, Problem
+from core.messages import plan_channels, render_message, resolve_all
+from core.models import Delivery, LimitEvent, OtpRequest, OtpValidation
+from core.otpconfig import OtpConfig
+from core.ratelimit import bump, local_day, seconds_until_next_day, window_start
+from core.requests import ChannelTarget, parse_generate, parse_validate
+from core.runtime import Runtime
+from core.templates import RenderError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DeliveryReport:
+    delivery_id: int
+    channel: str
+    destination: str
+    gateway: str
+    status: str
+    error: str | None = None
+
+
+@dataclass
+class GenerateResult:
+    created_id: int
+    resent: bool
+    warnings: list[Problem] = field(default_factory=list)
+    deliveries: list[DeliveryReport] = field(default_factory=list)
+    request_id: int = 0
+    code_id: int = 0
+
+    def body(self) -> dict:
+        return {"createdId": self.created_id, "warnings": [w.as_dict() for w in self.warnings]}
+
+
+@dataclass
+class ValidateResult:
+    valid: bool
+    warnings: list[Problem] = field(default_factory=list)
+
+    def body(self) -> dict:
+        return {"entity": self.valid, "warnings": [w.as_dict() for w in self.warnings]}
+
+
+class _Refused(Exception):
+    """Raised inside a transaction to roll it back and refuse the request with a limit error."""
+
+    def __init__(self, limit_type: str, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.limit_type, self.message, self.retry_after = limit_type, message, retry_after
+
+
+def _seconds_until(moment: datetime, now: datetime) -> int:
+    return max(1, math.ceil((moment - now).total_seconds()))
+
+
+def _storage_error(exc: Exception) -> OtpError:
+    log.error("storage failure: %s", type(exc).__name__)
+    return OtpError.single(E.STORAGE_FAILURE, "unable to generate OTP at the moment: storage is unavailable", 503)
+
+
+def _record_refusal(rt: Runtime, refused: _Refused, *, user_key: str, action: str, client_id: int | None,
+                    now: datetime) -> OtpError:
+    try:
+        with rt.db.begin() as conn:
+            conn.execute(insert(LimitEvent).values(created_at=now, user_key=user_key, action=action,
+                                                   limit_type=refused.limit_type, client_id=client_id))
+    except DBAPIError as exc:  # the refusal stands even if it cannot be recorded
+        log.warning("could not record a %s refusal: %s", refused.limit_type, type(exc).__name__)
+    log.info("refused %s for %s (%s)", action, mask(user_key), refused.limit_type)
+    return OtpError.single(E.RATE_LIMITED, refused.message, 429, refused.retry_after)
+
+
+def _gateway_name(rt: Runtime, target: ChannelTarget) -> str:
+    gateway = rt.gateways.get(target.channel)
+    return gateway.name if gateway is not None else "none"
+
+
+def _issue(conn: Connection, rt: Runtime, *, user_key: str, entity_type: str, config: OtpConfig,
+           targets: list[ChannelTarget], client_id: int | None, now: datetime) -> tuple[IssuedCode, int, list[int]]:
+    """The one write transaction of a generate: count, issue or re-send, record the request and its deliveries."""
+    tz = rt.settings.tz
+    day = local_day(now, tz)
+    if bump(conn, scope="daily:*", user_key=user_key, period=day, limit=rt.settings.daily_limit) is None:
+        raise _Refused("daily", f"daily limit of {rt.settings.daily_limit} OTP requests reached for this user",
+                       seconds_until_next_day(now, tz))
+    if config.daily_cap is not None and bump(conn, scope=f"daily:{config.action.value}", user_key=user_key,
+                                             period=day, limit=config.daily_cap) is None:
+        raise _Refused("action_daily", f"daily limit of {config.daily_cap} OTP requests for "
+                       f"{config.action.value} reached for this user", seconds_until_next_day(now, tz))
+    try:
+        issued = issue_or_resend(conn, rt.keys, user_key=user_key, entity_type=entity_type, config=config, now=now)
+    except CodeSendsExhausted as exc:
+        raise _Refused("code_sends", f"this code was already sent {config.max_sends_per_code} times; "
+                       "a new one can be requested when it expires", _seconds_until(exc.expires_at, now)) from None
+    request_id = conn.execute(insert(OtpRequest).values(
+        created_at=now, code_id=issued.code_id, user_key=user_key, action=config.action.value,
+        kind="resent" if issued.resent else "issued", client_id=client_id).returning(OtpRequest.id)).scalar_one()
+    delivery_ids = [conn.execute(insert(Delivery).values(
+        request_id=request_id, code_id=issued.code_id, channel=t.channel.value, destination=t.destination,
+        gateway=_gateway_name(rt, t), status="queued", attempts=0, created_at=now, updated_at=now,
+    ).returning(Delivery.id)).scalar_one() for t in targets]
+    return issued, request_id, delivery_ids
+
+
+async def generate(rt: Runtime, payload: object, *, client_id: int | None = None) -> GenerateResult:
+    """Issue (or re-send) a code and send it over every planned channel at once.
+
+    Raises OtpError with Capillary's codes; a failed channel is a 7001 warning while another succeeded.
+    """
+    request = parse_generate(payload, rt.settings)
+    config = rt.config_for(request.action)
+    targets = plan_channels(request, config)
+    templates = resolve_all(targets, request.action, rt.active_templates(), request)
+    user_key = request.entity.user_key
+    now = rt.clock()
+
+    for attempt in range(2):
+        try:
+            with rt.db.begin() as conn:
+                issued, request_id, delivery_ids = _issue(
+                    conn, rt, user_key=user_key, entity_type=request.entity.entity_type.value, config=config,
+                    targets=targets, client_id=client_id, now=now)
+            break
+        except _Refused as refused:
+            raise _record_refusal(rt, refused, user_key=user_key, action=config.action.value,
+                                  client_id=client_id, now=now) from None
+        except IntegrityError:
+            # Two first requests raced to insert the live code (possible on PostgreSQL only); the
+            # loser rolled back and now finds the winner's code to re-send.
+            if attempt:
+                raise _storage_error(RuntimeError("repeated conflict")) from None
+        except DBAPIError as exc:
+            raise _storage_error(exc) from None
+
+    variables = {"validation_code": issued.code, "expiry_minutes": config.validity_minutes,
+                 "action": config.action.value, "brand": rt.settings.brand}
+    messages, render_failures = [], {}
+    for target, delivery_id in zip(targets, delivery_ids):
+        try:
+            messages.append(render_message(templates[target.channel], delivery_id=delivery_id,
+                                           destination=target.destination, code=issued.code, variables=variables))
+        except RenderError as exc:
+            render_failures[delivery_id] = str(exc)[:1000]
+    results = dict(zip((m.delivery_id for m in messages),
+                       await dispatch(rt.gateways, messages, rt.settings.gateway_timeout_seconds)))
+
+    reports: list[DeliveryReport] = []
+    finished = rt.clock()
+    try:
+        with rt.db.begin() as conn:
+            for target, delivery_id in zip(targets, delivery_ids):
+                result = results.get(delivery_id)
+                status = result.status if result else "failed"
+                error = result.error if result else f"template failed to render: {render_failures[delivery_id]}"
+                conn.execute(update(Delivery).where(Delivery.id == delivery_id).values(
+                    status=status, error=error,
+                    provider_message_id=result.provider_message_id if result else None,
+                    http_status=result.http_status if result else None,
+                    latency_ms=result.latency_ms if result else None,
+                    attempts=result.attempts if result else 0, updated_at=finished))
+                reports.append(DeliveryReport(delivery_id, target.channel.value, target.destination,
+                                              _gateway_name(rt, target), status, error))
+    except DBAPIError as exc:  # the messages went out; losing their status must not turn into an error
+        log.error("could not record delivery results: %s", type(exc).__name__)
+
+    log.info("%s code %s for %s action %s over %s", "re-sent" if issued.resent else "issued", issued.code_id,
+             mask(request.entity.value), config.action.value, ",".join(t.channel.value for t in targets))
+    failed = [r for r in reports if r.status == "failed"]
+    warnings = [Problem(E.GATEWAY_ERROR, f"{r.channel} to {mask(r.destination)} failed: {r.error}") for r in failed]
+    if reports and len(failed) == len(reports):
+        raise OtpError(warnings, 502)
+    if issued.resent:
+        warnings.insert(0, Problem(E.RESENT_SAME_CODE, "the code sent earlier is still valid and was sent again"))
+    return GenerateResult(1 if issued.resent else request_id, issued.resent, warnings, reports,
+                          request_id, issued.code_id)
+
+
+_WARNINGS = {
+    "none": Problem(E.NO_VALID_OTP, "no valid OTP found for this user and action"),
+    "expired": Problem(E.OTP_INVALID, "the OTP has expired"),
+    "wrong": Problem(E.OTP_INVALID, "the OTP is invalid"),
+    "used_elsewhere": Problem(E.OTP_INVALID, "the OTP was already used"),
+    "burned": Problem(E.ATTEMPTS_EXHAUSTED, "OTP validation failed: attempts exhausted, the code is burned"),
+}
+
+
+async def validate(rt: Runtime, payload: object, *, client_id: int | None = None) -> ValidateResult:
+    """Check a code: single use, attempts per code, the validate window and the consecutive-failure lock."""
+    request = parse_validate(payload, rt.settings)
+    config = rt.config_for(request.action)
+    user_key = request.entity.user_key
+    action = config.action.value
+    submitted = request.code.upper() if config.alphanumeric else request.code
+    now = rt.clock()
+    try:
+        with rt.db.begin() as conn:
+            window = window_start(now, config.validate_window_minutes)
+            if bump(conn, scope=f"validate:{action}", user_key=user_key, period=str(window),
+                    limit=config.validate_limit) is None:
+                raise _Refused("validate", f"at most {config.validate_limit} validations per "
+                               f"{config.validate_window_minutes} minutes", max(1, window
+                               + config.validate_window_minutes * 60 - int(now.timestamp())))
+            lock = locked_until(conn, user_key=user_key, action=action, now=now)
+            if lock is not None:
+                raise _Refused("lock", "too many failed validations; this user is locked for this action",
+                               _seconds_until(lock, now))
+            outcome = check_code(conn, rt.keys, user_key=user_key, config=config, submitted=submitted, now=now)
+            if outcome.outcome == "ok":
+                reset_failures(conn, user_key=user_key, action=action)
+            elif outcome.outcome in ("wrong", "burned"):
+                record_failure(conn, user_key=user_key, config=config, now=now)
+            conn.execute(insert(OtpValidation).values(created_at=now, user_key=user_key, action=action,
+                                                      code_id=outcome.code_id, outcome=outcome.outcome))
+    except _Refused as refused:
+        raise _record_refusal(rt, refused, user_key=user_key, action=action, client_id=client_id, now=now) from None
+    except DBAPIError as exc:
+        raise _storage_error(exc) from None
+    log.info("validation for %s action %s: %s", mask(request.entity.value), action, outcome.outcome)
+    if outcome.outcome == "ok":
+        return ValidateResult(True)
+    return ValidateResult(False, [_WARNINGS[outcome.outcome]])
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    """Run an engine coroutine from synchronous code (the console, scripts, tests)."""
+    return asyncio.run(coro)

@@ -1,0 +1,69 @@
+"""Normalising phone numbers and emails, so that every spelling of one customer is one user."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
+
+from core.enums import EntityType
+
+_PHONE_PUNCTUATION = set(" -().+/")
+
+
+class InvalidEntity(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class NormalisedEntity:
+    entity_type: EntityType
+    value: str  # E.164 for phones, lower-cased address for emails
+
+    @property
+    def user_key(self) -> str:
+        return f"{self.entity_type.value}:{self.value}"
+
+
+def normalise_phone(raw: str, *, region: str, strict: bool = True) -> str:
+    """E.164 form of raw; only ASCII digits and common punctuation are accepted.
+
+    libphonenumber would quietly fold full-width or Arabic-Indic digits into ASCII; refusing them keeps
+    one canonical spelling per number and a clear error for the client.
+    """
+    value = raw.strip()
+    if not value:
+        raise InvalidEntity("the phone number is empty")
+    if not all(ch.isascii() and (ch.isdigit() or ch in _PHONE_PUNCTUATION) for ch in value):
+        raise InvalidEntity("a phone number may hold only ASCII digits, spaces, '+', '-', '(', ')'")
+    if len(value) > 32:
+        raise InvalidEntity("the phone number is too long")
+    try:
+        number = phonenumbers.parse(value, region)
+    except phonenumbers.NumberParseException as exc:
+        raise InvalidEntity(f"not a phone number ({exc._msg})") from exc
+    ok = phonenumbers.is_valid_number(number) if strict else phonenumbers.is_possible_number(number)
+    if not ok:
+        raise InvalidEntity("not a valid phone number for its country")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def normalise_email(raw: str) -> str:
+    value = raw.strip()
+    if len(value) > 320:
+        raise InvalidEntity("the email address is too long")
+    try:
+        result = validate_email(value, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise InvalidEntity(f"not a valid email address ({exc})") from exc
+    return result.normalized.lower()
+
+
+def mask(value: str) -> str:
+    """A recipient shown without most of its characters, for tables and logs."""
+    if "@" in value:
+        local, _, domain = value.partition("@")
+        return (local[:1] + "***@" + domain) if local else "***@" + domain
+    if len(value) <= 4:
+        return "*" * len(value)
+    return value[:3] + "*" * (len(value) - 5) + value[-2:]

@@ -1,0 +1,42 @@
+"""The gateway interface: a gateway only delivers; the engine decides what, when and to whom."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from core.enums import Channel
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    """One rendered message for one channel and destination."""
+    delivery_id: int
+    channel: Channel
+    destination: str
+    text: str | None = None  # SMS and voice
+    subject: str | None = None
+    body: str | None = None  # email
+    is_html: bool = False
+    whatsapp_template_name: str | None = None
+    whatsapp_language: str | None = None
+    zalo_template_id: str | None = None
+    # WhatsApp and Zalo carry the code as a provider template parameter; repr=False keeps it out of logs.
+    code: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class SendResult:
+    status: str  # sent, delivered, failed
+    provider_message_id: str | None = None
+    http_status: int | None = None
+    error: str | None = None
+    attempts: int = 1
+    latency_ms: float | None = None
+
+
+class Gateway(Protocol):
+    name: str
+
+    async def send(self, message: OutgoingMessage) -> SendResult:
+        """Deliver one message; raise or return a failed result on error. Must never log message.code."""
+        ...

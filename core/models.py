@@ -1,0 +1,200 @@
+"""The SQLModel tables, with separate input and output shapes where a secret must not leak."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Column, Index, LargeBinary, UniqueConstraint, text
+from sqlmodel import Field, SQLModel
+
+from core.clock import utcnow
+
+# Every datetime column holds aware UTC (SQLModel stores it as UTC, PostgreSQL as timestamptz).
+
+
+class ActionConfigBase(SQLModel):
+    code_length: int = 6
+    alphanumeric: bool = False
+    validity_minutes: int = 10
+    # Comma-separated Channel names enabled for the action.
+    channels: str = "SMS,EMAIL,PHONE,WHATSAPP,ZALO"
+    # Used when a request names no channels: the first channel here that suits the entity and is enabled.
+    channel_policy: str = "EMAIL,SMS"
+    daily_cap: int | None = None
+    validate_limit: int = 5
+    validate_window_minutes: int = 15
+    attempts_per_code: int = 5
+    max_consecutive_failures: int = 25
+    lock_minutes: int = 60
+    max_sends_per_code: int = 5
+
+
+class ActionConfig(ActionConfigBase, table=True):
+    __tablename__ = "action_config"
+    action: str = Field(primary_key=True, max_length=40)
+    updated_at: datetime = Field(default_factory=utcnow)
+    updated_by: str | None = Field(default=None, max_length=120)
+
+
+class ActionConfigUpdate(ActionConfigBase):
+    pass
+
+
+class OtpCode(SQLModel, table=True):
+    __tablename__ = "otp_code"
+    __table_args__ = (
+        # At most one live code per user and action: re-generation re-sends it instead.
+        Index("uq_otp_code_active", "user_key", "action", unique=True,
+              sqlite_where=text("state = 'active'"), postgresql_where=text("state = 'active'")),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    user_key: str = Field(max_length=340)
+    entity_type: str = Field(max_length=10)
+    action: str = Field(max_length=40)
+    code_hmac: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    # AES-GCM copy for re-sending; wiped (NULL) on use, burn or expiry.
+    code_enc: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
+    state: str = Field(default="active", max_length=10)  # active, used, burned, expired
+    failed_attempts: int = 0
+    send_count: int = 1
+    used_at: datetime | None = None
+
+
+class OtpRequest(SQLModel, table=True):
+    """One accepted generate call; its id is the createdId of a newly issued code."""
+    __tablename__ = "otp_request"
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    code_id: int = Field(foreign_key="otp_code.id", index=True)
+    user_key: str = Field(max_length=340)
+    action: str = Field(max_length=40)
+    kind: str = Field(max_length=10)  # issued, resent
+    client_id: int | None = None
+
+
+class Delivery(SQLModel, table=True):
+    __tablename__ = "delivery"
+    id: int | None = Field(default=None, primary_key=True)
+    request_id: int = Field(foreign_key="otp_request.id", index=True)
+    code_id: int = Field(index=True)
+    channel: str = Field(max_length=10)
+    destination: str = Field(max_length=320)
+    gateway: str = Field(max_length=40)
+    status: str = Field(default="queued", max_length=10)  # queued, sent, delivered, failed
+    provider_message_id: str | None = Field(default=None, max_length=200)
+    http_status: int | None = None
+    error: str | None = Field(default=None, max_length=1000)
+    latency_ms: float | None = None
+    attempts: int = 0
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class OutboxMessage(SQLModel, table=True):
+    """What the development outbox gateway 'sent': the only place a readable code is kept."""
+    __tablename__ = "outbox_message"
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    delivery_id: int | None = None
+    channel: str = Field(max_length=10)
+    recipient: str = Field(max_length=320, index=True)
+    subject: str | None = Field(default=None, max_length=1000)
+    body: str
+    is_html: bool = False
+
+
+class UsageCounter(SQLModel, table=True):
+    """Counts per user and period, bumped by one atomic upsert: the daily limits and the validate window.
+
+    scope is 'daily:*' (service-wide, all actions), 'daily:<ACTION>' (a per-action cap) or
+    'validate:<ACTION>'; period is the local day (YYYY-MM-DD) or the window start in epoch seconds.
+    """
+    __tablename__ = "usage_counter"
+    scope: str = Field(primary_key=True, max_length=60)
+    user_key: str = Field(primary_key=True, max_length=340)
+    period: str = Field(primary_key=True, max_length=20)
+    count: int = 0
+
+
+class FailureCounter(SQLModel, table=True):
+    """Consecutive failed validations per user and action, across codes; a new code does not reset it."""
+    __tablename__ = "failure_counter"
+    user_key: str = Field(primary_key=True, max_length=340)
+    action: str = Field(primary_key=True, max_length=40)
+    consecutive: int = 0
+    locked_until: datetime | None = None
+
+
+class LimitEvent(SQLModel, table=True):
+    """A request refused by a limit, kept for the rate-limit dashboard (never with a code)."""
+    __tablename__ = "limit_event"
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    user_key: str = Field(max_length=340)
+    action: str = Field(max_length=40)
+    limit_type: str = Field(max_length=20)  # daily, action_daily, code_sends, validate, lock
+    client_id: int | None = None
+
+
+class OtpValidation(SQLModel, table=True):
+    """One validate call and its outcome."""
+    __tablename__ = "otp_validation"
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    user_key: str = Field(max_length=340)
+    action: str = Field(max_length=40)
+    code_id: int | None = None
+    outcome: str = Field(max_length=10)  # ok, wrong, burned, expired, none, limited, locked
+
+
+class TemplateVersionBase(SQLModel):
+    action: str = Field(max_length=40)
+    channel: str = Field(max_length=10)
+    text: str | None = None  # SMS and voice text
+    subject: str | None = Field(default=None, max_length=500)
+    body: str | None = None  # email body
+    is_html: bool = False
+    whatsapp_name: str | None = Field(default=None, max_length=200)
+    whatsapp_language: str | None = Field(default=None, max_length=20)
+    zalo_template_id: str | None = Field(default=None, max_length=100)
+
+
+class TemplateVersion(TemplateVersionBase, table=True):
+    """An immutable template version; the engine uses only the active approved one per action and channel."""
+    __tablename__ = "template_version"
+    __table_args__ = (UniqueConstraint("action", "channel", "version"),)
+    id: int | None = Field(default=None, primary_key=True)
+    version: int
+    status: str = Field(default="draft", max_length=10)  # draft, pending, approved, rejected
+    is_active: bool = False
+    author: str = Field(max_length=120)
+    reviewer: str | None = Field(default=None, max_length=120)
+    reason: str | None = Field(default=None, max_length=1000)
+    created_at: datetime = Field(default_factory=utcnow)
+    reviewed_at: datetime | None = None
+
+
+class ApiClientBase(SQLModel):
+    name: str = Field(max_length=120)
+    permissions: str = "otp:write"
+
+
+class ApiClient(ApiClientBase, table=True):
+    __tablename__ = "api_client"
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=64, unique=True)
+    secret_hash: str = Field(max_length=255)
+    created_at: datetime = Field(default_factory=utcnow)
+    revoked_at: datetime | None = None
+
+
+class ApiClientCreate(ApiClientBase):
+    pass
+
+
+class ApiClientPublic(ApiClientBase):
+    id: int
+    key: str
+    created_at: datetime
+    revoked_at: datetime | None

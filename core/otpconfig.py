@@ -1,0 +1,114 @@
+"""Per-action OTP configuration: the seeded defaults, validation of edits, and reading it on the hot path."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, insert, select
+from sqlmodel import Session
+
+from core.clock import utcnow
+from core.enums import Action, Channel
+from core.models import ActionConfig, ActionConfigUpdate
+
+MAX_ATTEMPTS_PER_CODE = 10
+MAX_CONSECUTIVE_FAILURES = 100
+
+
+@dataclass(frozen=True)
+class OtpConfig:
+    """The configuration of one action, as the engine reads it."""
+    action: Action
+    code_length: int
+    alphanumeric: bool
+    validity_minutes: int
+    channels: frozenset[Channel]
+    channel_policy: tuple[Channel, ...]
+    daily_cap: int | None
+    validate_limit: int
+    validate_window_minutes: int
+    attempts_per_code: int
+    max_consecutive_failures: int
+    lock_minutes: int
+    max_sends_per_code: int
+
+    @classmethod
+    def from_row(cls, row: ActionConfig | dict) -> "OtpConfig":
+        get = (lambda k: row[k]) if isinstance(row, dict) else (lambda k: getattr(row, k))
+        return cls(
+            action=Action(get("action")),
+            code_length=get("code_length"), alphanumeric=bool(get("alphanumeric")),
+            validity_minutes=get("validity_minutes"),
+            channels=frozenset(_channels(get("channels"))), channel_policy=tuple(_channels(get("channel_policy"))),
+            daily_cap=get("daily_cap"), validate_limit=get("validate_limit"),
+            validate_window_minutes=get("validate_window_minutes"), attempts_per_code=get("attempts_per_code"),
+            max_consecutive_failures=get("max_consecutive_failures"), lock_minutes=get("lock_minutes"),
+            max_sends_per_code=get("max_sends_per_code"))
+
+
+def _channels(text: str) -> list[Channel]:
+    found = (Channel.parse(part) for part in text.split(",") if part.strip())
+    return [c for c in found if c is not None]
+
+
+def seed_action_configs(conn: Connection) -> int:
+    """Insert the default configuration for every action that has none; returns how many were added."""
+    present = set(conn.execute(select(ActionConfig.action)).scalars())
+    missing = [a.value for a in Action if a.value not in present]
+    if missing:
+        defaults = ActionConfigUpdate().model_dump()
+        conn.execute(insert(ActionConfig), [{**defaults, "action": a, "updated_at": utcnow()} for a in missing])
+    return len(missing)
+
+
+def load_action_configs(conn: Connection) -> dict[Action, OtpConfig]:
+    rows = conn.execute(select(ActionConfig.__table__)).mappings()
+    return {Action(r["action"]): OtpConfig.from_row(dict(r)) for r in rows}
+
+
+def check_action_config(update: ActionConfigUpdate, *, service_daily_limit: int) -> list[str]:
+    """Every problem with a proposed configuration, in words a console user can act on."""
+    problems: list[str] = []
+    if not 4 <= update.code_length <= 50:
+        problems.append("code length must be between 4 and 50")
+    if update.validity_minutes < 1:
+        problems.append("validity must be at least 1 minute")
+    if not 1 <= update.attempts_per_code <= MAX_ATTEMPTS_PER_CODE:
+        problems.append(f"attempts per code must be between 1 and {MAX_ATTEMPTS_PER_CODE}")
+    if not 1 <= update.max_consecutive_failures <= MAX_CONSECUTIVE_FAILURES:
+        problems.append(f"consecutive failures before a lock must be between 1 and {MAX_CONSECUTIVE_FAILURES}")
+    if update.lock_minutes < 1:
+        problems.append("the lock must last at least 1 minute")
+    if update.validate_limit < 1 or update.validate_window_minutes < 1:
+        problems.append("the validate limit and its window must be at least 1")
+    if update.max_sends_per_code < 1:
+        problems.append("sends of one code must be at least 1")
+    if update.daily_cap is not None and not 1 <= update.daily_cap < service_daily_limit:
+        problems.append(f"a per-action daily cap must be between 1 and {service_daily_limit - 1} (below the service-wide limit)")
+    names = [p.strip() for p in update.channels.split(",") if p.strip()]
+    if not names:
+        problems.append("enable at least one channel")
+    for name in names + [p.strip() for p in update.channel_policy.split(",") if p.strip()]:
+        if Channel.parse(name) is None:
+            problems.append(f"unknown channel {name!r}")
+    return problems
+
+
+def update_action_config(session: Session, *, action: Action, update: ActionConfigUpdate, actor: str,
+                         service_daily_limit: int) -> ActionConfig:
+    """Save a validated configuration; raises ValueError listing every problem."""
+    problems = check_action_config(update, service_daily_limit=service_daily_limit)
+    if problems:
+        raise ValueError("; ".join(problems))
+    row = session.get(ActionConfig, action.value)
+    if row is None:
+        row = ActionConfig(action=action.value)
+    for key, value in update.model_dump().items():
+        setattr(row, key, value)
+    row.channels = ",".join(c.value for c in _channels(update.channels))
+    row.channel_policy = ",".join(c.value for c in _channels(update.channel_policy))
+    row.updated_at = utcnow()
+    row.updated_by = actor
+    session.add(row)
+    session.commit()
+    session.refresh(row)
+    return row

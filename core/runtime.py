@@ -1,0 +1,83 @@
+"""What the engine needs at hand: settings, database, keys, clock, gateways and cached configuration."""
+from __future__ import annotations
+
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from core.cache import TtlValue
+from core.clients import ClientAuthenticator
+from core.clock import Clock, utcnow
+from core.config import Settings, get_settings
+from core.crypto import CodeKeys, load_master_key
+from core.db import READ_ONLY, make_engine, migrate
+from core.enums import Action, Channel
+from core.gateways import Gateway
+from core.gateways.outbox import OutboxGateway
+from core.otpconfig import OtpConfig, load_action_configs, seed_action_configs
+from core.template_versions import ActiveTemplates, load_active_templates
+
+
+def prepare_database(engine: Engine) -> None:
+    """Migrate to the newest schema and seed the default configuration: safe at every start."""
+    migrate(engine)
+    with engine.begin() as conn:
+        seed_action_configs(conn)
+
+
+def build_gateways(settings: Settings, engine: Engine) -> dict[Channel, Gateway | None]:
+    """The gateway for each channel as the settings name it; None leaves the channel unconfigured (7001)."""
+    outbox = OutboxGateway(engine)
+    chosen: dict[Channel, Gateway | None] = {}
+    for channel in Channel:
+        name = getattr(settings, f"gateway_{channel.value.lower()}")
+        chosen[channel] = outbox if name == "outbox" else None
+    return chosen
+
+
+class Runtime:
+    """One per process (the API app, the console, a test); cheap to read from on every request."""
+
+    def __init__(self, settings: Settings | None = None, *, clock: Clock = utcnow, engine: Engine | None = None,
+                 gateways: dict[Channel, Gateway | None] | None = None, prepare: bool = True) -> None:
+        self.settings = settings or get_settings()
+        self.db = engine or make_engine(self.settings.database_url)
+        if prepare:
+            prepare_database(self.db)
+        self.read_db = self.db.execution_options(**{READ_ONLY: True})
+        self.keys = CodeKeys.from_master(load_master_key(self.settings))
+        self.clock = clock
+        self.gateways = gateways if gateways is not None else build_gateways(self.settings, self.db)
+        self._configs: TtlValue[dict[Action, OtpConfig]] = TtlValue(self._load_configs, self.settings.cache_seconds)
+        self._templates: TtlValue[ActiveTemplates] = TtlValue(self._load_templates, self.settings.cache_seconds)
+        self.auth = ClientAuthenticator(self.db, self.settings.auth_cache_seconds)
+
+    def _load_configs(self) -> dict[Action, OtpConfig]:
+        with self.read_db.connect() as conn:
+            return load_action_configs(conn)
+
+    def _load_templates(self) -> ActiveTemplates:
+        with self.read_db.connect() as conn:
+            return load_active_templates(conn)
+
+    def config_for(self, action: Action) -> OtpConfig:
+        configs = self._configs.get()
+        if action not in configs:  # a row deleted by hand: re-seed rather than fail every request
+            with self.db.begin() as conn:
+                seed_action_configs(conn)
+            self._configs.invalidate()
+            configs = self._configs.get()
+        return configs[action]
+
+    def active_configs(self) -> dict[Action, OtpConfig]:
+        return self._configs.get()
+
+    def active_templates(self) -> ActiveTemplates:
+        return self._templates.get()
+
+    def configuration_changed(self) -> None:
+        """Call after saving configuration or templates, so this process uses them at once."""
+        self._configs.invalidate()
+        self._templates.invalidate()
+
+    def session(self) -> Session:
+        return Session(self.db)

@@ -1,0 +1,164 @@
+"""Shared fixtures: a fresh database per test on SQLite, and on PostgreSQL when OTP_TEST_DATABASE_URL is set."""
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import re
+import shutil
+import uuid
+from datetime import datetime, timezone
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlmodel import SQLModel
+
+from core.clock import FrozenClock
+from core.config import Settings
+from core.db import make_engine
+from core.models import ActionConfigUpdate
+from core.otpconfig import update_action_config
+from core.runtime import Runtime, prepare_database
+
+PG_URL = os.environ.get("OTP_TEST_DATABASE_URL", "")
+TEST_KEY = base64.b64encode(bytes(range(32))).decode()
+START = datetime(2026, 11, 27, 10, 0, 0, tzinfo=timezone.utc)
+
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)]
+
+
+def pytest_collection_modifyitems(config, items):  # type: ignore[no-untyped-def]
+    if PG_URL:
+        return
+    skip = pytest.mark.skip(reason="OTP_TEST_DATABASE_URL is not set")
+    for item in items:
+        if "postgresql" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory) -> str:
+    """A migrated, seeded SQLite file copied for each test: migrations run once per session."""
+    path = tmp_path_factory.mktemp("template") / "otp.db"
+    engine = make_engine(f"sqlite:///{path}")
+    prepare_database(engine)
+    engine.dispose()
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def pg_schema_url() -> str:
+    """A private schema, migrated once; each test empties its tables."""
+    schema = f"otp_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    url = PG_URL + ("&" if "?" in PG_URL else "?") + f"options=-csearch_path%3D{schema}"
+    engine = make_engine(url)
+    prepare_database(engine)
+    engine.dispose()
+    yield url
+    with admin.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        target = tmp_path / "otp.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), target)
+        return f"sqlite:///{target}"
+    url = request.getfixturevalue("pg_schema_url")
+    engine = make_engine(url)
+    tables = ", ".join(t.name for t in SQLModel.metadata.sorted_tables)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+    return url
+
+
+def make_settings(db_url: str, tmp_path, **overrides) -> Settings:
+    values = dict(database_url=db_url, env="test", secret_key=TEST_KEY, secret_key_file=tmp_path / "unused.key",
+                  cache_seconds=0.0)
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    return FrozenClock(START)
+
+
+@pytest.fixture
+def rt(db_url, tmp_path, clock) -> Runtime:
+    runtime = Runtime(make_settings(db_url, tmp_path), clock=clock)
+    yield runtime
+    runtime.db.dispose()
+
+
+def configure(rt: Runtime, action, **changes) -> None:
+    """Change one action's configuration through the same function the console uses."""
+    current = rt.config_for(action)
+    values = dict(code_length=current.code_length, alphanumeric=current.alphanumeric,
+                  validity_minutes=current.validity_minutes,
+                  channels=",".join(c.value for c in current.channels),
+                  channel_policy=",".join(c.value for c in current.channel_policy),
+                  daily_cap=current.daily_cap, validate_limit=current.validate_limit,
+                  validate_window_minutes=current.validate_window_minutes,
+                  attempts_per_code=current.attempts_per_code,
+                  max_consecutive_failures=current.max_consecutive_failures, lock_minutes=current.lock_minutes,
+                  max_sends_per_code=current.max_sends_per_code)
+    values.update(changes)
+    with rt.session() as session:
+        update_action_config(session, action=action, update=ActionConfigUpdate(**values), actor="test",
+                             service_daily_limit=rt.settings.daily_limit)
+    rt.configuration_changed()
+
+
+def outbox(rt: Runtime, recipient: str | None = None) -> list[dict]:
+    query = "SELECT id, channel, recipient, subject, body FROM outbox_message"
+    params = {}
+    if recipient:
+        query += " WHERE recipient = :r"
+        params["r"] = recipient
+    with rt.db.connect() as conn:
+        return [dict(r) for r in conn.execute(text(query + " ORDER BY id"), params).mappings()]
+
+
+
+
+def code_sent_to(rt: Runtime, recipient: str) -> str:
+    """The code in the newest outbox message to recipient (built-in templates end with the code)."""
+    messages = outbox(rt, recipient)
+    assert messages, f"nothing was sent to {recipient}"
+    body = messages[-1]["body"]
+    match = re.search(r"(?:is:? |parameter: |otp: )([0-9A-Za-z]+)", body)
+    assert match, body
+    return match.group(1)
+
+
+@pytest.fixture
+def all_logs():
+    """Every log record at DEBUG from every logger (httpx, sqlalchemy, uvicorn included)."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Keep(level=logging.DEBUG)
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    touched = []
+    for name in ("httpx", "httpcore", "sqlalchemy", "sqlalchemy.engine", "uvicorn", "uvicorn.access", "core", "otp"):
+        logger = logging.getLogger(name)
+        touched.append((logger, logger.level))
+        logger.setLevel(logging.DEBUG)
+    yield records
+    root.removeHandler(handler)
+    root.setLevel(old_level)
+    for logger, level in touched:
+        logger.setLevel(level)
