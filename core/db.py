@@ -1,6 +1,7 @@
 """Database engine set-up: SQLite tuned for concurrent writers, PostgreSQL by URL, migrations at start."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from alembic import command
@@ -15,18 +16,31 @@ MIGRATIONS_DIR = ROOT / "migrations"
 READ_ONLY = "otp_read_only"
 
 
+class _NoResultRows(logging.Filter):
+    """SQL echo at DEBUG prints result rows, and an outbox row holds a readable code: drop rows, keep SQL."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith(("Row ", "Col ")))
+
+
+logging.getLogger("sqlalchemy.engine.Engine").addFilter(_NoResultRows())
+
+
 def make_engine(url: str) -> Engine:
-    """An engine whose write transactions serialise correctly on SQLite and run as usual on PostgreSQL."""
+    """An engine whose write transactions serialise correctly on SQLite and run as usual on PostgreSQL.
+
+    hide_parameters keeps bound values (an outbox body holds the code) out of SQL logs at every level.
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
-                               pool_size=20, max_overflow=40)
+                               pool_size=20, max_overflow=40, hide_parameters=True)
         _tune_sqlite(engine)
         return engine
-    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, hide_parameters=True)
 
 
 def _tune_sqlite(engine: Engine) -> None:

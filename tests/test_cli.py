@@ -1,0 +1,42 @@
+"""The administration command: a client created from the shell can authenticate, its secret printed once."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from core.clients import ClientAuthenticator
+from core.config import ROOT
+from core.db import make_engine
+
+
+def cli(tmp_path, *args):
+    env = {**os.environ, "OTP_DATABASE_URL": f"sqlite:///{tmp_path / 'otp.db'}",
+           "OTP_SECRET_KEY_FILE": str(tmp_path / "secret.key")}
+    env.pop("OTP_SECRET_KEY", None)
+    return subprocess.run([sys.executable, "-m", "core.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_client_create_prints_credentials_that_work(tmp_path):
+    made = cli(tmp_path, "client", "create", "shop")
+    assert made.returncode == 0, made.stderr
+    lines = dict(line.split(": ", 1) for line in made.stdout.splitlines())
+    key, secret = lines["key"], lines["secret"]
+    assert key.startswith("ck_") and len(secret) >= 40
+    assert oct((tmp_path / "secret.key").stat().st_mode & 0o777) == "0o600"
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'otp.db'}")
+    auth = ClientAuthenticator(engine, ttl=60)
+    identity = auth.verify(key, secret)
+    assert identity is not None and identity.name == "shop" and "otp:write" in identity.permissions
+    assert auth.verify(key, secret + "x") is None
+    with engine.connect() as conn:
+        stored = conn.exec_driver_sql("SELECT secret_hash FROM api_client").scalar()
+    assert secret not in stored and stored.startswith("$argon2")
+    engine.dispose()
+
+    listed = cli(tmp_path, "client", "list")
+    assert key in listed.stdout and secret not in listed.stdout
+    assert cli(tmp_path, "client", "revoke", lines["id"]).returncode == 0
+    assert ClientAuthenticator(make_engine(f"sqlite:///{tmp_path / 'otp.db'}"), ttl=60).verify(key, secret) is None

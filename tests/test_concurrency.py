@@ -1,0 +1,70 @@
+"""Limits and single use under real parallelism: threads, each with its own connection, on both databases."""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from sqlalchemy import text
+
+from core import errors as E
+from core.engine import generate, run, validate
+from core.enums import Action
+from core.errors import OtpError
+from tests.conftest import code_sent_to, configure, outbox
+
+PHONE = "+919955882233"
+BODY = {"entityType": "MOBILE", "entityValue": PHONE, "action": "COUPON"}
+
+
+def _parallel(calls: int, workers: int, fn):
+    barrier = threading.Barrier(workers)
+
+    def start(i):
+        if i < workers:
+            barrier.wait()  # the first wave starts together
+        return fn(i)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(start, range(calls)))
+
+
+def test_600_parallel_generates_give_exactly_500(rt):
+    configure(rt, Action.COUPON, max_sends_per_code=1000)
+
+    def one(_i):
+        try:
+            run(generate(rt, dict(BODY)))
+            return "ok"
+        except OtpError as exc:
+            return exc.problems[0].code
+
+    outcomes = _parallel(600, 24, one)
+    assert outcomes.count("ok") == 500
+    assert outcomes.count(E.RATE_LIMITED) == 100
+    assert len(outbox(rt)) == 500
+    with rt.db.connect() as conn:
+        assert conn.execute(text("SELECT count FROM usage_counter WHERE scope='daily:*'")).scalar() == 500
+        assert conn.execute(text("SELECT count(*) FROM otp_request")).scalar() == 500
+        assert conn.execute(text("SELECT count(*) FROM delivery WHERE status='delivered'")).scalar() == 500
+        assert conn.execute(text("SELECT count(*) FROM otp_code")).scalar() == 1
+        assert conn.execute(text("SELECT send_count FROM otp_code")).scalar() == 500
+        assert conn.execute(text("SELECT count(*) FROM limit_event WHERE limit_type='daily'")).scalar() == 100
+
+
+def test_20_parallel_validates_of_the_right_code_give_one_success(rt):
+    configure(rt, Action.COUPON, validate_limit=100)
+    run(generate(rt, dict(BODY)))
+    code = code_sent_to(rt, PHONE)
+    results = _parallel(20, 20, lambda _i: run(validate(rt, {**BODY, "code": code})).valid)
+    assert results.count(True) == 1
+    with rt.db.connect() as conn:
+        assert conn.execute(text("SELECT state FROM otp_code")).scalar() == "used"
+        assert conn.execute(text("SELECT count(*) FROM otp_validation WHERE outcome='ok'")).scalar() == 1
+
+
+def test_parallel_first_generates_for_many_actions_issue_one_code_each(rt):
+    actions = [a.value for a in Action]
+    results = _parallel(50, 10, lambda i: run(generate(rt, {**BODY, "action": actions[i % len(actions)]})).resent)
+    assert results.count(False) == len(actions)  # one new code per action, the rest re-sends
+    with rt.db.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM otp_code WHERE state='active'")).scalar() == len(actions)
