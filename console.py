@@ -1,9 +1,11 @@
-"""The operations console: the frame that sets up shared state once and lists every page."""
+"""The operations console: the frame that sets up shared state once and lists every page for the role."""
 from __future__ import annotations
 
 import streamlit as st
 
+from console_state import can, current_session, runtime, sign_out
 from core.runtime import Runtime
+from core.staff import needs_first_admin
 
 
 @st.cache_resource
@@ -16,7 +18,33 @@ st.set_page_config(page_title="OTP console", page_icon="🔐", layout="wide")
 if "runtime" not in st.session_state:  # tests hand in their own runtime
     st.session_state["runtime"] = get_runtime()
 
-pages = [
-    st.Page("pages/home.py", title="Status", icon="🏠", default=True),
-]
+with runtime().session() as db:
+    first_start = needs_first_admin(db)
+session = None if first_start else current_session()
+
+# The gate pages share the status page's url_path: a rerun after signing in (or out) then lands on the
+# page that takes that place instead of a "page not found".
+if first_start:
+    pages = [st.Page("pages/setup.py", title="Create the first admin", icon="🛠️", default=True, url_path="status")]
+elif session is None:
+    pages = [st.Page("pages/login.py", title="Sign in", icon="🔑", default=True, url_path="status")]
+else:
+    pages = [st.Page("pages/home.py", title="Status", icon="🏠", default=True, url_path="status"),
+             st.Page("pages/templates.py", title="Templates", icon="📝")]
+    if can("test.send"):
+        pages.append(st.Page("pages/test_send.py", title="Test send", icon="📨"))
+    if can("outbox.view") and runtime().settings.is_development:
+        pages.append(st.Page("pages/outbox.py", title="Outbox", icon="📬"))
+    if can("config.edit"):
+        pages.append(st.Page("pages/config.py", title="OTP configuration", icon="⚙️"))
+    if can("staff.manage"):
+        pages.append(st.Page("pages/admin.py", title="Staff and API clients", icon="👥"))
+    if can("templates.approve"):
+        pages.append(st.Page("pages/audit.py", title="Audit log", icon="📜"))
+    with st.sidebar:
+        st.caption(f"Signed in as **{session.identity.username}** ({session.identity.role})")
+        if st.button("Sign out", key="sign_out"):
+            sign_out()
+            st.rerun()
+
 st.navigation(pages).run()

@@ -11,6 +11,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import Engine, select
 from sqlmodel import Session
+from sqlmodel import select as model_select
 
 from core.clock import utcnow
 from core.models import ApiClient, ApiClientCreate, ApiClientPublic
@@ -60,8 +61,7 @@ def revoke_client(session: Session, *, client_id: int) -> bool:
 
 
 def list_clients(session: Session) -> list[ApiClientPublic]:
-    rows = session.exec(select(ApiClient).order_by(ApiClient.id)).scalars()  # type: ignore[call-overload]
-    return [ApiClientPublic.model_validate(r) for r in rows]
+    return [ApiClientPublic.model_validate(r) for r in session.exec(model_select(ApiClient).order_by(ApiClient.id))]
 
 
 class ClientAuthenticator:

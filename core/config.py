@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     # hash is paid once per client and not once per request.
     auth_cache_seconds: float = 60.0
     gateway_timeout_seconds: float = 10.0
+    # Console: minutes of inactivity before a signed-in session ends, and the pause after a failed sign-in.
+    console_session_minutes: float = 30.0
+    login_failure_delay_seconds: float = 0.5
     # Per channel: which gateway sends it. "outbox" keeps messages for the console (development only).
     gateway_sms: str = "outbox"
     gateway_email: str = "outbox"

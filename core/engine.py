@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import Connection, insert, update
+from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from core import errors as E
@@ -20,12 +20,12 @@ from core.dispatch import dispatch
 from core.entities import mask
 from core.errors import OtpError, Problem
 from core.messages import plan_channels, render_message, resolve_all
-from core.models import Delivery, LimitEvent, OtpRequest, OtpValidation
+from core.models import Delivery, LimitEvent, OtpCode, OtpRequest, OtpValidation, UsageCounter
 from core.otpconfig import OtpConfig
 from core.ratelimit import bump, local_day, seconds_until_next_day, window_start
 from core.requests import ChannelTarget, parse_generate, parse_validate
 from core.runtime import Runtime
-from core.templates import RenderError
+from core.templates import RenderError, sample_variables
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +240,51 @@ async def validate(rt: Runtime, payload: object, *, client_id: int | None = None
     if outcome.outcome == "ok":
         return ValidateResult(True)
     return ValidateResult(False, [_WARNINGS[outcome.outcome]])
+
+
+@dataclass
+class DryRun:
+    """What a generate would do, without counting, issuing or sending anything."""
+    messages: list  # OutgoingMessage rendered with a sample code
+    template_origins: dict[str, str]
+    would_resend: bool
+    daily_used: int
+    daily_limit: int
+    problems: list[Problem] = field(default_factory=list)
+
+
+def dry_run(rt: Runtime, payload: object) -> DryRun:
+    """Check and render a generate request with a sample code, and report the limits it would meet."""
+    request = parse_generate(payload, rt.settings)
+    config = rt.config_for(request.action)
+    targets = plan_channels(request, config)
+    templates = resolve_all(targets, request.action, rt.active_templates(), request)
+    now = rt.clock()
+    user_key = request.entity.user_key
+    with rt.read_db.connect() as conn:
+        used = conn.execute(select(func.coalesce(func.max(UsageCounter.count), 0)).where(
+            UsageCounter.scope == "daily:*", UsageCounter.user_key == user_key,
+            UsageCounter.period == local_day(now, rt.settings.tz))).scalar_one()
+        live = conn.execute(select(OtpCode.send_count).where(
+            OtpCode.user_key == user_key, OtpCode.action == config.action.value, OtpCode.state == "active",
+            OtpCode.expires_at > now)).scalar()
+    variables = sample_variables(action=config.action.value, code_length=config.code_length,
+                                 validity_minutes=config.validity_minutes, brand=rt.settings.brand)
+    problems: list[Problem] = []
+    if used >= rt.settings.daily_limit:
+        problems.append(Problem(E.RATE_LIMITED, f"the daily limit of {rt.settings.daily_limit} is reached"))
+    if live is not None and live >= config.max_sends_per_code:
+        problems.append(Problem(E.RATE_LIMITED, "the live code has been sent as often as allowed"))
+    messages = []
+    for index, target in enumerate(targets):
+        try:
+            messages.append(render_message(templates[target.channel], delivery_id=-(index + 1),
+                                           destination=target.destination,
+                                           code=str(variables["validation_code"]), variables=variables))
+        except RenderError as exc:
+            problems.append(Problem(E.TEMPLATE_PROBLEM, f"{target.channel.value}: {exc}"))
+    return DryRun(messages, {c.value: f"{t.origin}: {t.reason}" for c, t in templates.items()},
+                  live is not None, int(used), rt.settings.daily_limit, problems)
 
 
 def run(coro):  # type: ignore[no-untyped-def]

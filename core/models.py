@@ -198,3 +198,56 @@ class ApiClientPublic(ApiClientBase):
     key: str
     created_at: datetime
     revoked_at: datetime | None
+
+
+class StaffBase(SQLModel):
+    username: str = Field(max_length=60, unique=True)
+    role: str = Field(default="viewer", max_length=10)  # viewer, editor, approver, admin
+
+
+class Staff(StaffBase, table=True):
+    __tablename__ = "staff"
+    id: int | None = Field(default=None, primary_key=True)
+    password_hash: str = Field(max_length=255)
+    created_at: datetime = Field(default_factory=utcnow)
+    disabled_at: datetime | None = None
+    last_login_at: datetime | None = None
+
+
+class StaffCreate(StaffBase):
+    password: str
+
+
+class StaffPublic(StaffBase):
+    id: int
+    created_at: datetime
+    disabled_at: datetime | None
+    last_login_at: datetime | None
+
+
+class AuditLog(SQLModel, table=True):
+    """Who changed what, when and why; written in the same transaction as the change itself."""
+    __tablename__ = "audit_log"
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(default_factory=utcnow, index=True)
+    actor: str = Field(max_length=60)
+    action: str = Field(max_length=60)  # e.g. template.approve, config.update, staff.create
+    target: str = Field(max_length=200)
+    detail: str | None = None
+    reason: str | None = Field(default=None, max_length=1000)
+
+
+class TemplateVersionCreate(TemplateVersionBase):
+    pass
+
+
+class TemplateVersionPublic(TemplateVersionBase):
+    id: int
+    version: int
+    status: str
+    is_active: bool
+    author: str
+    reviewer: str | None
+    reason: str | None
+    created_at: datetime
+    reviewed_at: datetime | None

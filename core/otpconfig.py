@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, insert, select
 from sqlmodel import Session
 
+from core import audit
 from core.clock import utcnow
 from core.enums import Action, Channel
 from core.models import ActionConfig, ActionConfigUpdate
@@ -94,14 +95,18 @@ def check_action_config(update: ActionConfigUpdate, *, service_daily_limit: int)
 
 
 def update_action_config(session: Session, *, action: Action, update: ActionConfigUpdate, actor: str,
-                         service_daily_limit: int) -> ActionConfig:
-    """Save a validated configuration; raises ValueError listing every problem."""
+                         service_daily_limit: int, reason: str | None = None) -> ActionConfig:
+    """Save a validated configuration with an audit row; raises ValueError listing every problem.
+
+    Callers acting for a signed-in person check the config.edit permission first (core.staff.require).
+    """
     problems = check_action_config(update, service_daily_limit=service_daily_limit)
     if problems:
         raise ValueError("; ".join(problems))
     row = session.get(ActionConfig, action.value)
     if row is None:
         row = ActionConfig(action=action.value)
+    before = {k: getattr(row, k, None) for k in ActionConfigUpdate.model_fields}
     for key, value in update.model_dump().items():
         setattr(row, key, value)
     row.channels = ",".join(c.value for c in _channels(update.channels))
@@ -109,6 +114,9 @@ def update_action_config(session: Session, *, action: Action, update: ActionConf
     row.updated_at = utcnow()
     row.updated_by = actor
     session.add(row)
+    changes = {k: {"from": before[k], "to": getattr(row, k)} for k in before if before[k] != getattr(row, k)}
+    audit.record(session, actor=actor, action="config.update", target=f"config:{action.value}", detail=changes,
+                 reason=reason)
     session.commit()
     session.refresh(row)
     return row

@@ -2,10 +2,11 @@
 import pandas as pd
 import streamlit as st
 
+from console_state import runtime
 from core.status import configuration_table, service_status
 
-runtime = st.session_state["runtime"]
-status = service_status(runtime)
+rt = runtime()
+status = service_status(rt)
 
 st.title("OTP service status")
 if status.database_ok:
@@ -25,4 +26,4 @@ st.dataframe(pd.DataFrame([{"channel": c, "gateway": g} for c, g in status.gatew
              hide_index=True, width="stretch")
 
 st.subheader("OTP configuration per action")
-st.dataframe(pd.DataFrame(configuration_table(runtime)), hide_index=True, width="stretch")
+st.dataframe(pd.DataFrame(configuration_table(rt)), hide_index=True, width="stretch")

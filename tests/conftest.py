@@ -80,7 +80,7 @@ def db_url(request, tmp_path) -> str:
 
 def make_settings(db_url: str, tmp_path, **overrides) -> Settings:
     values = dict(database_url=db_url, env="test", secret_key=TEST_KEY, secret_key_file=tmp_path / "unused.key",
-                  cache_seconds=0.0)
+                  cache_seconds=0.0, login_failure_delay_seconds=0.01)
     values.update(overrides)
     return Settings(**values)
 

@@ -1,11 +1,22 @@
-"""The console under Streamlit's AppTest, on a fresh database."""
+"""The console under Streamlit's AppTest: first start, sign-in, roles, templates with four eyes, test sends."""
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
+from sqlalchemy import text
 from streamlit.testing.v1 import AppTest
 
+from console_state import SESSION_KEY
+from core.clock import utcnow
 from core.config import ROOT
+from core.engine import generate, run
 from core.enums import Action
+from core.models import StaffCreate
+from core.staff import ConsoleSession, StaffIdentity, create_first_admin, create_staff
+from tests.conftest import outbox
+
+PHONE = "+919955882233"
 
 
 @pytest.fixture(autouse=True)
@@ -16,20 +27,290 @@ def _clear_streamlit_caches():
     yield
 
 
-@pytest.fixture
-def console(rt):
+def app(rt) -> AppTest:
     at = AppTest.from_file(str(ROOT / "console.py"), default_timeout=30)
     at.session_state["runtime"] = rt
     return at
 
 
-def test_home_shows_status_and_configuration(console, rt):
-    at = console.run()
+@pytest.fixture
+def team(rt):
+    """An admin, an editor, an approver and a viewer."""
+    with rt.session() as db:
+        admin = create_first_admin(db, username="ada", password="correct horse 1")
+        boss = StaffIdentity(admin.id, admin.username, admin.role)
+        people = {"admin": boss}
+        for name, role in (("eve", "editor"), ("abe", "approver"), ("vic", "viewer")):
+            made = create_staff(db, actor=boss, staff_create=StaffCreate(username=name, password="password-123",
+                                                                          role=role))
+            people[role] = StaffIdentity(made.id, made.username, made.role)
+    return people
+
+
+def signed_in(rt, identity: StaffIdentity) -> AppTest:
+    at = app(rt)
+    at.session_state[SESSION_KEY] = ConsoleSession.start(identity, 30)
+    return at
+
+
+def texts(at: AppTest) -> str:
+    parts = [e.value for kind in ("error", "success", "warning", "info") for e in getattr(at, kind)]
+    return "\n".join(str(p) for p in parts)
+
+
+def test_first_start_asks_for_the_admin_then_signs_in(rt):
+    at = app(rt).run()
+    assert not at.exception
+    assert at.title[0].value == "Welcome: create the first admin"
+    at.text_input(key="setup_username").input("root")
+    at.text_input(key="setup_password").input("short")
+    at.text_input(key="setup_confirm").input("short")
+    at.button(key="setup_submit").click().run()
+    assert "at least 10 characters" in texts(at)
+    at.text_input(key="setup_password").input("a long enough pass")
+    at.text_input(key="setup_confirm").input("a long enough pass")
+    at.button(key="setup_submit").click().run()
     assert not at.exception
     assert at.title[0].value == "OTP service status"
-    assert "Database reachable" in at.success[0].value
-    table = at.dataframe[1].value
-    assert sorted(table["action"]) == sorted(a.value for a in Action)
-    assert set(table["validity (min)"]) == {10}
-    metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Daily limit per user"] == "500" and metrics["OTP requests"] == "0"
+    with rt.db.connect() as conn:
+        assert conn.execute(text("SELECT username, role FROM staff")).all() == [("root", "admin")]
+        assert conn.execute(text("SELECT password_hash FROM staff")).scalar().startswith("$argon2")
+
+
+def test_second_first_admin_is_refused(rt, team):
+    from core.staff import InvalidStaff
+    with rt.session() as db, pytest.raises(InvalidStaff):
+        create_first_admin(db, username="mallory", password="0123456789ab")
+
+
+def test_login_says_nothing_about_which_part_was_wrong(rt, team):
+    at = app(rt).run()
+    assert at.title[0].value == "Sign in to the OTP console"
+    for user, password in (("eve", "wrong-password"), ("nobody", "password-123")):
+        at.text_input(key="login_username").input(user)
+        at.text_input(key="login_password").input(password)
+        at.button(key="login_submit").click().run()
+        assert [e.value for e in at.error] == ["Unknown username or wrong password."]
+        assert SESSION_KEY not in at.session_state
+    at.text_input(key="login_username").input("eve")
+    at.text_input(key="login_password").input("password-123")
+    at.button(key="login_submit").click().run()
+    assert at.title[0].value == "OTP service status"
+    assert at.session_state[SESSION_KEY].identity.role == "editor"
+
+
+def test_session_expires(rt, team):
+    at = signed_in(rt, team["editor"])
+    at.session_state[SESSION_KEY].expires_at = utcnow() - timedelta(seconds=1)
+    at.run()
+    assert at.title[0].value == "Sign in to the OTP console"
+    assert "expired" in texts(at)
+
+
+@pytest.mark.parametrize("role, allowed, refused", [
+    ("viewer", [], ["pages/test_send.py", "pages/config.py", "pages/admin.py", "pages/outbox.py", "pages/audit.py"]),
+    ("editor", ["pages/test_send.py", "pages/outbox.py"], ["pages/config.py", "pages/admin.py", "pages/audit.py"]),
+    ("approver", ["pages/test_send.py", "pages/audit.py"], ["pages/config.py", "pages/admin.py"]),
+    ("admin", ["pages/config.py", "pages/admin.py", "pages/audit.py", "pages/test_send.py"], []),
+])
+def test_each_role_reaches_only_its_pages(rt, team, role, allowed, refused):
+    at = signed_in(rt, team[role]).run()
+    assert not at.exception and at.title[0].value == "OTP service status"
+    for page in ["pages/home.py", "pages/templates.py", *allowed]:
+        at.switch_page(page).run()
+        assert not at.exception, page
+        assert "does not allow" not in texts(at), page
+    for page in refused:
+        # Not in this role's navigation, so there is no way to it...
+        fresh = signed_in(rt, team[role]).run()
+        with pytest.raises(ValueError, match="Could not find a navigation page"):
+            fresh.switch_page(page).run()
+        # ...and the page itself refuses the role when run directly.
+        direct = AppTest.from_file(str(ROOT / page), default_timeout=30)
+        direct.session_state["runtime"] = rt
+        direct.session_state[SESSION_KEY] = ConsoleSession.start(team[role], 30)
+        direct.run()
+        assert [e.value for e in direct.error] == ["Your role does not allow this page."], page
+
+
+def test_viewer_sees_templates_read_only(rt, team):
+    at = signed_in(rt, team["viewer"]).run()
+    at.switch_page("pages/templates.py").run()
+    assert not at.exception
+    assert at.text_area(key="tpl_text_COUPON_SMS").disabled
+    assert not [b for b in at.button if b.key in ("tpl_save", "tpl_submit")]
+
+
+def test_two_placeholders_are_refused_for_approval_with_the_reason(rt, team):
+    at = signed_in(rt, team["editor"]).run()
+    at.switch_page("pages/templates.py").run()
+    at.text_area(key="tpl_text_COUPON_SMS").input("{{ validation_code }} again {{ validation_code }}").run()
+    assert any("exactly once; it has 2" in e.value for e in at.error)  # live check, before submitting
+    at.button(key="tpl_submit").click().run()
+    assert any("Fix these before submitting" in e.value and "exactly once" in e.value for e in at.error)
+    with rt.db.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM template_version WHERE status='pending'")).scalar() == 0
+
+
+def _submit_sms(rt, identity, body: str) -> AppTest:
+    at = signed_in(rt, identity).run()
+    at.switch_page("pages/templates.py").run()
+    at.text_area(key="tpl_text_COUPON_SMS").input(body).run()
+    assert at.metric[0].value == "GSM-7"
+    at.button(key="tpl_submit").click().run()
+    assert not at.exception
+    assert "awaits approval" in texts(at)
+    return at
+
+
+def _approve_newest(rt, identity) -> AppTest:
+    at = signed_in(rt, identity).run()
+    at.switch_page("pages/templates.py").run()
+    at.button(key="tpl_approve").click().run()
+    return at
+
+
+def test_four_eyes_approval_then_the_engine_uses_it_and_rollback(rt, team):
+    # The approver writes a version: they cannot approve their own.
+    _submit_sms(rt, team["approver"], "Own {{ validation_code }}")
+    at = _approve_newest(rt, team["approver"])
+    assert "author of a version cannot approve it" in texts(at)
+    with rt.db.connect() as conn:
+        assert conn.execute(text("SELECT status FROM template_version")).scalar() == "pending"
+
+    # The admin (a different person) approves it: it becomes active and the engine uses it.
+    at = _approve_newest(rt, team["admin"])
+    assert "approved and active" in texts(at)
+    run(generate(rt, {"entityType": "MOBILE", "entityValue": PHONE, "action": "COUPON"}))
+    assert outbox(rt)[-1]["body"].startswith("Own ")
+
+    # A second version by the editor, approved by the approver.
+    _submit_sms(rt, team["editor"], "Second {{ validation_code }}")
+    at = _approve_newest(rt, team["approver"])
+    assert "approved and active" in texts(at)
+    run(generate(rt, {"entityType": "MOBILE", "entityValue": "+919812345678", "action": "COUPON"}))
+    assert outbox(rt)[-1]["body"].startswith("Second ")
+
+    # Roll back to version 1, with a reason; the diff shows both texts.
+    at = signed_in(rt, team["approver"]).run()
+    at.switch_page("pages/templates.py").run()
+    at.selectbox(key="tpl_pick").select("v1 (approved)").run()
+    at.text_input(key="tpl_rollback_reason").input("customers preferred it").run()
+    at.button(key="tpl_reactivate").click().run()
+    assert "active again" in texts(at)
+    assert any("-text: Own" in c.value and "+text: Second" in c.value for c in at.code)
+    run(generate(rt, {"entityType": "MOBILE", "entityValue": "+919812345670", "action": "COUPON"}))
+    assert outbox(rt)[-1]["body"].startswith("Own ")
+    with rt.db.connect() as conn:
+        trail = conn.execute(text("SELECT actor, action FROM audit_log WHERE target LIKE 'template:%' ORDER BY id")).all()
+        assert ("abe", "template.reactivate") in trail and ("ada", "template.approve") in trail
+        assert conn.execute(text("SELECT reason FROM audit_log WHERE action='template.reactivate'")).scalar() \
+            == "customers preferred it"
+
+
+def test_reject_needs_a_reason_and_keeps_it(rt, team):
+    _submit_sms(rt, team["editor"], "Maybe {{ validation_code }}")
+    at = signed_in(rt, team["approver"]).run()
+    at.switch_page("pages/templates.py").run()
+    at.button(key="tpl_reject").click().run()
+    assert "needs a reason" in texts(at)
+    at.text_input(key="tpl_reject_reason").input("tone is off").run()
+    at.button(key="tpl_reject").click().run()
+    with rt.db.connect() as conn:
+        assert conn.execute(text("SELECT status, reason FROM template_version")).one() == ("rejected", "tone is off")
+
+
+def test_test_send_produces_an_outbox_message_and_validates(rt, team):
+    at = signed_in(rt, team["editor"]).run()
+    at.switch_page("pages/test_send.py").run()
+    at.text_input(key="ts_entity_value").input("9955882233")
+    at.button(key="ts_submit").click().run()
+    assert not at.exception
+    assert at.metric[0].value == str(rt_request_id(rt))
+    [message] = outbox(rt)
+    assert message["recipient"] == PHONE
+    assert any(message["body"] == t.value for t in at.text)  # the outbox message as the recipient sees it
+    code = message["body"].rsplit(" ", 1)[-1].rstrip(".")
+    at.text_input(key="ts_code").input(code)
+    at.button(key="ts_validate_submit").click().run()
+    assert "Valid: the code is now used." in texts(at)
+
+
+def rt_request_id(rt) -> int:
+    with rt.db.connect() as conn:
+        return conn.execute(text("SELECT max(id) FROM otp_request")).scalar()
+
+
+def test_test_send_shows_errors_with_codes_and_dry_run_sends_nothing(rt, team):
+    at = signed_in(rt, team["editor"]).run()
+    at.switch_page("pages/test_send.py").run()
+    at.text_input(key="ts_entity_value").input("12")
+    at.button(key="ts_submit").click().run()
+    assert "Refused with HTTP 400" in texts(at)
+    assert 8056 in list(at.dataframe[0].value["code"])
+    at.text_input(key="ts_entity_value").input("9955882233")
+    at.checkbox(key="ts_dry").check()
+    at.button(key="ts_submit").click().run()
+    assert "Dry run: nothing was sent or counted" in texts(at)
+    assert outbox(rt) == []
+    with rt.db.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM usage_counter")).scalar() == 0
+
+
+def test_outbox_page_filters_by_recipient(rt, team):
+    for number in ("+919955882233", "+919812345678"):
+        run(generate(rt, {"entityType": "MOBILE", "entityValue": number, "action": "COUPON"}))
+    at = signed_in(rt, team["editor"]).run()
+    at.switch_page("pages/outbox.py").run()
+    assert len(at.dataframe[0].value) == 2
+    at.text_input(key="outbox_recipient").input("98123").run()
+    assert list(at.dataframe[0].value["to"]) == ["+919812345678"]
+
+
+def test_config_page_validates_and_audits(rt, team):
+    at = signed_in(rt, team["admin"]).run()
+    at.switch_page("pages/config.py").run()
+    at.number_input(key="cfg_validity").set_value(3)
+    at.multiselect(key="cfg_channels").set_value([])
+    at.button(key="cfg_save").click().run()
+    assert "enable at least one channel" in texts(at)
+    at.multiselect(key="cfg_channels").set_value(["SMS", "EMAIL"])
+    at.text_input(key="cfg_reason").input("shorter codes life")
+    at.button(key="cfg_save").click().run()
+    assert "Saved the configuration of COUPON" in texts(at)
+    assert rt.config_for(Action.COUPON).validity_minutes == 3
+    with rt.db.connect() as conn:
+        row = conn.execute(text("SELECT actor, reason, detail FROM audit_log WHERE action='config.update'")).one()
+    assert row[0] == "ada" and row[1] == "shorter codes life" and '"validity_minutes"' in row[2]
+
+
+def test_admin_creates_staff_and_a_client_secret_shown_once(rt, team):
+    at = signed_in(rt, team["admin"]).run()
+    at.switch_page("pages/admin.py").run()
+    at.text_input(key="staff_username").input("newbie")
+    at.text_input(key="staff_password").input("password-456")
+    at.selectbox(key="staff_role").select("viewer")
+    at.button(key="staff_add").click().run()
+    assert "Added newbie as viewer" in texts(at)
+    at.text_input(key="client_name").input("shop")
+    at.button(key="client_create").click().run()
+    shown = [c.value for c in at.code if c.value.startswith("key: ")]
+    assert len(shown) == 1
+    secret = shown[0].split("secret: ")[1].split("\n")[0]
+    assert rt.auth.verify(shown[0].split("key: ")[1].split("\n")[0], secret) is not None
+    at.run()
+    assert not [c for c in at.code if c.value.startswith("key: ")]  # shown once
+
+
+def test_core_refuses_writes_from_a_role_that_lacks_them(rt, team):
+    from core.console_ops import save_action_config, test_generate
+    from core.models import ActionConfigUpdate
+    from core.staff import PermissionDenied
+    with pytest.raises(PermissionDenied):
+        test_generate(rt, actor=team["viewer"], payload={})
+    with pytest.raises(PermissionDenied):
+        save_action_config(rt, actor=team["editor"], action=Action.COUPON, update=ActionConfigUpdate(), reason="")
+    # A role claimed in the console session is not trusted: the database's role is.
+    forged = StaffIdentity(team["viewer"].id, "vic", "admin")
+    with pytest.raises(PermissionDenied):
+        save_action_config(rt, actor=forged, action=Action.COUPON, update=ActionConfigUpdate(), reason="")

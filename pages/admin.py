@@ -1,0 +1,88 @@
+"""Staff and API clients: who may use the console, and which applications may call the API."""
+import pandas as pd
+import streamlit as st
+
+from console_state import gate, runtime
+from core.clients import list_clients
+from core.console_ops import new_api_client, revoke_api_client
+from core.models import StaffCreate
+from core.staff import ROLES, InvalidStaff, create_staff, disable_staff, list_staff, set_role
+
+rt = runtime()
+identity = gate("staff.manage")
+st.title("Staff and API clients")
+if flash := st.session_state.pop("admin_flash", None):
+    getattr(st, flash[0])(flash[1])
+
+staff_tab, clients_tab = st.tabs(["Staff", "API clients"])
+with staff_tab:
+    with rt.session() as db:
+        people = list_staff(db)
+    st.dataframe(pd.DataFrame([{"id": p.id, "username": p.username, "role": p.role,
+                                "active": p.disabled_at is None, "last sign-in": p.last_login_at} for p in people]),
+                 hide_index=True, width="stretch", key="staff_table")
+    with st.form("staff_new", clear_on_submit=True):
+        st.markdown("**Add a staff member**")
+        a, b, c = st.columns(3)
+        username = a.text_input("Username", key="staff_username")
+        password = b.text_input("Initial password", type="password", key="staff_password")
+        role = c.selectbox("Role", ROLES, key="staff_role")
+        add = st.form_submit_button("Add", key="staff_add")
+    if add:
+        try:
+            with rt.session() as db:
+                create_staff(db, actor=identity, staff_create=StaffCreate(username=username, password=password, role=role))
+        except InvalidStaff as exc:
+            st.error(str(exc))
+        else:
+            st.session_state["admin_flash"] = ("success", f"Added {username} as {role}.")
+            st.rerun()
+    others = {f"{p.username} ({p.role})": p for p in people if p.id != identity.id and p.disabled_at is None}
+    if others:
+        st.markdown("**Change a role or disable an account**")
+        a, b = st.columns(2)
+        who = others[a.selectbox("Staff member", list(others), key="staff_pick")]
+        new_role = b.selectbox("New role", ROLES, index=ROLES.index(who.role), key="staff_new_role")
+        c, d = st.columns(2)
+        try:
+            if c.button("Change role", key="staff_change_role"):
+                with rt.session() as db:
+                    set_role(db, actor=identity, staff_id=who.id, role=new_role)
+                st.session_state["admin_flash"] = ("success", f"{who.username} is now {new_role}.")
+                st.rerun()
+            if d.button("Disable account", key="staff_disable"):
+                with rt.session() as db:
+                    disable_staff(db, actor=identity, staff_id=who.id)
+                st.session_state["admin_flash"] = ("success", f"{who.username} can no longer sign in.")
+                st.rerun()
+        except InvalidStaff as exc:
+            st.error(str(exc))
+
+with clients_tab:
+    if made := st.session_state.pop("admin_new_client", None):
+        st.warning("Copy the secret now: it is shown only once.")
+        st.code(f"key: {made.key}\nsecret: {made.secret}\nbearer: {made.bearer_token}")
+    with rt.session() as db:
+        clients = list_clients(db)
+    st.dataframe(pd.DataFrame([{"id": c.id, "name": c.name, "key": c.key, "permissions": c.permissions,
+                                "created": c.created_at, "revoked": c.revoked_at} for c in clients]),
+                 hide_index=True, width="stretch", key="clients_table")
+    with st.form("client_new", clear_on_submit=True):
+        a, b = st.columns(2)
+        name = a.text_input("Client name", key="client_name")
+        permissions = b.text_input("Permissions", value="otp:write", key="client_permissions")
+        create = st.form_submit_button("Create client", key="client_create")
+    if create:
+        try:
+            st.session_state["admin_new_client"] = new_api_client(rt, actor=identity, name=name, permissions=permissions)
+        except ValueError as exc:
+            st.error(str(exc))
+        else:
+            st.rerun()
+    active = {f"{c.name} ({c.key})": c for c in clients if c.revoked_at is None}
+    if active:
+        chosen = active[st.selectbox("Client to revoke", list(active), key="client_pick")]
+        if st.button("Revoke", key="client_revoke"):
+            revoke_api_client(rt, actor=identity, client_id=chosen.id)
+            st.session_state["admin_flash"] = ("success", f"Revoked {chosen.name}.")
+            st.rerun()
