@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import logging
 from contextlib import asynccontextmanager
@@ -13,6 +12,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core import engine
 from core import errors as E
@@ -102,8 +102,11 @@ async def read_json(request: Request) -> object:
     """The parsed body, refusing oversized bodies before reading them whole and anything that is not JSON."""
     limit = request.app.state.runtime.settings.max_body_bytes
     declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise OtpError.single(E.INVALID_BODY, f"the request body is larger than {limit} bytes", 413)
+    if declared is not None:
+        if not (declared.isascii() and declared.isdigit()):
+            raise OtpError.single(E.INVALID_BODY, "the Content-Length header is not a number")
+        if int(declared) > limit:
+            raise OtpError.single(E.INVALID_BODY, f"the request body is larger than {limit} bytes", 413)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -123,7 +126,7 @@ def _credentials(request: Request) -> tuple[str, str] | None:
     if scheme.lower() == "basic":
         try:
             decoded = base64.b64decode(value, validate=True).decode()
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # binascii.Error, UnicodeDecodeError and non-ASCII input alike
             return None
         key, sep, secret = decoded.partition(":")
     elif scheme.lower() == "bearer":
@@ -167,7 +170,13 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = FastAPI.openapi(app)
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(body_components)
+            components = schema.setdefault("components", {})
+            components.setdefault("schemas", {}).update(body_components)
+            components["securitySchemes"] = {
+                "basic": {"type": "http", "scheme": "basic", "description": "API client key and secret"},
+                "bearer": {"type": "http", "scheme": "bearer", "description": "<key>.<secret>"}}
+            for path in ("/v2/otp/generate", "/v2/otp/validate"):
+                schema["paths"][path]["post"]["security"] = [{"basic": []}, {"bearer": []}]
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -176,6 +185,11 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     @app.exception_handler(OtpError)
     async def _otp_error(_request: Request, exc: OtpError) -> JSONResponse:
         return _error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Unknown paths and wrong methods answer in the same envelope as everything else.
+        return _error_response(OtpError.single(exc.status_code, str(exc.detail), exc.status_code))
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:

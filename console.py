@@ -14,7 +14,7 @@ def get_runtime() -> Runtime:
     return Runtime()
 
 
-st.set_page_config(page_title="OTP console", page_icon="🔐", layout="wide")
+st.set_page_config(page_title="OTP console", page_icon=":material/lock:", layout="wide")
 if "runtime" not in st.session_state:  # tests hand in their own runtime
     st.session_state["runtime"] = get_runtime()
 
@@ -25,22 +25,22 @@ session = None if first_start else current_session()
 # The gate pages share the status page's url_path: a rerun after signing in (or out) then lands on the
 # page that takes that place instead of a "page not found".
 if first_start:
-    pages = [st.Page("pages/setup.py", title="Create the first admin", icon="🛠️", default=True, url_path="status")]
+    pages = [st.Page("pages/setup.py", title="Create the first admin", icon=":material/person_add:", default=True, url_path="status")]
 elif session is None:
-    pages = [st.Page("pages/login.py", title="Sign in", icon="🔑", default=True, url_path="status")]
+    pages = [st.Page("pages/login.py", title="Sign in", icon=":material/login:", default=True, url_path="status")]
 else:
-    pages = [st.Page("pages/home.py", title="Status", icon="🏠", default=True, url_path="status"),
-             st.Page("pages/templates.py", title="Templates", icon="📝")]
+    pages = [st.Page("pages/home.py", title="Status", icon=":material/monitor_heart:", default=True, url_path="status"),
+             st.Page("pages/templates.py", title="Templates", icon=":material/edit_note:")]
     if can("test.send"):
-        pages.append(st.Page("pages/test_send.py", title="Test send", icon="📨"))
+        pages.append(st.Page("pages/test_send.py", title="Test send", icon=":material/send:"))
     if can("outbox.view") and runtime().settings.is_development:
-        pages.append(st.Page("pages/outbox.py", title="Outbox", icon="📬"))
+        pages.append(st.Page("pages/outbox.py", title="Outbox", icon=":material/inbox:"))
     if can("config.edit"):
-        pages.append(st.Page("pages/config.py", title="OTP configuration", icon="⚙️"))
+        pages.append(st.Page("pages/config.py", title="OTP configuration", icon=":material/tune:"))
     if can("staff.manage"):
-        pages.append(st.Page("pages/admin.py", title="Staff and API clients", icon="👥"))
+        pages.append(st.Page("pages/admin.py", title="Staff and API clients", icon=":material/group:"))
     if can("templates.approve"):
-        pages.append(st.Page("pages/audit.py", title="Audit log", icon="📜"))
+        pages.append(st.Page("pages/audit.py", title="Audit log", icon=":material/history:"))
     with st.sidebar:
         st.caption(f"Signed in as **{session.identity.username}** ({session.identity.role})")
         if st.button("Sign out", key="sign_out"):

@@ -92,9 +92,11 @@ class ClientAuthenticator:
         found = self.cached(key, secret)
         if found:
             return found
-        with self._engine.connect() as conn:
-            row = conn.execute(select(ApiClient.id, ApiClient.name, ApiClient.permissions, ApiClient.secret_hash)
-                               .where(ApiClient.key == key, ApiClient.revoked_at.is_(None))).first()
+        row = None
+        if key.isascii() and key.isprintable() and len(key) <= 64:  # anything else cannot be a stored key
+            with self._engine.connect() as conn:
+                row = conn.execute(select(ApiClient.id, ApiClient.name, ApiClient.permissions, ApiClient.secret_hash)
+                                   .where(ApiClient.key == key, ApiClient.revoked_at.is_(None))).first()
         try:
             _hasher.verify(row.secret_hash if row else _DUMMY_HASH, secret)
         except (VerificationError, InvalidHashError):

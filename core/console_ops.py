@@ -1,16 +1,15 @@
 """Console actions that need a permission check before they reach the engine or the configuration."""
 from __future__ import annotations
 
-from sqlmodel import Session, select
+from sqlmodel import select
 
-from core import engine
+from core import audit, engine
 from core.clients import NewClientCredentials, create_client, revoke_client
 from core.enums import Action
 from core.models import ActionConfigUpdate, ApiClientCreate, OutboxMessage
 from core.otpconfig import update_action_config
 from core.runtime import Runtime
 from core.staff import StaffIdentity, require
-from core import audit
 
 
 def save_action_config(rt: Runtime, *, actor: StaffIdentity, action: Action, update: ActionConfigUpdate,

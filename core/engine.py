@@ -123,6 +123,15 @@ def _issue(conn: Connection, rt: Runtime, *, user_key: str, entity_type: str, co
     return issued, request_id, delivery_ids
 
 
+def _public_reason(report: DeliveryReport) -> str:
+    """What an API client may learn about a failed delivery; the delivery row keeps the full error."""
+    if report.gateway == "none":
+        return "no gateway is configured for this channel"
+    if report.error and report.error.startswith("template failed to render"):
+        return "the template failed to render"
+    return "the gateway did not accept the message"
+
+
 async def generate(rt: Runtime, payload: object, *, client_id: int | None = None) -> GenerateResult:
     """Issue (or re-send) a code and send it over every planned channel at once.
 
@@ -187,7 +196,8 @@ async def generate(rt: Runtime, payload: object, *, client_id: int | None = None
     log.info("%s code %s for %s action %s over %s", "re-sent" if issued.resent else "issued", issued.code_id,
              mask(request.entity.value), config.action.value, ",".join(t.channel.value for t in targets))
     failed = [r for r in reports if r.status == "failed"]
-    warnings = [Problem(E.GATEWAY_ERROR, f"{r.channel} to {mask(r.destination)} failed: {r.error}") for r in failed]
+    warnings = [Problem(E.GATEWAY_ERROR, f"{r.channel} to {mask(r.destination)} failed: {_public_reason(r)}")
+                for r in failed]
     if reports and len(failed) == len(reports):
         raise OtpError(warnings, 502)
     if issued.resent:

@@ -85,6 +85,9 @@ def _optional_string(body: dict, name: str, code: int, problems: list[Problem]) 
     if not isinstance(value, str):
         problems.append(Problem(code, f"{name} must be a string"))
         return None
+    if "\x00" in value:
+        problems.append(Problem(code, f"{name} must not contain NUL characters"))
+        return None
     return value
 
 
@@ -167,6 +170,7 @@ def parse_generate(payload: object, settings: Settings) -> GenerateRequest:
     whatsapp_language = _optional_string(body, "whatsappTemplateLanguage", E.WHATSAPP_TEMPLATE_MISSING, problems)
     zalo_id = _optional_string(body, "zaloTemplateIdentifier", E.ZALO_TEMPLATE_MISSING, problems)
     for name, value, code in (("whatsappTemplateName", whatsapp_name, E.WHATSAPP_TEMPLATE_MISSING),
+                              ("whatsappTemplateLanguage", whatsapp_language, E.WHATSAPP_TEMPLATE_MISSING),
                               ("zaloTemplateIdentifier", zalo_id, E.ZALO_TEMPLATE_MISSING)):
         if value is not None and len(value) > MAX_NAME_CHARS:
             problems.append(Problem(code, f"{name} is longer than {MAX_NAME_CHARS} characters"))

@@ -49,7 +49,7 @@ class Runtime:
         self.gateways = gateways if gateways is not None else build_gateways(self.settings, self.db)
         self._configs: TtlValue[dict[Action, OtpConfig]] = TtlValue(self._load_configs, self.settings.cache_seconds)
         self._templates: TtlValue[ActiveTemplates] = TtlValue(self._load_templates, self.settings.cache_seconds)
-        self.auth = ClientAuthenticator(self.db, self.settings.auth_cache_seconds)
+        self.auth = ClientAuthenticator(self.read_db, self.settings.auth_cache_seconds)
 
     def _load_configs(self) -> dict[Action, OtpConfig]:
         with self.read_db.connect() as conn:
