@@ -50,6 +50,7 @@ def load_active_templates(conn: Connection) -> ActiveTemplates:
 class TemplateReport:
     """Checks and a preview for one template version: the console shows it, submitting enforces it."""
     issues: list[str] = field(default_factory=list)
+    unsafe: list[str] = field(default_factory=list)  # refused even when saving a draft
     hints: list[str] = field(default_factory=list)
     placeholder_count: int = 0
     sms: SmsStats | None = None
@@ -94,12 +95,14 @@ def check_version(fields: TemplateVersionCreate, config: OtpConfig, *, brand: st
         subject = check_template(fields.subject or "", kind="subject", require_placeholder=False)
         body = check_template(fields.body or "", kind="body")
         report.issues += _prefixed("subject", subject.errors) + _prefixed("body", body.errors)
+        report.unsafe += _prefixed("subject", subject.unsafe) + _prefixed("body", body.unsafe)
         report.placeholder_count = body.placeholder_count
         report.preview_subject = _best_effort(fields.subject or "", variables, kind="subject", html=False)
         report.preview_text = _best_effort(fields.body or "", variables, kind="body", html=fields.is_html)
         return report
     text = check_template(fields.text or "", kind="text")
     report.issues += _prefixed("text", text.errors)
+    report.unsafe += _prefixed("text", text.unsafe)
     report.placeholder_count = text.placeholder_count
     report.preview_text = _best_effort(fields.text or "", variables, kind="text", html=False)
     if channel is Channel.SMS and report.preview_text is not None:
@@ -133,11 +136,15 @@ def get_version(session: Session, version_id: int) -> TemplateVersionPublic | No
     return TemplateVersionPublic.model_validate(row) if row else None
 
 
-def save_draft(session: Session, *, actor: StaffIdentity, fields: TemplateVersionCreate) -> TemplateVersionPublic:
-    """A new immutable draft version; drafts may have problems, submitting may not."""
+def save_draft(session: Session, *, actor: StaffIdentity, fields: TemplateVersionCreate,
+               config: OtpConfig) -> TemplateVersionPublic:
+    """A new immutable draft version; a draft may lack its placeholder, but never holds an unsafe construct."""
     require(session, actor, "templates.edit")
     if Action.parse(fields.action) is None or Channel.parse(fields.channel) is None:
         raise TemplateRefused(["unknown action or channel"])
+    unsafe = check_version(fields, config).unsafe
+    if unsafe:
+        raise TemplateRefused(["not saved, the template uses what is not allowed: " + issue for issue in unsafe])
     for attempt in range(3):
         number = session.exec(select(func.max(TemplateVersion.version)).where(
             TemplateVersion.action == fields.action, TemplateVersion.channel == fields.channel)).one() or 0

@@ -57,6 +57,8 @@ class TemplateCheck:
     errors: list[TemplateIssue] = field(default_factory=list)
     warnings: list[TemplateIssue] = field(default_factory=list)
     placeholder_count: int = 0
+    # Constructs outside the allow-list (loops, calls, attribute access...): refused even in a draft.
+    unsafe: list[TemplateIssue] = field(default_factory=list)
     variables: frozenset[str] = frozenset()
     unknown_variables: tuple[str, ...] = ()
 
@@ -127,6 +129,7 @@ def check_template(source: object, *, kind: str = "text", require_placeholder: b
         if str(issue) not in seen:
             seen.add(str(issue))
             check.errors.append(issue)
+            check.unsafe.append(issue)
 
     check.variables = frozenset(names)
     check.placeholder_count = names.count(PLACEHOLDER)

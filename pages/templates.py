@@ -88,16 +88,20 @@ with edit_tab:
     if can("templates.edit"):
         save_col, submit_col = st.columns(2)
         if save_col.button("Save as draft", key="tpl_save"):
-            with rt.session() as db:
-                saved = save_draft(db, actor=identity, fields=draft)
-            st.session_state["tpl_flash"] = ("success", f"Saved draft version {saved.version}.")
-            st.rerun()
+            try:
+                with rt.session() as db:
+                    saved = save_draft(db, actor=identity, fields=draft, config=config)
+            except TemplateRefused as exc:
+                st.error("; ".join(exc.reasons))
+            else:
+                st.session_state["tpl_flash"] = ("success", f"Saved draft version {saved.version}.")
+                st.rerun()
         if submit_col.button("Save and submit for review", key="tpl_submit", type="primary"):
             if not report.ok:
                 st.error("Fix these before submitting: " + "; ".join(report.issues))
             else:
                 with rt.session() as db:
-                    saved = save_draft(db, actor=identity, fields=draft)
+                    saved = save_draft(db, actor=identity, fields=draft, config=config)
                     try:
                         submit_for_review(db, actor=identity, version_id=saved.id, config=config,
                                           brand=rt.settings.brand)

@@ -1,0 +1,131 @@
+"""The template workflow in core: drafts, checks, four eyes, rollback, diffs, and the engine's cache."""
+from __future__ import annotations
+
+import pytest
+
+from core.engine import generate, run
+from core.enums import Action, Channel
+from core.models import StaffCreate, TemplateVersionCreate
+from core.runtime import Runtime
+from core.staff import PermissionDenied, StaffIdentity, create_first_admin, create_staff
+from core.template_versions import (TemplateRefused, approve, check_version, diff_versions, list_versions,
+                                    reactivate, reject, save_draft, submit_for_review)
+from tests.conftest import make_settings, outbox
+
+INJECTIONS = [
+    "{{ ''.__class__.__mro__ }} {{ validation_code }}",
+    "{{ validation_code|attr('format') }}",
+    "{{ range(10**9)|list }} {{ validation_code }}",
+    "{% for a in range(99) %}{% for b in range(99) %}{{ a }}{% endfor %}{% endfor %}{{ validation_code }}",
+    "{{ 'x'*10**9 }} {{ validation_code }}",
+]
+
+
+@pytest.fixture
+def people(rt):
+    with rt.session() as db:
+        admin = create_first_admin(db, username="ada", password="correct horse 1")
+        boss = StaffIdentity(admin.id, admin.username, admin.role)
+        made = {"admin": boss}
+        for name, role in (("eve", "editor"), ("abe", "approver"), ("vic", "viewer")):
+            row = create_staff(db, actor=boss, staff_create=StaffCreate(username=name, password="password-123", role=role))
+            made[role] = StaffIdentity(row.id, row.username, row.role)
+    return made
+
+
+def sms(text: str) -> TemplateVersionCreate:
+    return TemplateVersionCreate(action="COUPON", channel="SMS", text=text)
+
+
+def draft(rt, who, text):
+    with rt.session() as db:
+        return save_draft(db, actor=who, fields=sms(text), config=rt.config_for(Action.COUPON))
+
+
+def step(rt, fn, who, version_id, **kwargs):
+    with rt.session() as db:
+        return fn(db, actor=who, version_id=version_id, **kwargs)
+
+
+@pytest.mark.parametrize("payload", INJECTIONS)
+def test_injection_payloads_are_refused_at_save_time(rt, people, payload):
+    with pytest.raises(TemplateRefused) as refused:
+        draft(rt, people["editor"], payload)
+    assert all("not allowed" in reason for reason in refused.value.reasons)
+    with rt.session() as db:
+        assert list_versions(db, action=Action.COUPON, channel=Channel.SMS) == []
+
+
+def test_a_draft_may_lack_its_placeholder_but_cannot_be_submitted(rt, people):
+    saved = draft(rt, people["editor"], "no code here")
+    assert saved.status == "draft" and saved.version == 1
+    with pytest.raises(TemplateRefused) as refused:
+        step(rt, submit_for_review, people["editor"], saved.id, config=rt.config_for(Action.COUPON))
+    assert any("exactly once" in r for r in refused.value.reasons)
+
+
+def test_four_eyes_and_single_transitions(rt, people):
+    config = rt.config_for(Action.COUPON)
+    saved = draft(rt, people["approver"], "Hi {{ validation_code }}")
+    step(rt, submit_for_review, people["approver"], saved.id, config=config)
+    with pytest.raises(TemplateRefused, match="author"):
+        step(rt, approve, people["approver"], saved.id, config=config)
+    with pytest.raises(PermissionDenied):
+        step(rt, approve, people["editor"], saved.id, config=config)
+    done = step(rt, approve, people["admin"], saved.id, config=config)
+    assert done.status == "approved" and done.is_active and done.reviewer == "ada"
+    with pytest.raises(TemplateRefused, match="only a pending version"):
+        step(rt, approve, people["admin"], saved.id, config=config)
+    with pytest.raises(TemplateRefused, match="only a pending version"):
+        step(rt, reject, people["admin"], saved.id, reason="late")
+
+
+def test_rollback_diff_and_the_engine_cache(db_url, tmp_path, clock, people):
+    # A runtime that trusts its cache for a minute: it sees a change at once only when told.
+    rt = Runtime(make_settings(db_url, tmp_path, cache_seconds=60), clock=clock)
+    try:
+        config = rt.config_for(Action.COUPON)
+        first = draft(rt, people["editor"], "One {{ validation_code }}")
+        step(rt, submit_for_review, people["editor"], first.id, config=config)
+        run(generate(rt, {"entityType": "MOBILE", "entityValue": "+919955882233", "action": "COUPON"}))
+        step(rt, approve, people["approver"], first.id, config=config)
+        run(generate(rt, {"entityType": "MOBILE", "entityValue": "+919955882234", "action": "COUPON"}))
+        assert outbox(rt)[-1]["body"].startswith("Hi user.")  # cached: the change is not seen yet
+        rt.configuration_changed()
+        run(generate(rt, {"entityType": "MOBILE", "entityValue": "+919955882235", "action": "COUPON"}))
+        assert outbox(rt)[-1]["body"].startswith("One ")
+
+        second = draft(rt, people["editor"], "Two {{ validation_code }}\nsecond line")
+        step(rt, submit_for_review, people["editor"], second.id, config=config)
+        step(rt, approve, people["approver"], second.id, config=config)
+        with rt.session() as db:
+            versions = list_versions(db, action=Action.COUPON, channel=Channel.SMS)
+        assert [(v.version, v.is_active) for v in versions] == [(2, True), (1, False)]
+        assert diff_versions(versions[1], versions[0]).splitlines()[2:] == [
+            "@@ -1 +1,2 @@", "-text: One {{ validation_code }}", "+text: Two {{ validation_code }}",
+            "+text: second line"]
+
+        step(rt, reactivate, people["approver"], first.id, reason="rollback")
+        rt.configuration_changed()
+        run(generate(rt, {"entityType": "MOBILE", "entityValue": "+919955882236", "action": "COUPON"}))
+        assert outbox(rt)[-1]["body"].startswith("One ")
+        with rt.session() as db:
+            versions = list_versions(db, action=Action.COUPON, channel=Channel.SMS)
+        # Versions are immutable: the texts are what they were when written.
+        assert [(v.version, v.is_active, v.text.split()[0]) for v in versions] == [(2, False, "Two"), (1, True, "One")]
+    finally:
+        rt.db.dispose()
+
+
+def test_checks_per_channel(rt):
+    config = rt.config_for(Action.COUPON)
+    email = check_version(TemplateVersionCreate(action="COUPON", channel="EMAIL", subject="Code for {{ action }}",
+                                                body="<p>{{ validation_code }}</p>", is_html=True), config)
+    assert email.ok and email.preview_subject == "Code for COUPON" and email.preview_text == "<p>123456</p>"
+    whatsapp = check_version(TemplateVersionCreate(action="COUPON", channel="WHATSAPP"), config)
+    assert whatsapp.issues == ["the WhatsApp template name is required"]
+    zalo = check_version(TemplateVersionCreate(action="COUPON", channel="ZALO", zalo_template_id="z1"), config)
+    assert zalo.ok
+    long_sms = check_version(sms("ç {{ validation_code }} " + "x" * 80), config)
+    assert long_sms.ok and long_sms.sms.encoding == "UCS-2" and long_sms.sms.segments == 2
+    assert any("segments" in h for h in long_sms.hints)
