@@ -26,6 +26,13 @@ class ActionConfigBase(SQLModel):
     max_consecutive_failures: int = 25
     lock_minutes: int = 60
     max_sends_per_code: int = 5
+    # Which gateway sends each channel for this action, e.g. "SMS=twilio-main,EMAIL=smtp"; a channel not
+    # named uses its default gateway.
+    gateways: str = ""
+    # Failover plan used when a request names no channels, e.g. "WHATSAPP,SMS": the next channel gets the
+    # same code when a send fails or no 'delivered' receipt arrives within failover_seconds.
+    failover: str = ""
+    failover_seconds: int = 30
 
 
 class ActionConfig(ActionConfigBase, table=True):
@@ -89,6 +96,9 @@ class Delivery(SQLModel, table=True):
     attempts: int = 0
     created_at: datetime = Field(default_factory=utcnow, index=True)
     updated_at: datetime = Field(default_factory=utcnow)
+    # Failover: the step of the action's plan this delivery is, and until when a receipt is awaited.
+    failover_step: int = 0
+    receipt_deadline: datetime | None = None
 
 
 class OutboxMessage(SQLModel, table=True):
@@ -251,3 +261,42 @@ class TemplateVersionPublic(TemplateVersionBase):
     reason: str | None
     created_at: datetime
     reviewed_at: datetime | None
+
+
+class GatewayConfigBase(SQLModel):
+    name: str = Field(max_length=60, unique=True)
+    channel: str = Field(max_length=10)
+    # outbox, smtp, twilio_sms, webhook_sms, twilio_voice, webhook_voice, meta_whatsapp, zalo_zns
+    provider: str = Field(max_length=20)
+    endpoint: str = Field(default="", max_length=500)
+    sender: str = Field(default="", max_length=200)
+    # Non-secret provider settings as JSON (ports, TLS mode, header and body templates, timeouts).
+    options: str = "{}"
+    is_default: bool = False
+    enabled: bool = True
+
+
+class GatewayConfig(GatewayConfigBase, table=True):
+    """A configured provider for one channel; its credentials are stored only AES-GCM encrypted."""
+    __tablename__ = "gateway_config"
+    id: int | None = Field(default=None, primary_key=True)
+    credentials_enc: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class GatewayConfigPublic(GatewayConfigBase):
+    id: int
+    credentials_hint: str = ""  # e.g. "AC12…89": never the whole secret
+
+
+class DeliveryReceipt(SQLModel, table=True):
+    """A provider's status callback; the unique fingerprint turns a replayed callback away."""
+    __tablename__ = "delivery_receipt"
+    id: int | None = Field(default=None, primary_key=True)
+    delivery_id: int = Field(index=True)
+    gateway: str = Field(max_length=60)
+    provider_status: str = Field(max_length=40)
+    status: str = Field(max_length=10)
+    fingerprint: str = Field(max_length=64, unique=True)
+    received_at: datetime = Field(default_factory=utcnow)
