@@ -37,7 +37,7 @@ class CodeSendsExhausted(Exception):
 
 
 def issue_or_resend(conn: Connection, keys: CodeKeys, *, user_key: str, entity_type: str, config: OtpConfig,
-                    now: datetime) -> IssuedCode:
+                    now: datetime, fixed_code: str | None = None) -> IssuedCode:
     """Re-send the live code for this user and action, or issue a new one.
 
     A re-send keeps the expiry and the failed-attempt count; a used or burned code is never live again.
@@ -56,7 +56,7 @@ def issue_or_resend(conn: Connection, keys: CodeKeys, *, user_key: str, entity_t
     if capped is not None:
         raise CodeSendsExhausted(capped.expires_at)
 
-    code = new_code(config.code_length, config.alphanumeric)
+    code = fixed_code or new_code(config.code_length, config.alphanumeric)
     expires_at = now + timedelta(minutes=config.validity_minutes)
     code_id = conn.execute(insert(_code).values(
         user_key=user_key, entity_type=entity_type, action=action,

@@ -44,6 +44,21 @@ class Settings(BaseSettings):
     gateway_whatsapp: str = "outbox"
     gateway_zalo: str = "outbox"
 
+    # Test numbers: comma-separated E.164 numbers, or prefixes ending in '*', that always get test_code,
+    # go only to the outbox and are exempt from limits. Refused in production.
+    test_numbers: str = ""
+    test_code: str = "123456"
+    # The public base URL the providers call receipts on (Twilio signs the exact URL); empty: the request's own.
+    public_url: str = ""
+    # Seconds between two checks for deliveries whose receipt did not come in time (failover).
+    failover_poll_seconds: float = 1.0
+
+    def is_test_number(self, value: str) -> bool:
+        for pattern in (p.strip() for p in self.test_numbers.split(",") if p.strip()):
+            if value == pattern or (pattern.endswith("*") and value.startswith(pattern[:-1])):
+                return True
+        return False
+
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:
@@ -52,6 +67,13 @@ class Settings(BaseSettings):
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown time zone {value!r}") from exc
         return value
+
+    @field_validator("test_code")
+    @classmethod
+    def _ascii_test_code(cls, value: str) -> str:
+        if not (4 <= len(value) <= 50 and value.isascii() and value.isalnum()):
+            raise ValueError("test_code must be 4 to 50 ASCII letters or digits")
+        return value.upper()
 
     @field_validator("daily_limit")
     @classmethod
@@ -66,6 +88,8 @@ class Settings(BaseSettings):
         if self.env == "production":
             if not self.secret_key:
                 raise ValueError("OTP_SECRET_KEY is required when OTP_ENV=production")
+            if self.test_numbers.strip():
+                raise ValueError("OTP_TEST_NUMBERS is refused when OTP_ENV=production")
             outbox = [c for c in ("sms", "email", "phone", "whatsapp", "zalo")
                       if getattr(self, f"gateway_{c}") == "outbox"]
             if outbox:

@@ -92,3 +92,21 @@ def normalise_submitted_code(value: str, alphanumeric: bool) -> str | None:
 def equal(a: bytes, b: bytes) -> bool:
     """The one constant-time comparison every check calls."""
     return hmac.compare_digest(a, b)
+
+
+class SecretBox:
+    """AES-GCM for small secrets kept in the database (gateway credentials), under a key of their own."""
+
+    def __init__(self, key: bytes) -> None:
+        self._aead = AESGCM(key)
+
+    @classmethod
+    def from_master(cls, master: bytes) -> "SecretBox":
+        return cls(_derive(master, b"otp-stored-secrets"))
+
+    def seal(self, plaintext: bytes, context: str) -> bytes:
+        nonce = secrets.token_bytes(12)
+        return nonce + self._aead.encrypt(nonce, plaintext, context.encode())
+
+    def open(self, blob: bytes, context: str) -> bytes:
+        return self._aead.decrypt(blob[:12], blob[12:], context.encode())

@@ -4,9 +4,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
-from core.enums import Channel
 from core.gateways import Gateway, OutgoingMessage, SendResult
 
 log = logging.getLogger(__name__)
@@ -35,9 +34,8 @@ async def _send_one(gateway: Gateway | None, message: OutgoingMessage, timeout: 
     return SendResult(result.status, result.provider_message_id, result.http_status, error, result.attempts, latency)
 
 
-async def dispatch(gateways: Mapping[Channel, Gateway | None], messages: Sequence[OutgoingMessage],
-                   timeout: float) -> list[SendResult]:
-    """Send every message concurrently; results come back in the order of messages."""
-    if len(messages) == 1:  # the common case skips gather's task set-up
-        return [await _send_one(gateways.get(messages[0].channel), messages[0], timeout)]
-    return list(await asyncio.gather(*(_send_one(gateways.get(m.channel), m, timeout) for m in messages)))
+async def dispatch(sends: Sequence[tuple[Gateway | None, OutgoingMessage]], timeout: float) -> list[SendResult]:
+    """Send every message through its gateway concurrently; results come back in the order given."""
+    if len(sends) == 1:  # the common case skips gather's task set-up
+        return [await _send_one(sends[0][0], sends[0][1], timeout)]
+    return list(await asyncio.gather(*(_send_one(gateway, message, timeout) for gateway, message in sends)))

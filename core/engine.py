@@ -8,7 +8,7 @@ import asyncio
 import logging
 import math
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -17,9 +17,12 @@ from core import errors as E
 from core.codes import CodeSendsExhausted, IssuedCode, check_code, issue_or_resend, locked_until, \
     record_failure, reset_failures
 from core.dispatch import dispatch
-from core.entities import mask
+from core.gateways import Gateway
+from core.entities import NormalisedEntity, mask
+from core.enums import Action, Channel, EntityType
 from core.errors import OtpError, Problem
-from core.messages import plan_channels, render_message, resolve_all
+from core.messages import ResolvedTemplate, failover_plan, plan_channels, render_message, resolve_all, \
+    resolve_template
 from core.models import Delivery, LimitEvent, OtpCode, OtpRequest, OtpValidation, UsageCounter
 from core.otpconfig import OtpConfig
 from core.ratelimit import bump, local_day, seconds_until_next_day, window_start
@@ -91,36 +94,44 @@ def _record_refusal(rt: Runtime, refused: _Refused, *, user_key: str, action: st
     return OtpError.single(E.RATE_LIMITED, refused.message, 429, refused.retry_after)
 
 
-def _gateway_name(rt: Runtime, target: ChannelTarget) -> str:
-    gateway = rt.gateways.get(target.channel)
+def _gateway_label(gateway: Gateway | None) -> str:
     return gateway.name if gateway is not None else "none"
 
 
 def _issue(conn: Connection, rt: Runtime, *, user_key: str, entity_type: str, config: OtpConfig,
-           targets: list[ChannelTarget], client_id: int | None, now: datetime) -> tuple[IssuedCode, int, list[int]]:
+           sends: list[tuple[ChannelTarget, Gateway | None]], client_id: int | None, now: datetime,
+           test_number: bool) -> tuple[IssuedCode, int, list[int]]:
     """The one write transaction of a generate: count, issue or re-send, record the request and its deliveries."""
     tz = rt.settings.tz
     day = local_day(now, tz)
-    if bump(conn, scope="daily:*", user_key=user_key, period=day, limit=rt.settings.daily_limit) is None:
-        raise _Refused("daily", f"daily limit of {rt.settings.daily_limit} OTP requests reached for this user",
-                       seconds_until_next_day(now, tz))
-    if config.daily_cap is not None and bump(conn, scope=f"daily:{config.action.value}", user_key=user_key,
-                                             period=day, limit=config.daily_cap) is None:
-        raise _Refused("action_daily", f"daily limit of {config.daily_cap} OTP requests for "
-                       f"{config.action.value} reached for this user", seconds_until_next_day(now, tz))
+    if not test_number:
+        if bump(conn, scope="daily:*", user_key=user_key, period=day, limit=rt.settings.daily_limit) is None:
+            raise _Refused("daily", f"daily limit of {rt.settings.daily_limit} OTP requests reached for this user",
+                           seconds_until_next_day(now, tz))
+        if config.daily_cap is not None and bump(conn, scope=f"daily:{config.action.value}", user_key=user_key,
+                                                 period=day, limit=config.daily_cap) is None:
+            raise _Refused("action_daily", f"daily limit of {config.daily_cap} OTP requests for "
+                           f"{config.action.value} reached for this user", seconds_until_next_day(now, tz))
     try:
-        issued = issue_or_resend(conn, rt.keys, user_key=user_key, entity_type=entity_type, config=config, now=now)
+        issued = issue_or_resend(conn, rt.keys, user_key=user_key, entity_type=entity_type, config=config, now=now,
+                                 fixed_code=rt.settings.test_code if test_number else None)
     except CodeSendsExhausted as exc:
         raise _Refused("code_sends", f"this code was already sent {config.max_sends_per_code} times; "
                        "a new one can be requested when it expires", _seconds_until(exc.expires_at, now)) from None
     request_id = conn.execute(insert(OtpRequest).values(
         created_at=now, code_id=issued.code_id, user_key=user_key, action=config.action.value,
         kind="resent" if issued.resent else "issued", client_id=client_id).returning(OtpRequest.id)).scalar_one()
-    delivery_ids = [conn.execute(insert(Delivery).values(
-        request_id=request_id, code_id=issued.code_id, channel=t.channel.value, destination=t.destination,
-        gateway=_gateway_name(rt, t), status="queued", attempts=0, created_at=now, updated_at=now,
-    ).returning(Delivery.id)).scalar_one() for t in targets]
+    delivery_ids = [_insert_delivery(conn, request_id=request_id, code_id=issued.code_id, target=target,
+                                     gateway=gateway, step=0, now=now) for target, gateway in sends]
     return issued, request_id, delivery_ids
+
+
+def _insert_delivery(conn: Connection, *, request_id: int, code_id: int, target: ChannelTarget,
+                     gateway: Gateway | None, step: int, now: datetime) -> int:
+    return conn.execute(insert(Delivery).values(
+        request_id=request_id, code_id=code_id, channel=target.channel.value, destination=target.destination,
+        gateway=_gateway_label(gateway), status="queued", attempts=0, created_at=now, updated_at=now,
+        failover_step=step).returning(Delivery.id)).scalar_one()
 
 
 def _public_reason(report: DeliveryReport) -> str:
@@ -132,16 +143,91 @@ def _public_reason(report: DeliveryReport) -> str:
     return "the gateway did not accept the message"
 
 
+@dataclass(frozen=True)
+class _Send:
+    delivery_id: int
+    target: ChannelTarget
+    gateway: Gateway | None
+    template: ResolvedTemplate
+
+
+async def _deliver(rt: Runtime, config: OtpConfig, sends: list[_Send], code: str, *,
+                   await_receipt: bool) -> list[DeliveryReport]:
+    """Render, send concurrently (no transaction open), then record each outcome in one short transaction.
+
+    With await_receipt, a delivery that was only 'sent' gets a deadline: without a 'delivered' receipt by
+    then, the failover sends the next channel of the plan.
+    """
+    variables = {"validation_code": code, "expiry_minutes": config.validity_minutes,
+                 "action": config.action.value, "brand": rt.settings.brand}
+    pairs, render_failures = [], {}
+    for send in sends:
+        try:
+            pairs.append((send.gateway, render_message(send.template, delivery_id=send.delivery_id,
+                                                       destination=send.target.destination, code=code,
+                                                       variables=variables)))
+        except RenderError as exc:
+            render_failures[send.delivery_id] = str(exc)[:1000]
+    results = dict(zip((m.delivery_id for _g, m in pairs), await dispatch(pairs, rt.settings.gateway_timeout_seconds)))
+
+    reports: list[DeliveryReport] = []
+    finished = rt.clock()
+    deadline = finished + timedelta(seconds=config.failover_seconds) if await_receipt else None
+    try:
+        with rt.db.begin() as conn:
+            for send in sends:
+                result = results.get(send.delivery_id)
+                status = result.status if result else "failed"
+                error = result.error if result else f"template failed to render: {render_failures[send.delivery_id]}"
+                conn.execute(update(Delivery).where(Delivery.id == send.delivery_id).values(
+                    status=status, error=error,
+                    provider_message_id=result.provider_message_id if result else None,
+                    http_status=result.http_status if result else None,
+                    latency_ms=result.latency_ms if result else None,
+                    attempts=result.attempts if result else 0, updated_at=finished,
+                    receipt_deadline=deadline if status == "sent" else None))
+                reports.append(DeliveryReport(send.delivery_id, send.target.channel.value, send.target.destination,
+                                              _gateway_label(send.gateway), status, error))
+    except DBAPIError as exc:  # the messages went out; losing their status must not turn into an error
+        log.error("could not record delivery results: %s", type(exc).__name__)
+    return reports
+
+
+async def _fail_over(rt: Runtime, config: OtpConfig, *, request_id: int, code_id: int, code: str,
+                     plan: list[ChannelTarget], templates: dict[Channel, ResolvedTemplate], from_step: int,
+                     test_number: bool = False) -> list[DeliveryReport]:
+    """Send the same code over the plan's next channels, one after another, until one is not refused."""
+    reports: list[DeliveryReport] = []
+    for step in range(from_step + 1, len(plan)):
+        target = plan[step]
+        gateway = rt.outbox if test_number else rt.gateway_for(config.action, target.channel)
+        with rt.db.begin() as conn:
+            delivery_id = _insert_delivery(conn, request_id=request_id, code_id=code_id, target=target,
+                                           gateway=gateway, step=step, now=rt.clock())
+        log.info("failover of request %s to %s (step %s)", request_id, target.channel.value, step)
+        report = (await _deliver(rt, config, [_Send(delivery_id, target, gateway, templates[target.channel])], code,
+                                 await_receipt=step < len(plan) - 1))[0]
+        reports.append(report)
+        if report.status != "failed":
+            break
+    return reports
+
+
 async def generate(rt: Runtime, payload: object, *, client_id: int | None = None) -> GenerateResult:
     """Issue (or re-send) a code and send it over every planned channel at once.
 
     Raises OtpError with Capillary's codes; a failed channel is a 7001 warning while another succeeded.
+    With a failover plan and no channels in the request, the plan's first channel is sent and the next
+    ones get the same code if it fails (now) or is not delivered in time (later, run_due_failovers).
     """
     request = parse_generate(payload, rt.settings)
     config = rt.config_for(request.action)
-    targets = plan_channels(request, config)
-    templates = resolve_all(targets, request.action, rt.active_templates(), request)
+    plan = failover_plan(request.entity, config) if request.channels is None else []
+    targets = plan[:1] if plan else plan_channels(request, config)
+    templates = resolve_all(plan or targets, request.action, rt.active_templates(), request)
     user_key = request.entity.user_key
+    test_number = rt.settings.is_test_number(request.entity.value)
+    gateways = [rt.outbox if test_number else rt.gateway_for(config.action, t.channel) for t in targets]
     now = rt.clock()
 
     for attempt in range(2):
@@ -149,7 +235,7 @@ async def generate(rt: Runtime, payload: object, *, client_id: int | None = None
             with rt.db.begin() as conn:
                 issued, request_id, delivery_ids = _issue(
                     conn, rt, user_key=user_key, entity_type=request.entity.entity_type.value, config=config,
-                    targets=targets, client_id=client_id, now=now)
+                    sends=list(zip(targets, gateways)), client_id=client_id, now=now, test_number=test_number)
             break
         except _Refused as refused:
             raise _record_refusal(rt, refused, user_key=user_key, action=config.action.value,
@@ -162,39 +248,14 @@ async def generate(rt: Runtime, payload: object, *, client_id: int | None = None
         except DBAPIError as exc:
             raise _storage_error(exc) from None
 
-    variables = {"validation_code": issued.code, "expiry_minutes": config.validity_minutes,
-                 "action": config.action.value, "brand": rt.settings.brand}
-    messages, render_failures = [], {}
-    for target, delivery_id in zip(targets, delivery_ids):
-        try:
-            messages.append(render_message(templates[target.channel], delivery_id=delivery_id,
-                                           destination=target.destination, code=issued.code, variables=variables))
-        except RenderError as exc:
-            render_failures[delivery_id] = str(exc)[:1000]
-    results = dict(zip((m.delivery_id for m in messages),
-                       await dispatch(rt.gateways, messages, rt.settings.gateway_timeout_seconds)))
-
-    reports: list[DeliveryReport] = []
-    finished = rt.clock()
-    try:
-        with rt.db.begin() as conn:
-            for target, delivery_id in zip(targets, delivery_ids):
-                result = results.get(delivery_id)
-                status = result.status if result else "failed"
-                error = result.error if result else f"template failed to render: {render_failures[delivery_id]}"
-                conn.execute(update(Delivery).where(Delivery.id == delivery_id).values(
-                    status=status, error=error,
-                    provider_message_id=result.provider_message_id if result else None,
-                    http_status=result.http_status if result else None,
-                    latency_ms=result.latency_ms if result else None,
-                    attempts=result.attempts if result else 0, updated_at=finished))
-                reports.append(DeliveryReport(delivery_id, target.channel.value, target.destination,
-                                              _gateway_name(rt, target), status, error))
-    except DBAPIError as exc:  # the messages went out; losing their status must not turn into an error
-        log.error("could not record delivery results: %s", type(exc).__name__)
+    sends = [_Send(d, t, g, templates[t.channel]) for d, t, g in zip(delivery_ids, targets, gateways)]
+    reports = await _deliver(rt, config, sends, issued.code, await_receipt=len(plan) > 1)
+    if plan and reports and reports[0].status == "failed":
+        reports += await _fail_over(rt, config, request_id=request_id, code_id=issued.code_id, code=issued.code,
+                                    plan=plan, templates=templates, from_step=0, test_number=test_number)
 
     log.info("%s code %s for %s action %s over %s", "re-sent" if issued.resent else "issued", issued.code_id,
-             mask(request.entity.value), config.action.value, ",".join(t.channel.value for t in targets))
+             mask(request.entity.value), config.action.value, ",".join(r.channel for r in reports))
     failed = [r for r in reports if r.status == "failed"]
     warnings = [Problem(E.GATEWAY_ERROR, f"{r.channel} to {mask(r.destination)} failed: {_public_reason(r)}")
                 for r in failed]
@@ -204,6 +265,58 @@ async def generate(rt: Runtime, payload: object, *, client_id: int | None = None
         warnings.insert(0, Problem(E.RESENT_SAME_CODE, "the code sent earlier is still valid and was sent again"))
     return GenerateResult(1 if issued.resent else request_id, issued.resent, warnings, reports,
                           request_id, issued.code_id)
+
+
+async def fail_over_delivery(rt: Runtime, delivery_id: int) -> list[DeliveryReport]:
+    """Send the next channel of the plan for a delivery that failed or was not delivered in time.
+
+    Claiming the delivery clears its deadline in one conditional UPDATE, so a receipt and the poller
+    (or two API workers) never fail over the same delivery twice. A code used, burned or expired meanwhile
+    is not sent again.
+    """
+    now = rt.clock()
+    with rt.db.begin() as conn:
+        claimed = conn.execute(update(Delivery).where(Delivery.id == delivery_id, Delivery.receipt_deadline.is_not(None))
+                               .values(receipt_deadline=None)
+                               .returning(Delivery.request_id, Delivery.code_id, Delivery.failover_step)).first()
+        if claimed is None:
+            return []
+        origin = conn.execute(select(OtpRequest.action, OtpRequest.user_key).where(
+            OtpRequest.id == claimed.request_id)).first()
+        code_row = conn.execute(select(OtpCode.code_enc, OtpCode.state, OtpCode.expires_at, OtpCode.entity_type)
+                                .where(OtpCode.id == claimed.code_id)).first()
+    if origin is None or code_row is None or code_row.state != "active" or code_row.expires_at <= now \
+            or code_row.code_enc is None:
+        return []
+    action = Action(origin.action)
+    config = rt.config_for(action)
+    entity_type, _, value = origin.user_key.partition(":")
+    entity = NormalisedEntity(EntityType(entity_type), value)
+    plan = failover_plan(entity, config)
+    if claimed.failover_step + 1 >= len(plan):
+        return []
+    code = rt.keys.decrypt_code(origin.user_key, action.value, code_row.code_enc)
+    try:
+        templates = {t.channel: resolve_template(t.channel, action, rt.active_templates()) for t in plan}
+    except OtpError as exc:
+        log.warning("failover of request %s impossible: %s", claimed.request_id, exc.problems[0].message)
+        return []
+    return await _fail_over(rt, config, request_id=claimed.request_id, code_id=claimed.code_id, code=code, plan=plan,
+                            templates=templates, from_step=claimed.failover_step,
+                            test_number=rt.settings.is_test_number(value))
+
+
+async def run_due_failovers(rt: Runtime, limit: int = 100) -> int:
+    """Fail over every delivery whose receipt deadline has passed; returns how many were failed over."""
+    now = rt.clock()
+    with rt.read_db.connect() as conn:
+        due = conn.execute(select(Delivery.id).where(Delivery.receipt_deadline <= now, Delivery.status == "sent")
+                           .order_by(Delivery.receipt_deadline).limit(limit)).scalars().all()
+    done = 0
+    for delivery_id in due:
+        if await fail_over_delivery(rt, delivery_id):
+            done += 1
+    return done
 
 
 _WARNINGS = {
@@ -223,15 +336,16 @@ async def validate(rt: Runtime, payload: object, *, client_id: int | None = None
     action = config.action.value
     submitted = request.code.upper() if config.alphanumeric else request.code
     now = rt.clock()
+    exempt = rt.settings.is_test_number(request.entity.value)
     try:
         with rt.db.begin() as conn:
             window = window_start(now, config.validate_window_minutes)
-            if bump(conn, scope=f"validate:{action}", user_key=user_key, period=str(window),
-                    limit=config.validate_limit) is None:
+            if not exempt and bump(conn, scope=f"validate:{action}", user_key=user_key, period=str(window),
+                                   limit=config.validate_limit) is None:
                 raise _Refused("validate", f"at most {config.validate_limit} validations per "
                                f"{config.validate_window_minutes} minutes", max(1, window
                                + config.validate_window_minutes * 60 - int(now.timestamp())))
-            lock = locked_until(conn, user_key=user_key, action=action, now=now)
+            lock = None if exempt else locked_until(conn, user_key=user_key, action=action, now=now)
             if lock is not None:
                 raise _Refused("lock", "too many failed validations; this user is locked for this action",
                                _seconds_until(lock, now))

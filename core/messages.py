@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from core import errors as E
+from core.entities import NormalisedEntity
 from core.enums import Action, Channel, EntityType
 from core.errors import OtpError, Problem
 from core.gateways import OutgoingMessage
@@ -43,6 +44,14 @@ def plan_channels(request: GenerateRequest, config: OtpConfig) -> list[ChannelTa
             return [ChannelTarget(channel, request.entity.value)]
     raise OtpError.single(E.INVALID_CHANNEL, f"no channel was named and the policy of {config.action.value} "
                           f"offers no enabled channel for an {request.entity.entity_type.value} entity", 422)
+
+
+def failover_plan(entity: NormalisedEntity, config: OtpConfig) -> list[ChannelTarget]:
+    """The action's failover channels that suit the entity and are enabled, in order; [] when there is none."""
+    is_email = entity.entity_type is EntityType.EMAIL
+    plan = [ChannelTarget(c, entity.value) for c in config.failover
+            if c in config.channels and (c is Channel.EMAIL) == is_email]
+    return plan if len(plan) > 1 else []
 
 
 def resolve_template(channel: Channel, action: Action, active: ActiveTemplates,

@@ -31,6 +31,9 @@ class OtpConfig:
     max_consecutive_failures: int
     lock_minutes: int
     max_sends_per_code: int
+    gateways: str = ""
+    failover: tuple[Channel, ...] = ()
+    failover_seconds: int = 30
 
     @classmethod
     def from_row(cls, row: ActionConfig | dict) -> "OtpConfig":
@@ -43,7 +46,8 @@ class OtpConfig:
             daily_cap=get("daily_cap"), validate_limit=get("validate_limit"),
             validate_window_minutes=get("validate_window_minutes"), attempts_per_code=get("attempts_per_code"),
             max_consecutive_failures=get("max_consecutive_failures"), lock_minutes=get("lock_minutes"),
-            max_sends_per_code=get("max_sends_per_code"))
+            max_sends_per_code=get("max_sends_per_code"), gateways=get("gateways") or "",
+            failover=tuple(_channels(get("failover") or "")), failover_seconds=get("failover_seconds"))
 
 
 def _channels(text: str) -> list[Channel]:
@@ -88,7 +92,9 @@ def check_action_config(update: ActionConfigUpdate, *, service_daily_limit: int)
     names = [p.strip() for p in update.channels.split(",") if p.strip()]
     if not names:
         problems.append("enable at least one channel")
-    for name in names + [p.strip() for p in update.channel_policy.split(",") if p.strip()]:
+    if update.failover_seconds < 1:
+        problems.append("the failover wait must be at least 1 second")
+    for name in names + [p.strip() for p in (update.channel_policy + "," + update.failover).split(",") if p.strip()]:
         if Channel.parse(name) is None:
             problems.append(f"unknown channel {name!r}")
     return problems
@@ -111,6 +117,7 @@ def update_action_config(session: Session, *, action: Action, update: ActionConf
         setattr(row, key, value)
     row.channels = ",".join(c.value for c in _channels(update.channels))
     row.channel_policy = ",".join(c.value for c in _channels(update.channel_policy))
+    row.failover = ",".join(c.value for c in _channels(update.failover))
     row.updated_at = utcnow()
     row.updated_by = actor
     session.add(row)

@@ -8,9 +8,10 @@ from core.cache import TtlValue
 from core.clients import ClientAuthenticator
 from core.clock import Clock, utcnow
 from core.config import Settings, get_settings
-from core.crypto import CodeKeys, load_master_key
+from core.crypto import CodeKeys, SecretBox, load_master_key
 from core.db import READ_ONLY, make_engine, migrate
 from core.enums import Action, Channel
+from core.gateway_configs import GatewayRow, build_gateway, load_gateway_rows, parse_assignments
 from core.gateways import Gateway
 from core.gateways.outbox import OutboxGateway
 from core.otpconfig import OtpConfig, load_action_configs, seed_action_configs
@@ -44,11 +45,17 @@ class Runtime:
         if prepare:
             prepare_database(self.db)
         self.read_db = self.db.execution_options(**{READ_ONLY: True})
-        self.keys = CodeKeys.from_master(load_master_key(self.settings))
+        master = load_master_key(self.settings)
+        self.keys = CodeKeys.from_master(master)
+        self.box = SecretBox.from_master(master)
         self.clock = clock
         self.gateways = gateways if gateways is not None else build_gateways(self.settings, self.db)
+        self.outbox = OutboxGateway(self.db)
         self._configs: TtlValue[dict[Action, OtpConfig]] = TtlValue(self._load_configs, self.settings.cache_seconds)
         self._templates: TtlValue[ActiveTemplates] = TtlValue(self._load_templates, self.settings.cache_seconds)
+        self._gateway_rows: TtlValue[dict[str, GatewayRow]] = TtlValue(self._load_gateway_rows,
+                                                                       self.settings.cache_seconds)
+        self._built: dict[tuple[int, object], Gateway | None] = {}
         self.auth = ClientAuthenticator(self.read_db, self.settings.auth_cache_seconds)
 
     def _load_configs(self) -> dict[Action, OtpConfig]:
@@ -58,6 +65,25 @@ class Runtime:
     def _load_templates(self) -> ActiveTemplates:
         with self.read_db.connect() as conn:
             return load_active_templates(conn)
+
+    def _load_gateway_rows(self) -> dict[str, GatewayRow]:
+        with self.read_db.connect() as conn:
+            return load_gateway_rows(conn)
+
+    def gateway_for(self, action: Action, channel: Channel) -> Gateway | None:
+        """The action's chosen gateway for channel, else the channel's default one, else the settings' choice."""
+        rows = self._gateway_rows.get()
+        if rows:
+            name = parse_assignments(self.config_for(action).gateways).get(channel)
+            row = rows.get(name) if name else None
+            if row is None or row.channel is not channel:
+                row = next((r for r in rows.values() if r.channel is channel and r.is_default), None)
+            if row is not None:
+                key = (row.id, row.updated_at)
+                if key not in self._built:
+                    self._built[key] = build_gateway(row, self.box, self.db, production=not self.settings.is_development)
+                return self._built[key]
+        return self.gateways.get(channel)
 
     def config_for(self, action: Action) -> OtpConfig:
         configs = self._configs.get()
@@ -75,9 +101,11 @@ class Runtime:
         return self._templates.get()
 
     def configuration_changed(self) -> None:
-        """Call after saving configuration or templates, so this process uses them at once."""
+        """Call after saving configuration, templates or gateways, so this process uses them at once."""
         self._configs.invalidate()
         self._templates.invalidate()
+        self._gateway_rows.invalidate()
+        self._built.clear()
 
     def session(self) -> Session:
         return Session(self.db)

@@ -1,0 +1,29 @@
+"""Zalo Notification Service (ZNS): a template message with the code in template_data."""
+from __future__ import annotations
+
+from core.gateways import OutgoingMessage, SendResult
+from core.gateways.base import ProviderGateway, idempotency_key
+from core.gateways.http import json_of, post
+from core.gateways.retry import Permanent, with_retries
+
+ZNS_API = "https://business.openapi.zalo.me/message/template"
+
+
+class ZaloZns(ProviderGateway):
+    async def send(self, message: OutgoingMessage) -> SendResult:
+        token = self.secret("access_token")
+        body = {"phone": message.destination.lstrip("+"), "template_id": message.zalo_template_id,
+                "template_data": {str(self.options.get("code_parameter", "otp")): message.code},
+                "tracking_id": idempotency_key(message.delivery_id)}
+
+        async def once() -> SendResult:
+            response = await post(self.endpoint or ZNS_API, timeout=self.timeout,
+                                  headers={"access_token": token}, json_body=body)
+            answer = json_of(response)
+            if answer.get("error") != 0:
+                raise Permanent(f"Zalo refused the message: error {answer.get('error')} {answer.get('message', '')}"[:300],
+                                response.status_code)
+            data = answer.get("data") if isinstance(answer.get("data"), dict) else {}
+            return SendResult("sent", str(data.get("msg_id")) if data.get("msg_id") else None, response.status_code)
+
+        return await with_retries(once, self.policy, idempotent=False)
