@@ -1,6 +1,7 @@
 """The HTTP API: Capillary's /v2/otp endpoints over the engine in core, and nothing more."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -14,10 +15,11 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from core import engine
+from core import engine, receipts
 from core import errors as E
 from core.clients import PERMISSION_OTP_WRITE, ClientIdentity
 from core.errors import OtpError
+from core.gateways.http import close_shared_client
 from core.runtime import Runtime
 
 log = logging.getLogger("otp.api")
@@ -98,8 +100,8 @@ def _error_response(error: OtpError) -> JSONResponse:
     return JSONResponse(error.envelope(), status_code=error.http_status, headers=headers)
 
 
-async def read_json(request: Request) -> object:
-    """The parsed body, refusing oversized bodies before reading them whole and anything that is not JSON."""
+async def read_body(request: Request) -> bytes:
+    """The raw body, refusing an oversized one before reading it whole."""
     limit = request.app.state.runtime.settings.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None:
@@ -113,8 +115,14 @@ async def read_json(request: Request) -> object:
         if size > limit:
             raise OtpError.single(E.INVALID_BODY, f"the request body is larger than {limit} bytes", 413)
         chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request) -> object:
+    """The parsed body; anything that is not JSON is refused with the envelope."""
+    body = await read_body(request)
     try:
-        return json.loads(b"".join(chunks))
+        return json.loads(body)
     except (ValueError, RecursionError):
         raise OtpError.single(E.INVALID_BODY, "the request body is not valid JSON") from None
 
@@ -152,12 +160,25 @@ async def authorised_client(request: Request) -> ClientIdentity:
     return client
 
 
+async def _fail_over_forever(runtime: Runtime) -> None:
+    """Send the next channel for deliveries whose receipt did not arrive in time."""
+    while True:
+        await asyncio.sleep(runtime.settings.failover_poll_seconds)
+        try:
+            await engine.run_due_failovers(runtime)
+        except Exception as exc:  # the poller must outlive a failed round (a database restart, say)
+            log.warning("failover round failed: %s", type(exc).__name__)
+
+
 def create_app(runtime: Runtime | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
         if not hasattr(app.state, "runtime"):
             app.state.runtime = Runtime()
+        poller = asyncio.create_task(_fail_over_forever(app.state.runtime))
         yield
+        poller.cancel()
+        await close_shared_client()
 
     app = FastAPI(title="OTP service", version="1.0",
                   description="Capillary-compatible /v2/otp generate and validate.", lifespan=lifespan)
@@ -207,6 +228,22 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     async def validate_otp(request: Request, client: ClientIdentity = Depends(authorised_client)) -> JSONResponse:
         result = await engine.validate(request.app.state.runtime, await read_json(request), client_id=client.id)
         return JSONResponse(result.body())
+
+    @app.post("/v2/otp/receipts/{gateway}", responses=_ERRORS)
+    async def delivery_receipt(gateway: str, request: Request) -> JSONResponse:
+        """A provider's status callback, authenticated by the provider's signature (no API credentials)."""
+        runtime_: Runtime = request.app.state.runtime
+        body = await read_body(request)
+        url = (runtime_.settings.public_url.rstrip("/") + request.url.path) if runtime_.settings.public_url \
+            else str(request.url)
+        try:
+            outcome = await run_in_threadpool(receipts.apply_receipt, runtime_, gateway, url=url,
+                                              headers=dict(request.headers), body=body)
+        except receipts.ReceiptRefused as exc:
+            raise OtpError.single(exc.http_status, str(exc), exc.http_status) from None
+        if outcome.changed and outcome.status == "failed":
+            await engine.fail_over_delivery(runtime_, outcome.delivery_id)
+        return JSONResponse({"delivery": outcome.delivery_id, "status": outcome.status})
 
     @app.get("/health")
     async def health(request: Request) -> JSONResponse:

@@ -18,6 +18,7 @@ from core.codes import CodeSendsExhausted, IssuedCode, check_code, issue_or_rese
     record_failure, reset_failures
 from core.dispatch import dispatch
 from core.gateways import Gateway
+from core.gateways.http import close_shared_client
 from core.entities import NormalisedEntity, mask
 from core.enums import Action, Channel, EntityType
 from core.errors import OtpError, Problem
@@ -413,4 +414,9 @@ def dry_run(rt: Runtime, payload: object) -> DryRun:
 
 def run(coro):  # type: ignore[no-untyped-def]
     """Run an engine coroutine from synchronous code (the console, scripts, tests)."""
-    return asyncio.run(coro)
+    async def main():  # type: ignore[no-untyped-def]
+        try:
+            return await coro
+        finally:
+            await close_shared_client()  # the loop ends here, and its pooled connections with it
+    return asyncio.run(main())

@@ -70,9 +70,12 @@ class Runtime:
         with self.read_db.connect() as conn:
             return load_gateway_rows(conn)
 
+    def gateway_rows(self) -> dict[str, GatewayRow]:
+        return self._gateway_rows.get()
+
     def gateway_for(self, action: Action, channel: Channel) -> Gateway | None:
         """The action's chosen gateway for channel, else the channel's default one, else the settings' choice."""
-        rows = self._gateway_rows.get()
+        rows = self.gateway_rows()
         if rows:
             name = parse_assignments(self.config_for(action).gateways).get(channel)
             row = rows.get(name) if name else None

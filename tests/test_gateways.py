@@ -1,0 +1,433 @@
+"""Gateways against real servers on 127.0.0.1: request shapes, faults and retries, receipts, failover."""
+from __future__ import annotations
+
+import email
+import json
+import time
+from email import policy
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
+from sqlalchemy import text
+
+from core import errors as E
+from core.config import Settings
+from core.engine import generate, run, run_due_failovers
+from core.enums import Action
+from core.errors import OtpError
+from core.gateway_configs import list_gateways, save_gateway
+from core.models import GatewayConfigBase
+from core.receipts import ReceiptRefused, apply_receipt, twilio_signature, webhook_signature
+from core.staff import StaffIdentity, create_first_admin
+from tests.conftest import configure, outbox
+from tests.fakes import Answer, FakeProvider, closed_port
+
+PHONE = "+919955882233"
+FAST = {"backoff_seconds": 0.01, "timeout_seconds": 1.0}
+
+
+@pytest.fixture
+def admin(rt) -> StaffIdentity:
+    with rt.session() as db:
+        made = create_first_admin(db, username="ada", password="correct horse 1")
+    return StaffIdentity(made.id, made.username, made.role)
+
+
+@pytest.fixture
+def provider():
+    with FakeProvider() as fake:
+        yield fake
+
+
+def add_gateway(rt, admin, *, name, channel, provider, endpoint="", sender="", options=None, credentials=None,
+                default=True):
+    with rt.session() as db:
+        save_gateway(db, rt.box, actor=admin, credentials=credentials, config=GatewayConfigBase(
+            name=name, channel=channel, provider=provider, endpoint=endpoint, sender=sender,
+            options=json.dumps({**FAST, **(options or {})}), is_default=default))
+    rt.configuration_changed()
+
+
+def deliveries(rt) -> list[dict]:
+    with rt.db.connect() as conn:
+        return [dict(r) for r in conn.execute(text(
+            "SELECT id, channel, gateway, status, attempts, http_status, provider_message_id, error, failover_step "
+            "FROM delivery ORDER BY id")).mappings()]
+
+
+def stored_code(rt, destination: str | None = None) -> str:
+    """The code, recovered from the stored encrypted copy (the test plays the role of the recipient)."""
+    with rt.db.connect() as conn:
+        row = conn.execute(text("SELECT user_key, action, code_enc FROM otp_code ORDER BY id DESC")).first()
+    return rt.keys.decrypt_code(row.user_key, row.action, bytes(row.code_enc))
+
+
+def gen(rt, **body):
+    return run(generate(rt, {"entityType": "MOBILE", "entityValue": PHONE, "action": "COUPON", **body}))
+
+
+def twilio(rt, admin, provider, **options):
+    add_gateway(rt, admin, name="twilio", channel="SMS", provider="twilio_sms", endpoint=provider.url,
+                sender="+15005550006", credentials={"account_sid": "AC123", "auth_token": "tok-secret"},
+                options=options)
+
+
+# --- request shapes -------------------------------------------------------------------------------
+
+def test_twilio_sms_shape(rt, admin, provider, all_logs):
+    twilio(rt, admin, provider)
+    result = gen(rt, channels=[{"type": "SMS", "value": PHONE}])
+    [seen] = provider.requests
+    code = stored_code(rt)
+    assert seen.path == "/2010-04-01/Accounts/AC123/Messages.json"
+    assert seen.headers["authorization"].startswith("Basic ") and seen.headers["i-twilio-idempotency-token"]
+    form = seen.form()
+    assert form["To"] == PHONE and form["From"] == "+15005550006" and form["Body"].endswith(f"{code}.")
+    assert code not in seen.path
+    assert result.deliveries[0].status == "sent"
+    assert deliveries(rt)[0]["provider_message_id"] == "SM0001" and deliveries(rt)[0]["gateway"] == "twilio"
+    assert outbox(rt) == []
+    assert all(code not in r.getMessage() for r in all_logs)
+    assert any(r.name.startswith("httpx") for r in all_logs)
+
+
+def test_webhook_sms_shape(rt, admin, provider):
+    add_gateway(rt, admin, name="hook", channel="SMS", provider="webhook_sms", endpoint=provider.url + "/send",
+                sender="ACME", credentials={"token": "bearer-secret"},
+                options={"headers": {"X-Account": "42"}, "body": {"msisdn": "{to}", "message": "{text}"},
+                         "message_id_field": "id"})
+    gen(rt)
+    [seen] = provider.requests
+    assert seen.path == "/send" and seen.headers["authorization"] == "Bearer bearer-secret"
+    assert seen.headers["x-account"] == "42" and seen.headers["idempotency-key"].startswith("otp-delivery-")
+    assert seen.json() == {"msisdn": PHONE, "message": f"Hi user.Your otp for validation is {stored_code(rt)}."}
+    assert deliveries(rt)[0]["provider_message_id"] == "msg-1"
+
+
+def test_twilio_voice_reads_digits(rt, admin, provider):
+    add_gateway(rt, admin, name="call", channel="PHONE", provider="twilio_voice", endpoint=provider.url,
+                sender="+15005550006", credentials={"account_sid": "AC9", "auth_token": "t"})
+    gen(rt, channels=[{"type": "MOBILE", "value": PHONE}])
+    [seen] = provider.requests
+    code = stored_code(rt)
+    assert seen.path == "/2010-04-01/Accounts/AC9/Calls.json"
+    twiml = seen.form()["Twiml"]
+    assert twiml.startswith("<Response><Say>") and ", ".join(code) in twiml and code not in twiml
+
+
+def test_meta_whatsapp_shape(rt, admin, provider):
+    provider.script = [Answer(body={"messages": [{"id": "wamid.1"}]})]
+    add_gateway(rt, admin, name="wa", channel="WHATSAPP", provider="meta_whatsapp", endpoint=provider.url,
+                sender="10987", credentials={"access_token": "EAAG"})
+    gen(rt, channels=[{"type": "WHATSAPP", "value": PHONE}], whatsappTemplateName="otp_auth",
+        whatsappTemplateLanguage="en_US")
+    [seen] = provider.requests
+    code = stored_code(rt)
+    assert seen.path == "/10987/messages" and seen.headers["authorization"] == "Bearer EAAG"
+    body = seen.json()
+    assert body["to"] == PHONE.lstrip("+") and body["type"] == "template"
+    assert body["template"]["name"] == "otp_auth" and body["template"]["language"] == {"code": "en_US"}
+    assert body["template"]["components"][0]["parameters"][0]["text"] == code
+    assert body["template"]["components"][1]["sub_type"] == "url"
+    assert body["template"]["components"][1]["parameters"][0]["text"] == code
+    assert deliveries(rt)[0]["provider_message_id"] == "wamid.1"
+
+
+def test_zalo_zns_shape(rt, admin, provider):
+    provider.script = [Answer(body={"error": 0, "message": "Success", "data": {"msg_id": "z-9"}})]
+    add_gateway(rt, admin, name="zalo", channel="ZALO", provider="zalo_zns", endpoint=provider.url + "/zns",
+                credentials={"access_token": "zat"})
+    gen(rt, channels=[{"type": "ZALO", "value": "+84912345678"}], zaloTemplateIdentifier="233140")
+    [seen] = provider.requests
+    assert seen.path == "/zns" and seen.headers["access_token"] == "zat"
+    body = seen.json()
+    assert body["phone"] == "84912345678" and body["template_id"] == "233140"
+    assert body["template_data"] == {"otp": stored_code(rt)} and body["tracking_id"].startswith("otp-delivery-")
+    assert deliveries(rt)[0]["provider_message_id"] == "z-9"
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.messages: list[email.message.EmailMessage] = []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append(email.message_from_bytes(envelope.content, policy=policy.default))
+        return "250 OK"
+
+
+@pytest.fixture
+def smtp_server():
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=closed_port())
+    controller.start()
+    yield inbox, controller.port
+    controller.stop()
+
+
+def test_smtp_email_has_subject_and_both_parts(rt, admin, smtp_server):
+    inbox, port = smtp_server
+    add_gateway(rt, admin, name="smtp", channel="EMAIL", provider="smtp", endpoint=f"127.0.0.1:{port}",
+                sender="otp@acme.test", options={"security": "none", "sender_name": "Acme OTP"})
+    run(generate(rt, {"entityType": "EMAIL", "entityValue": "Someone@Example.com", "action": "COUPON"}))
+    [message] = inbox.messages
+    code = stored_code(rt)
+    assert message["Subject"] == "Validation Code" and message["To"] == "someone@example.com"
+    assert message["From"] == "Acme OTP <otp@acme.test>"
+    plain = message.get_body(("plain",)).get_content()
+    markup = message.get_body(("html",)).get_content()
+    assert code in plain and code in markup and "<p>" in markup
+    assert deliveries(rt)[0]["status"] == "sent"
+
+
+class RefuseAuth:
+    def __call__(self, server, session, envelope, mechanism, auth_data):
+        return AuthResult(success=False, handled=False)
+
+
+def test_smtp_auth_failure_fails_once_without_retry(rt, admin):
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=closed_port(), authenticator=RefuseAuth(),
+                            auth_require_tls=False, auth_required=True)
+    controller.start()
+    try:
+        add_gateway(rt, admin, name="smtp", channel="EMAIL", provider="smtp", endpoint=f"127.0.0.1:{controller.port}",
+                    sender="otp@acme.test", options={"security": "none"},
+                    credentials={"username": "u", "password": "wrong"})
+        with pytest.raises(OtpError) as refused:
+            run(generate(rt, {"entityType": "EMAIL", "entityValue": "a@b.com", "action": "COUPON"}))
+    finally:
+        controller.stop()
+    assert [p.code for p in refused.value.problems] == [E.GATEWAY_ERROR] and refused.value.http_status == 502
+    [row] = deliveries(rt)
+    assert row["status"] == "failed" and row["attempts"] == 1 and "authentication failed" in row["error"]
+    assert inbox.messages == []
+
+
+# --- faults ---------------------------------------------------------------------------------------
+
+def test_500_then_200_sends_once_with_two_attempts(rt, admin, provider):
+    provider.script = [Answer(status=500, body={"error": "boom"}), Answer()]
+    twilio(rt, admin, provider)
+    result = gen(rt)
+    assert result.warnings == []
+    [row] = deliveries(rt)
+    assert row["status"] == "sent" and row["attempts"] == 2 and row["http_status"] == 200
+    keys = {r.headers["i-twilio-idempotency-token"] for r in provider.requests}
+    assert len(provider.requests) == 2 and len(keys) == 1  # one message: the retry carries the same key
+
+
+def test_429_with_retry_after_is_honoured(rt, admin, provider):
+    provider.script = [Answer(status=429, headers={"Retry-After": "1"}), Answer()]
+    twilio(rt, admin, provider)
+    started = time.monotonic()
+    gen(rt)
+    assert time.monotonic() - started >= 1.0
+    assert deliveries(rt)[0]["attempts"] == 2 and deliveries(rt)[0]["status"] == "sent"
+
+
+def test_400_is_not_retried(rt, admin, provider):
+    provider.script = [Answer(status=400, body={"message": "bad number"})]
+    twilio(rt, admin, provider)
+    with pytest.raises(OtpError) as refused:
+        gen(rt)
+    assert refused.value.http_status == 502 and refused.value.problems[0].code == E.GATEWAY_ERROR
+    assert "bad number" not in refused.value.problems[0].message  # provider internals stay in the record
+    [row] = deliveries(rt)
+    assert row["status"] == "failed" and row["attempts"] == 1 and row["http_status"] == 400
+    assert len(provider.requests) == 1
+
+
+def test_malformed_provider_json_fails_without_retry(rt, admin, provider):
+    provider.script = [Answer(raw=b"{not json")]
+    twilio(rt, admin, provider)
+    with pytest.raises(OtpError):
+        gen(rt)
+    [row] = deliveries(rt)
+    assert row["status"] == "failed" and row["attempts"] == 1 and "malformed JSON" in row["error"]
+
+
+def test_timeout_is_retried_then_fails(rt, admin, provider):
+    provider.script = [Answer(delay=0.6)]
+    twilio(rt, admin, provider, timeout_seconds=0.2, attempts=2)
+    with pytest.raises(OtpError):
+        gen(rt)
+    [row] = deliveries(rt)
+    assert row["status"] == "failed" and row["attempts"] == 2 and "timed out" in row["error"]
+
+
+def test_connection_refused_is_retried_then_fails(rt, admin):
+    add_gateway(rt, admin, name="down", channel="SMS", provider="twilio_sms",
+                endpoint=f"http://127.0.0.1:{closed_port()}", sender="+1",
+                credentials={"account_sid": "AC1", "auth_token": "t"}, options={"attempts": 3})
+    result = gen(rt, channels=[{"type": "SMS", "value": PHONE}, {"type": "EMAIL", "value": "a@b.com"}])
+    assert [w.code for w in result.warnings] == [E.GATEWAY_ERROR]  # e-mail (outbox) got through
+    rows = {r["channel"]: r for r in deliveries(rt)}
+    assert rows["SMS"]["status"] == "failed" and rows["SMS"]["attempts"] == 3 and "cannot connect" in rows["SMS"]["error"]
+    assert rows["EMAIL"]["status"] == "delivered" and len(deliveries(rt)) == 2
+
+
+def test_credentials_are_never_shown_back(rt, admin, provider):
+    twilio(rt, admin, provider)
+    with rt.session() as db:
+        [shown] = list_gateways(db, rt.box)
+    assert "tok-secret" not in shown.credentials_hint and "AC123" not in shown.credentials_hint
+    assert shown.credentials_hint.startswith("account_sid")
+    with rt.db.connect() as conn:
+        assert b"tok-secret" not in bytes(conn.execute(text("SELECT credentials_enc FROM gateway_config")).scalar())
+
+
+# --- receipts -------------------------------------------------------------------------------------
+
+RECEIPT_URL = "https://otp.example/v2/otp/receipts/twilio"
+
+
+def twilio_receipt(rt, params, token="tok-secret", signature=None):
+    body = "&".join(f"{k}={v}" for k, v in params.items()).encode()
+    sig = signature or twilio_signature(token, RECEIPT_URL, params)
+    return apply_receipt(rt, "twilio", url=RECEIPT_URL, headers={"X-Twilio-Signature": sig}, body=body)
+
+
+def test_twilio_receipts_signed_bad_unknown_replayed(rt, admin, provider):
+    twilio(rt, admin, provider)
+    gen(rt)
+    params = {"MessageSid": "SM0001", "MessageStatus": "delivered"}
+    with pytest.raises(ReceiptRefused) as bad:
+        twilio_receipt(rt, params, token="wrong")
+    assert bad.value.http_status == 401 and deliveries(rt)[0]["status"] == "sent"
+    with pytest.raises(ReceiptRefused) as unknown:
+        twilio_receipt(rt, {"MessageSid": "SM9999", "MessageStatus": "delivered"})
+    assert unknown.value.http_status == 404
+    outcome = twilio_receipt(rt, params)
+    assert outcome.changed and deliveries(rt)[0]["status"] == "delivered"
+    with pytest.raises(ReceiptRefused) as replay:
+        twilio_receipt(rt, params)
+    assert replay.value.http_status == 409
+    with rt.db.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM delivery_receipt")).scalar() == 1
+
+
+def test_webhook_receipt_needs_a_fresh_signed_timestamp(rt, admin, provider):
+    add_gateway(rt, admin, name="hook", channel="SMS", provider="webhook_sms", endpoint=provider.url,
+                credentials={"webhook_secret": "whsec"})
+    gen(rt)
+    body = json.dumps({"message_id": "msg-1", "status": "failed"}).encode()
+    old = str(int(time.time()) - 3600)
+    with pytest.raises(ReceiptRefused) as stale:
+        apply_receipt(rt, "hook", url="", headers={"X-Timestamp": old,
+                                                   "X-Signature": webhook_signature("whsec", old, body)}, body=body)
+    assert stale.value.http_status == 401
+    now = str(int(time.time()))
+    with pytest.raises(ReceiptRefused):
+        apply_receipt(rt, "hook", url="", headers={"X-Timestamp": now, "X-Signature": "0" * 64}, body=body)
+    outcome = apply_receipt(rt, "hook", url="", headers={"X-Timestamp": now,
+                                                         "X-Signature": webhook_signature("whsec", now, body)}, body=body)
+    assert outcome.status == "failed" and deliveries(rt)[0]["status"] == "failed"
+
+
+def test_receipt_endpoint_over_http(rt, admin, provider):
+    from fastapi.testclient import TestClient
+    import api
+    twilio(rt, admin, provider)
+    gen(rt)
+    with TestClient(api.create_app(rt), base_url="https://otp.example") as client:
+        params = {"MessageSid": "SM0001", "MessageStatus": "delivered"}
+        unsigned = client.post("/v2/otp/receipts/twilio", data=params)
+        assert unsigned.status_code == 401 and unsigned.json()["errors"][0]["code"] == 401
+        signed = client.post("/v2/otp/receipts/twilio", data=params,
+                             headers={"X-Twilio-Signature": twilio_signature("tok-secret", RECEIPT_URL, params)})
+        assert signed.status_code == 200 and signed.json()["status"] == "delivered"
+        assert client.post("/v2/otp/receipts/nope", data=params).status_code == 404
+
+
+# --- failover -------------------------------------------------------------------------------------
+
+def _failover_setup(rt, admin, provider, seconds=30):
+    add_gateway(rt, admin, name="wa", channel="WHATSAPP", provider="meta_whatsapp", endpoint=provider.url,
+                sender="10987", credentials={"access_token": "EAAG"})
+    from core.models import TemplateVersion
+    with rt.session() as db:
+        db.add(TemplateVersion(action="COUPON", channel="WHATSAPP", version=1, status="approved", is_active=True,
+                               author="a", reviewer="b", whatsapp_name="otp_auth", whatsapp_language="en"))
+        db.commit()
+    configure(rt, Action.COUPON, failover="WHATSAPP,SMS", failover_seconds=seconds)
+
+
+def test_failover_when_whatsapp_fails_sends_the_same_code_by_sms(rt, admin, provider):
+    provider.script = [Answer(status=400, body={"error": {"message": "not a WhatsApp user"}})]
+    _failover_setup(rt, admin, provider)
+    result = gen(rt)
+    rows = deliveries(rt)
+    assert [(r["channel"], r["status"], r["failover_step"]) for r in rows] == [
+        ("WHATSAPP", "failed", 0), ("SMS", "delivered", 1)]
+    assert [w.code for w in result.warnings] == [E.GATEWAY_ERROR]
+    code = stored_code(rt)
+    assert provider.requests[0].json()["template"]["components"][0]["parameters"][0]["text"] == code
+    assert outbox(rt)[0]["body"].endswith(f"{code}.")
+
+
+def test_failover_when_no_receipt_arrives_in_time(rt, admin, provider, clock):
+    provider.script = [Answer(body={"messages": [{"id": "wamid.7"}]})]
+    _failover_setup(rt, admin, provider, seconds=30)
+    gen(rt)
+    assert run(run_due_failovers(rt)) == 0  # not yet due
+    assert outbox(rt) == []
+    clock.advance(seconds=31)
+    assert run(run_due_failovers(rt)) == 1
+    assert run(run_due_failovers(rt)) == 0  # claimed once only
+    rows = deliveries(rt)
+    assert [(r["channel"], r["status"]) for r in rows] == [("WHATSAPP", "sent"), ("SMS", "delivered")]
+    assert outbox(rt)[0]["body"].endswith(f"{stored_code(rt)}.")
+
+
+def test_no_failover_after_a_delivered_receipt(rt, admin, provider, clock):
+    provider.script = [Answer(body={"messages": [{"id": "wamid.8"}]})]
+    _failover_setup(rt, admin, provider)
+    with rt.session() as db:
+        save_gateway(db, rt.box, actor=admin, credentials={"access_token": "EAAG", "webhook_secret": "app-secret"},
+                     config=GatewayConfigBase(name="wa", channel="WHATSAPP", provider="meta_whatsapp",
+                                              endpoint=provider.url, sender="10987", is_default=True,
+                                              options=json.dumps(FAST)))
+    rt.configuration_changed()
+    gen(rt)
+    import hashlib
+    import hmac
+    body = json.dumps({"entry": [{"changes": [{"value": {"statuses": [{"id": "wamid.8", "status": "delivered"}]}}]}]}).encode()
+    signature = "sha256=" + hmac.new(b"app-secret", body, hashlib.sha256).hexdigest()
+    assert apply_receipt(rt, "wa", url="", headers={"X-Hub-Signature-256": signature}, body=body).status == "delivered"
+    clock.advance(seconds=60)
+    assert run(run_due_failovers(rt)) == 0 and outbox(rt) == []
+
+
+# --- test numbers ---------------------------------------------------------------------------------
+
+def test_test_numbers_get_the_fixed_code_only_in_the_outbox_without_limits(db_url, tmp_path, clock, provider):
+    from core.runtime import Runtime
+    from tests.conftest import make_settings
+    rt = Runtime(make_settings(db_url, tmp_path, test_numbers="+9199990*", test_code="424242", daily_limit=2),
+                 clock=clock)
+    try:
+        with rt.session() as db:
+            made = create_first_admin(db, username="ada", password="correct horse 1")
+        twilio(rt, StaffIdentity(made.id, made.username, made.role), provider)
+        configure(rt, Action.COUPON, max_sends_per_code=100)
+        for _ in range(4):  # beyond the daily limit of 2
+            run(generate(rt, {"entityType": "MOBILE", "entityValue": "+919999012345", "action": "COUPON"}))
+        assert provider.requests == []  # never to a real provider
+        assert outbox(rt)[-1]["body"].endswith("424242.")
+        from core.engine import validate
+        assert run(validate(rt, {"entityType": "MOBILE", "entityValue": "+919999012345", "action": "COUPON",
+                                 "code": "424242"})).valid
+        gen(rt), gen(rt)  # an ordinary number still goes to the provider and still has its limit
+        assert len(provider.requests) == 2
+        with pytest.raises(OtpError):
+            gen(rt)
+    finally:
+        rt.db.dispose()
+
+
+def test_test_numbers_are_refused_in_production():
+    with pytest.raises(ValueError, match="OTP_TEST_NUMBERS"):
+        Settings(env="production", secret_key="A" * 43 + "=", test_numbers="+1555*",
+                 gateway_sms="none", gateway_email="none", gateway_phone="none", gateway_whatsapp="none",
+                 gateway_zalo="none")
