@@ -37,6 +37,7 @@ else:
         pages.append(st.Page("pages/outbox.py", title="Outbox", icon=":material/inbox:"))
     if can("config.edit"):
         pages.append(st.Page("pages/config.py", title="OTP configuration", icon=":material/tune:"))
+        pages.append(st.Page("pages/gateways.py", title="Gateways", icon=":material/hub:"))
     if can("staff.manage"):
         pages.append(st.Page("pages/admin.py", title="Staff and API clients", icon=":material/group:"))
     if can("templates.approve"):

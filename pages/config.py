@@ -40,6 +40,13 @@ with st.form(f"cfg_{action.value}"):
     failures = a.number_input(f"Consecutive failures before a lock (≤ {MAX_CONSECUTIVE_FAILURES})", 1,
                               MAX_CONSECUTIVE_FAILURES, c.max_consecutive_failures, key="cfg_failures")
     lock = b.number_input("Lock (minutes)", 1, 7 * 24 * 60, c.lock_minutes, key="cfg_lock")
+    a, b = st.columns(2)
+    gateways = a.text_input("Gateways for this action (e.g. SMS=twilio-main,EMAIL=smtp; empty: defaults)",
+                            c.gateways, key="cfg_gateways")
+    failover = b.multiselect("Failover plan when a request names no channels (in order)",
+                             [ch.value for ch in Channel], [ch.value for ch in c.failover], key="cfg_failover")
+    failover_seconds = st.number_input("Wait for a 'delivered' receipt before failing over (seconds)", 1, 3600,
+                                       c.failover_seconds, key="cfg_failover_seconds")
     reason = st.text_input("Why this change (kept in the audit log)", key="cfg_reason")
     saved = st.form_submit_button("Save configuration", type="primary", key="cfg_save")
 
@@ -48,7 +55,8 @@ if saved:
         code_length=int(code_length), alphanumeric=alphanumeric, validity_minutes=int(validity),
         channels=",".join(channels), channel_policy=",".join(policy), daily_cap=int(cap) if cap_on else None,
         validate_limit=int(validate_limit), validate_window_minutes=int(window), attempts_per_code=int(attempts),
-        max_consecutive_failures=int(failures), lock_minutes=int(lock), max_sends_per_code=int(sends))
+        max_consecutive_failures=int(failures), lock_minutes=int(lock), max_sends_per_code=int(sends),
+        gateways=gateways.strip(), failover=",".join(failover), failover_seconds=int(failover_seconds))
     try:
         save_action_config(rt, actor=identity, action=action, update=update, reason=reason)
     except ValueError as exc:

@@ -108,7 +108,8 @@ def configure(rt: Runtime, action, **changes) -> None:
                   validate_window_minutes=current.validate_window_minutes,
                   attempts_per_code=current.attempts_per_code,
                   max_consecutive_failures=current.max_consecutive_failures, lock_minutes=current.lock_minutes,
-                  max_sends_per_code=current.max_sends_per_code)
+                  max_sends_per_code=current.max_sends_per_code, gateways=current.gateways,
+                  failover=",".join(c.value for c in current.failover), failover_seconds=current.failover_seconds)
     values.update(changes)
     with rt.session() as session:
         update_action_config(session, action=action, update=ActionConfigUpdate(**values), actor="test",

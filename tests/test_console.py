@@ -11,7 +11,7 @@ from console_state import SESSION_KEY
 from core.clock import utcnow
 from core.config import ROOT
 from core.engine import generate, run
-from core.enums import Action
+from core.enums import Action, Channel
 from core.models import StaffCreate
 from core.staff import ConsoleSession, StaffIdentity, create_first_admin, create_staff
 from tests.conftest import outbox
@@ -314,3 +314,22 @@ def test_core_refuses_writes_from_a_role_that_lacks_them(rt, team):
     forged = StaffIdentity(team["viewer"].id, "vic", "admin")
     with pytest.raises(PermissionDenied):
         save_action_config(rt, actor=forged, action=Action.COUPON, update=ActionConfigUpdate(), reason="")
+
+
+def test_gateways_page_saves_a_provider_and_never_shows_the_secret(rt, team):
+    at = signed_in(rt, team["admin"]).run()
+    at.switch_page("pages/gateways.py").run()
+    assert not at.exception
+    at.selectbox(key="gw_channel").select("SMS").run()
+    at.text_input(key="gw_name").input("twilio-main")
+    at.selectbox(key="gw_provider").select("twilio_sms")
+    at.text_input(key="gw_sender").input("+15005550006")
+    at.text_area(key="gw_credentials").input('{"account_sid": "AC1234567890", "auth_token": "very-secret-token"}')
+    at.button(key="gw_save").click().run()
+    assert "Saved gateway twilio-main" in texts(at)
+    table = at.dataframe[0].value
+    assert list(table["name"]) == ["twilio-main"] and list(table["provider"]) == ["twilio_sms"]
+    assert "very-secret-token" not in table.to_string() and "AC1234567890" not in table.to_string()
+    assert rt.gateway_for(Action.COUPON, Channel.SMS).name == "twilio-main"
+    with rt.db.connect() as conn:
+        assert conn.execute(text("SELECT action FROM audit_log WHERE target='gateway:twilio-main'")).scalar() == "gateway.save"
