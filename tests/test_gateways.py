@@ -27,6 +27,23 @@ PHONE = "+919955882233"
 FAST = {"backoff_seconds": 0.01, "timeout_seconds": 1.0}
 
 
+@pytest.fixture(autouse=True)
+def _no_code_in_any_log(request, all_logs):
+    """Every test here runs with every logger at DEBUG; afterwards no live code may appear in any line."""
+    rt = request.getfixturevalue("rt") if "rt" in request.fixturenames else None
+    yield
+    if rt is None:
+        return
+    with rt.db.connect() as conn:
+        rows = conn.execute(text("SELECT user_key, action, code_enc FROM otp_code WHERE code_enc IS NOT NULL")).all()
+    codes = [rt.keys.decrypt_code(r.user_key, r.action, bytes(r.code_enc)) for r in rows]
+    lines = [r.getMessage() for r in all_logs]
+    for code in codes:
+        # 'mail.log' is aiosmtpd playing the recipient's mail server: it holds the message by design.
+        leaks = {r.name for r in all_logs if code in r.getMessage() and r.name != "mail.log"}
+        assert not leaks, f"a code reached the logs of {leaks}"
+
+
 @pytest.fixture
 def admin(rt) -> StaffIdentity:
     with rt.session() as db:
