@@ -78,6 +78,22 @@ def db_url(request, tmp_path) -> str:
     return url
 
 
+@pytest.fixture
+def team(rt) -> dict:
+    """An admin, an editor, an approver and a viewer, keyed by role."""
+    from core.models import StaffCreate
+    from core.staff import StaffIdentity, create_first_admin, create_staff
+    with rt.session() as db:
+        admin = create_first_admin(db, username="ada", password="correct horse 1")
+        boss = StaffIdentity(admin.id, admin.username, admin.role)
+        people = {"admin": boss}
+        for name, role in (("eve", "editor"), ("abe", "approver"), ("vic", "viewer")):
+            made = create_staff(db, actor=boss, staff_create=StaffCreate(username=name, password="password-123",
+                                                                          role=role))
+            people[role] = StaffIdentity(made.id, made.username, made.role)
+    return people
+
+
 def make_settings(db_url: str, tmp_path, **overrides) -> Settings:
     values = dict(database_url=db_url, env="test", secret_key=TEST_KEY, secret_key_file=tmp_path / "unused.key",
                   cache_seconds=0.0, login_failure_delay_seconds=0.01)

@@ -77,8 +77,8 @@ class FakeProvider:
         self.server.server_close()
 
 
-def closed_port() -> int:
-    """A port nothing listens on: connecting is refused at once."""
+def free_port() -> int:
+    """A port nothing listens on yet: for a server to start on, or to have a connection refused at once."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -12,7 +12,6 @@ import base64
 import json
 import os
 import re
-import socket
 import sqlite3
 import stat
 import subprocess
@@ -33,6 +32,7 @@ from core.enums import Action
 from core.gateways.outbox import OutboxGateway
 from core.models import ApiClientCreate
 from tests.conftest import code_sent_to, configure, outbox
+from tests.fakes import free_port
 
 GENERATE_PATH = "/v2/otp/generate"
 VALIDATE_PATH = "/v2/otp/validate"
@@ -593,12 +593,6 @@ def test_unknown_paths_and_methods_answer_in_the_envelope(rt, api, auth):
 
 # --- 7. a real server over real HTTP -------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _latest_code(db_path) -> str:
     with sqlite3.connect(db_path) as conn:
         row = conn.execute("SELECT body FROM outbox_message ORDER BY id DESC LIMIT 1").fetchone()
@@ -624,7 +618,7 @@ def test_real_uvicorn_server_end_to_end(tmp_path):
     assert secret not in made.stderr
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
 
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     log_path = tmp_path / "uvicorn.log"
     with open(log_path, "wb") as log:

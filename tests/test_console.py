@@ -12,8 +12,7 @@ from core.clock import utcnow
 from core.config import ROOT
 from core.engine import generate, run
 from core.enums import Action, Channel
-from core.models import StaffCreate
-from core.staff import ConsoleSession, StaffIdentity, create_first_admin, create_staff
+from core.staff import ConsoleSession, StaffIdentity, create_first_admin
 from tests.conftest import outbox
 
 PHONE = "+919955882233"
@@ -31,20 +30,6 @@ def app(rt) -> AppTest:
     at = AppTest.from_file(str(ROOT / "console.py"), default_timeout=30)
     at.session_state["runtime"] = rt
     return at
-
-
-@pytest.fixture
-def team(rt):
-    """An admin, an editor, an approver and a viewer."""
-    with rt.session() as db:
-        admin = create_first_admin(db, username="ada", password="correct horse 1")
-        boss = StaffIdentity(admin.id, admin.username, admin.role)
-        people = {"admin": boss}
-        for name, role in (("eve", "editor"), ("abe", "approver"), ("vic", "viewer")):
-            made = create_staff(db, actor=boss, staff_create=StaffCreate(username=name, password="password-123",
-                                                                          role=role))
-            people[role] = StaffIdentity(made.id, made.username, made.role)
-    return people
 
 
 def signed_in(rt, identity: StaffIdentity) -> AppTest:

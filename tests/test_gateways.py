@@ -21,7 +21,7 @@ from core.models import GatewayConfigBase
 from core.receipts import ReceiptRefused, apply_receipt, twilio_signature, webhook_signature
 from core.staff import StaffIdentity, create_first_admin
 from tests.conftest import configure, outbox
-from tests.fakes import Answer, FakeProvider, closed_port
+from tests.fakes import Answer, FakeProvider, free_port
 
 PHONE = "+919955882233"
 FAST = {"backoff_seconds": 0.01, "timeout_seconds": 1.0}
@@ -37,7 +37,6 @@ def _no_code_in_any_log(request, all_logs):
     with rt.db.connect() as conn:
         rows = conn.execute(text("SELECT user_key, action, code_enc FROM otp_code WHERE code_enc IS NOT NULL")).all()
     codes = [rt.keys.decrypt_code(r.user_key, r.action, bytes(r.code_enc)) for r in rows]
-    lines = [r.getMessage() for r in all_logs]
     for code in codes:
         # 'mail.log' is aiosmtpd playing the recipient's mail server: it holds the message by design.
         leaks = {r.name for r in all_logs if code in r.getMessage() and r.name != "mail.log"}
@@ -176,7 +175,7 @@ class Inbox:
 @pytest.fixture
 def smtp_server():
     inbox = Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=closed_port())
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
     controller.start()
     yield inbox, controller.port
     controller.stop()
@@ -204,7 +203,7 @@ class RefuseAuth:
 
 def test_smtp_auth_failure_fails_once_without_retry(rt, admin):
     inbox = Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=closed_port(), authenticator=RefuseAuth(),
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port(), authenticator=RefuseAuth(),
                             auth_require_tls=False, auth_required=True)
     controller.start()
     try:
@@ -275,7 +274,7 @@ def test_timeout_is_retried_then_fails(rt, admin, provider):
 
 def test_connection_refused_is_retried_then_fails(rt, admin):
     add_gateway(rt, admin, name="down", channel="SMS", provider="twilio_sms",
-                endpoint=f"http://127.0.0.1:{closed_port()}", sender="+1",
+                endpoint=f"http://127.0.0.1:{free_port()}", sender="+1",
                 credentials={"account_sid": "AC1", "auth_token": "t"}, options={"attempts": 3})
     result = gen(rt, channels=[{"type": "SMS", "value": PHONE}, {"type": "EMAIL", "value": "a@b.com"}])
     assert [w.code for w in result.warnings] == [E.GATEWAY_ERROR]  # e-mail (outbox) got through

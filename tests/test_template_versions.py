@@ -5,9 +5,9 @@ import pytest
 
 from core.engine import generate, run
 from core.enums import Action, Channel
-from core.models import StaffCreate, TemplateVersionCreate
+from core.models import TemplateVersionCreate
 from core.runtime import Runtime
-from core.staff import PermissionDenied, StaffIdentity, create_first_admin, create_staff
+from core.staff import PermissionDenied
 from core.template_versions import (TemplateRefused, approve, check_version, diff_versions, list_versions,
                                     reactivate, reject, save_draft, submit_for_review)
 from tests.conftest import make_settings, outbox
@@ -19,18 +19,6 @@ INJECTIONS = [
     "{% for a in range(99) %}{% for b in range(99) %}{{ a }}{% endfor %}{% endfor %}{{ validation_code }}",
     "{{ 'x'*10**9 }} {{ validation_code }}",
 ]
-
-
-@pytest.fixture
-def people(rt):
-    with rt.session() as db:
-        admin = create_first_admin(db, username="ada", password="correct horse 1")
-        boss = StaffIdentity(admin.id, admin.username, admin.role)
-        made = {"admin": boss}
-        for name, role in (("eve", "editor"), ("abe", "approver"), ("vic", "viewer")):
-            row = create_staff(db, actor=boss, staff_create=StaffCreate(username=name, password="password-123", role=role))
-            made[role] = StaffIdentity(row.id, row.username, row.role)
-    return made
 
 
 def sms(text: str) -> TemplateVersionCreate:
@@ -48,56 +36,56 @@ def step(rt, fn, who, version_id, **kwargs):
 
 
 @pytest.mark.parametrize("payload", INJECTIONS)
-def test_injection_payloads_are_refused_at_save_time(rt, people, payload):
+def test_injection_payloads_are_refused_at_save_time(rt, team, payload):
     with pytest.raises(TemplateRefused) as refused:
-        draft(rt, people["editor"], payload)
+        draft(rt, team["editor"], payload)
     assert all("not allowed" in reason for reason in refused.value.reasons)
     with rt.session() as db:
         assert list_versions(db, action=Action.COUPON, channel=Channel.SMS) == []
 
 
-def test_a_draft_may_lack_its_placeholder_but_cannot_be_submitted(rt, people):
-    saved = draft(rt, people["editor"], "no code here")
+def test_a_draft_may_lack_its_placeholder_but_cannot_be_submitted(rt, team):
+    saved = draft(rt, team["editor"], "no code here")
     assert saved.status == "draft" and saved.version == 1
     with pytest.raises(TemplateRefused) as refused:
-        step(rt, submit_for_review, people["editor"], saved.id, config=rt.config_for(Action.COUPON))
+        step(rt, submit_for_review, team["editor"], saved.id, config=rt.config_for(Action.COUPON))
     assert any("exactly once" in r for r in refused.value.reasons)
 
 
-def test_four_eyes_and_single_transitions(rt, people):
+def test_four_eyes_and_single_transitions(rt, team):
     config = rt.config_for(Action.COUPON)
-    saved = draft(rt, people["approver"], "Hi {{ validation_code }}")
-    step(rt, submit_for_review, people["approver"], saved.id, config=config)
+    saved = draft(rt, team["approver"], "Hi {{ validation_code }}")
+    step(rt, submit_for_review, team["approver"], saved.id, config=config)
     with pytest.raises(TemplateRefused, match="author"):
-        step(rt, approve, people["approver"], saved.id, config=config)
+        step(rt, approve, team["approver"], saved.id, config=config)
     with pytest.raises(PermissionDenied):
-        step(rt, approve, people["editor"], saved.id, config=config)
-    done = step(rt, approve, people["admin"], saved.id, config=config)
+        step(rt, approve, team["editor"], saved.id, config=config)
+    done = step(rt, approve, team["admin"], saved.id, config=config)
     assert done.status == "approved" and done.is_active and done.reviewer == "ada"
     with pytest.raises(TemplateRefused, match="only a pending version"):
-        step(rt, approve, people["admin"], saved.id, config=config)
+        step(rt, approve, team["admin"], saved.id, config=config)
     with pytest.raises(TemplateRefused, match="only a pending version"):
-        step(rt, reject, people["admin"], saved.id, reason="late")
+        step(rt, reject, team["admin"], saved.id, reason="late")
 
 
-def test_rollback_diff_and_the_engine_cache(db_url, tmp_path, clock, people):
+def test_rollback_diff_and_the_engine_cache(db_url, tmp_path, clock, team):
     # A runtime that trusts its cache for a minute: it sees a change at once only when told.
     rt = Runtime(make_settings(db_url, tmp_path, cache_seconds=60), clock=clock)
     try:
         config = rt.config_for(Action.COUPON)
-        first = draft(rt, people["editor"], "One {{ validation_code }}")
-        step(rt, submit_for_review, people["editor"], first.id, config=config)
+        first = draft(rt, team["editor"], "One {{ validation_code }}")
+        step(rt, submit_for_review, team["editor"], first.id, config=config)
         run(generate(rt, {"entityType": "MOBILE", "entityValue": "+919955882233", "action": "COUPON"}))
-        step(rt, approve, people["approver"], first.id, config=config)
+        step(rt, approve, team["approver"], first.id, config=config)
         run(generate(rt, {"entityType": "MOBILE", "entityValue": "+919955882234", "action": "COUPON"}))
         assert outbox(rt)[-1]["body"].startswith("Hi user.")  # cached: the change is not seen yet
         rt.configuration_changed()
         run(generate(rt, {"entityType": "MOBILE", "entityValue": "+919955882235", "action": "COUPON"}))
         assert outbox(rt)[-1]["body"].startswith("One ")
 
-        second = draft(rt, people["editor"], "Two {{ validation_code }}\nsecond line")
-        step(rt, submit_for_review, people["editor"], second.id, config=config)
-        step(rt, approve, people["approver"], second.id, config=config)
+        second = draft(rt, team["editor"], "Two {{ validation_code }}\nsecond line")
+        step(rt, submit_for_review, team["editor"], second.id, config=config)
+        step(rt, approve, team["approver"], second.id, config=config)
         with rt.session() as db:
             versions = list_versions(db, action=Action.COUPON, channel=Channel.SMS)
         assert [(v.version, v.is_active) for v in versions] == [(2, True), (1, False)]
@@ -105,7 +93,7 @@ def test_rollback_diff_and_the_engine_cache(db_url, tmp_path, clock, people):
             "@@ -1 +1,2 @@", "-text: One {{ validation_code }}", "+text: Two {{ validation_code }}",
             "+text: second line"]
 
-        step(rt, reactivate, people["approver"], first.id, reason="rollback")
+        step(rt, reactivate, team["approver"], first.id, reason="rollback")
         rt.configuration_changed()
         run(generate(rt, {"entityType": "MOBILE", "entityValue": "+919955882236", "action": "COUPON"}))
         assert outbox(rt)[-1]["body"].startswith("One ")
