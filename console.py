@@ -30,7 +30,10 @@ elif session is None:
     pages = [st.Page("pages/login.py", title="Sign in", icon=":material/login:", default=True, url_path="status")]
 else:
     pages = [st.Page("pages/home.py", title="Status", icon=":material/monitor_heart:", default=True, url_path="status"),
-             st.Page("pages/templates.py", title="Templates", icon=":material/edit_note:")]
+             st.Page("pages/templates.py", title="Templates", icon=":material/edit_note:"),
+             st.Page("pages/dash_usage.py", title="Daily usage", icon=":material/bar_chart:"),
+             st.Page("pages/dash_delivery.py", title="Delivery", icon=":material/local_shipping:"),
+             st.Page("pages/dash_limits.py", title="Rate limits", icon=":material/speed:")]
     if can("test.send"):
         pages.append(st.Page("pages/test_send.py", title="Test send", icon=":material/send:"))
     if can("outbox.view") and runtime().settings.is_development:

@@ -2,7 +2,8 @@
 import pandas as pd
 import streamlit as st
 
-from console_state import runtime
+from console_state import can, runtime
+from core.simulate import simulate
 from core.status import configuration_table, service_status
 
 rt = runtime()
@@ -27,3 +28,19 @@ st.dataframe(pd.DataFrame([{"channel": c, "gateway": g} for c, g in status.gatew
 
 st.subheader("OTP configuration per action")
 st.dataframe(pd.DataFrame(configuration_table(rt)), hide_index=True, width="stretch")
+
+st.subheader("Demo traffic")
+if flash := st.session_state.pop("home_simulated", None):
+    st.success(flash)
+if not rt.settings.is_development:
+    st.caption("Demo traffic is available in development mode only.")
+elif can("test.send"):
+    st.caption("Fills the dashboards with three days of simulated customers through the real engine (simulated "
+               "gateways that fail and lag; nothing leaves this machine). For 30 days run "
+               "`python -m core.simulate --days 30 --users 20000`.")
+    if st.button("Simulate a little traffic", key="home_simulate"):
+        with st.spinner("Simulating…"):
+            report = simulate(rt, days=3, users=2000, per_day=60, small=True, end=rt.clock())
+        st.cache_data.clear()
+        st.session_state["home_simulated"] = f"Simulated {report}."
+        st.rerun()

@@ -1,0 +1,77 @@
+"""What the three dashboard pages share: the sidebar filters, the KPI delta, cached queries and the CSV button."""
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Callable
+from zoneinfo import ZoneInfo
+
+import pandas as pd
+import streamlit as st
+
+from console_state import runtime
+from core.dashboards import MAX_DAYS, Filters
+from core.enums import Action, Channel
+
+ALL = "All"
+ZONES = ["UTC", "Asia/Kolkata", "Asia/Ho_Chi_Minh", "Asia/Singapore", "Europe/London", "America/New_York"]
+
+
+def sidebar_filters(prefix: str, *, channel: bool = True) -> Filters:
+    """Date range, time zone, action and channel in the sidebar; the range defaults to the last 7 local days."""
+    rt = runtime()
+    zones = ZONES if rt.settings.timezone in ZONES else [rt.settings.timezone, *ZONES]
+    with st.sidebar:
+        st.subheader("Filters")
+        tz = st.selectbox("Time zone", zones, index=zones.index(rt.settings.timezone), key=f"{prefix}_tz")
+        today = rt.clock().astimezone(ZoneInfo(tz)).date()
+        picked = st.date_input("Days", (today - timedelta(days=6), today), max_value=today + timedelta(days=1),
+                               key=f"{prefix}_days")
+        action = st.selectbox("Action", [ALL, *(a.value for a in Action)], key=f"{prefix}_action")
+        chosen_channel = st.selectbox("Channel", [ALL, *(c.value for c in Channel)], key=f"{prefix}_channel") \
+            if channel else ALL
+    first, last = (picked if isinstance(picked, (tuple, list)) and len(picked) == 2
+                   else ((picked[0], picked[0]) if isinstance(picked, (tuple, list)) and picked else (picked, picked)))
+    if (last - first).days + 1 > MAX_DAYS:
+        st.sidebar.warning(f"At most {MAX_DAYS} days: showing the last {MAX_DAYS}.")
+        first = last - timedelta(days=MAX_DAYS - 1)
+    return Filters(first, last, tz, None if action == ALL else action, None if chosen_channel == ALL else chosen_channel)
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _cached(name: str, database: str, filters: Filters, _query: Callable, extra: tuple = ()):  # type: ignore[no-untyped-def]
+    with runtime().read_db.connect() as conn:
+        return _query(conn, filters, *extra)
+
+
+def query(fn: Callable, filters: Filters, *extra):  # type: ignore[no-untyped-def]
+    """fn(conn, filters, *extra) on a read-only connection, cached for 30 s per database, filters and extra."""
+    return _cached(f"{fn.__module__}.{fn.__qualname__}", str(runtime().db.url), filters, fn, tuple(extra))
+
+
+def delta(now: float | None, before: float | None, *, percent: bool = False) -> str | None:
+    """The change against the previous period as st.metric shows it; None when there is nothing to compare."""
+    if now is None or before is None:
+        return None
+    change = now - before
+    if percent:
+        return f"{change * 100:+.1f} pp"
+    return f"{change:+,.0f}" if float(change).is_integer() else f"{change:+,.2f}"
+
+
+def pct(value: float | None) -> str:
+    return "–" if value is None else f"{value * 100:.1f}%"
+
+
+def seconds(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f} s"
+
+
+def csv_button(frame: pd.DataFrame, name: str, key: str) -> None:
+    st.download_button("Download CSV", frame.to_csv(index=False).encode(), file_name=name, mime="text/csv",
+                       key=key, disabled=frame.empty)
+
+
+def period_caption(filters: Filters) -> None:
+    before = filters.previous()
+    st.caption(f"{filters.first} to {filters.last} ({filters.day_count} day{'s' * (filters.day_count > 1)}, "
+               f"days in {filters.tz}) · deltas against {before.first} to {before.last}")

@@ -1,0 +1,108 @@
+"""Delivery: per channel and gateway, what was sent, delivered and failed, how fast, and one request's story."""
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from console_state import gate, runtime
+from core.dashboards import delivery_by_day, delivery_summary, failures_by_error, find_requests, live_delivery, \
+    request_timeline
+from core.entities import InvalidEntity, normalise_email, normalise_phone
+from dashboard_widgets import csv_button, delta, pct, period_caption, query, sidebar_filters
+
+gate("status.view")
+rt = runtime()
+st.title("Delivery")
+filters = sidebar_filters("delivery")
+period_caption(filters)
+
+
+@st.fragment(run_every="15s")
+def live_panel() -> None:
+    """The last 15 minutes, refreshed on its own every 15 seconds."""
+    with rt.read_db.connect() as conn:
+        live = live_delivery(conn, now=rt.clock(), minutes=15)
+    st.markdown("**Live: the last 15 minutes** (refreshes every 15 s)")
+    if not live:
+        st.caption("No messages in the last 15 minutes.")
+        return
+    for column, row in zip(st.columns(len(live)), live):
+        column.metric(row.channel, f"{row.messages:,} sent", f"{row.failed} failed" if row.failed else None,
+                      delta_color="inverse" if row.failed else "off")
+
+
+with st.container(border=True):
+    live_panel()
+
+now, before = query(delivery_summary, filters), query(delivery_summary, filters.previous())
+
+
+def total(rows, field):  # type: ignore[no-untyped-def]
+    return sum(getattr(r, field) for r in rows)
+
+
+messages, delivered, failed = total(now, "messages"), total(now, "delivered"), total(now, "failed")
+b_messages, b_delivered, b_failed = total(before, "messages"), total(before, "delivered"), total(before, "failed")
+rate = delivered / messages if messages else None
+b_rate = b_delivered / b_messages if b_messages else None
+fail_rate = failed / messages if messages else None
+b_fail_rate = b_failed / b_messages if b_messages else None
+kpis = st.columns(4)
+kpis[0].metric("Messages", f"{messages:,}", delta(messages, b_messages))
+kpis[1].metric("Delivered", pct(rate), delta(rate, b_rate, percent=True))
+kpis[2].metric("Failed", f"{failed:,}", delta(failed, b_failed), delta_color="inverse")
+kpis[3].metric("Failure rate", pct(fail_rate), delta(fail_rate, b_fail_rate, percent=True), delta_color="inverse")
+
+if not now:
+    st.info("No deliveries in this period.")
+else:
+    table = pd.DataFrame([{"channel": r.channel, "gateway": r.gateway, "messages": r.messages, "queued": r.queued,
+                           "sent (no receipt)": r.sent, "delivered": r.delivered, "failed": r.failed,
+                           "delivery rate": r.delivery_rate, "p50 ms": r.p50_ms, "p95 ms": r.p95_ms,
+                           "p99 ms": r.p99_ms} for r in now])
+    st.subheader("Per channel and gateway")
+    st.dataframe(table, hide_index=True, width="stretch", key="delivery_table", column_config={
+        "delivery rate": st.column_config.ProgressColumn("delivery rate", format="percent", min_value=0, max_value=1),
+        **{c: st.column_config.NumberColumn(c, format="%.0f", help="gateway latency, nearest-rank percentile")
+           for c in ("p50 ms", "p95 ms", "p99 ms")}})
+    csv_button(table, f"otp-delivery-{filters.first}-{filters.last}.csv", "delivery_csv")
+
+    days = pd.DataFrame([vars(d) for d in query(delivery_by_day, filters)])
+    left, right = st.columns(2)
+    left.altair_chart(alt.Chart(days).mark_bar().encode(
+        x=alt.X("day:T", title=None), y=alt.Y("messages:Q"), color=alt.Color("channel:N"),
+        tooltip=["day:T", "channel:N", "messages:Q", "delivered:Q", "failed:Q"]), width="stretch")
+    failures = pd.DataFrame([vars(f) for f in query(failures_by_error, filters)])
+    if failures.empty:
+        right.success("No failed deliveries in this period.")
+    else:
+        right.altair_chart(alt.Chart(failures).mark_bar().encode(
+            y=alt.Y("error:N", sort="-x", title=None), x=alt.X("count:Q", title="failed messages"),
+            color=alt.Color("channel:N"), tooltip=["channel:N", "gateway:N", "error:N", "count:Q"]), width="stretch")
+
+st.subheader("One request")
+st.caption("Search by createdId (the request id) or by a recipient's full number or email. Recipients are masked "
+           "and codes are never shown.")
+search = st.text_input("createdId or recipient", key="delivery_search").strip()
+if search:
+    with rt.read_db.connect() as conn:
+        if search.isdigit() and len(search) <= 9:
+            ids = [int(search)]
+        else:
+            try:
+                recipient = normalise_email(search) if "@" in search else normalise_phone(
+                    search, region=rt.settings.default_region, strict=False)
+            except InvalidEntity as exc:
+                st.error(f"Not a request id, phone number or email: {exc}")
+                recipient = ""
+            ids = find_requests(conn, recipient=recipient) if recipient else []
+        if len(ids) > 1:
+            picked = st.selectbox(f"{len(ids)} requests to this recipient, newest first", ids, key="delivery_pick")
+            ids = [picked]
+        timeline = request_timeline(conn, ids[0]) if ids else None
+    if timeline is None:
+        st.warning("No such request.")
+    else:
+        st.markdown(f"Request **{timeline.request_id}** · {timeline.action} · {timeline.kind} · user {timeline.user}")
+        st.dataframe(pd.DataFrame([vars(e) for e in timeline.events]), hide_index=True, width="stretch",
+                     key="delivery_timeline", column_config={
+                         "at": st.column_config.DatetimeColumn("at (UTC)", format="YYYY-MM-DD HH:mm:ss.SSS")})

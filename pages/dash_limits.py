@@ -1,0 +1,106 @@
+"""Rate limits: who is nearest the daily limit, what was refused and why, and when a user's block lifts."""
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from console_state import can, gate, runtime
+from core.dashboards import UNBLOCKABLE, nearest_daily_limit, refusals_by_day, refusals_by_type, \
+    top_refused_prefixes, top_refused_users, unblock, why_refused
+from core.entities import InvalidEntity, normalise_email, normalise_phone
+from core.ratelimit import local_day
+from core.staff import PermissionDenied
+from dashboard_widgets import csv_button, delta, period_caption, query, sidebar_filters
+
+identity = gate("status.view")
+rt = runtime()
+st.title("Rate limits")
+if flash := st.session_state.pop("limits_flash", None):
+    st.success(flash)
+filters = sidebar_filters("limits", channel=False)
+period_caption(filters)
+
+LABELS = {"daily": "Daily limit", "action_daily": "Action cap", "code_sends": "Re-send cap",
+          "validate": "Validate window", "lock": "Lock", "attempts": "Attempts (burned)"}
+now, before = query(refusals_by_type, filters), query(refusals_by_type, filters.previous())
+kpis = st.columns(len(LABELS))
+for column, (kind, label) in zip(kpis, LABELS.items()):
+    column.metric(label, f"{now[kind]:,}", delta(now[kind], before[kind]), delta_color="inverse")
+
+st.subheader("Nearest the daily limit today")
+today = local_day(rt.clock(), rt.settings.tz)
+with rt.read_db.connect() as conn:
+    near = nearest_daily_limit(conn, day=today, limit=rt.settings.daily_limit)
+st.caption(f"Today is {today} in {rt.settings.timezone}, where the limit's day begins.")
+near_table = pd.DataFrame([{"user": n.user, "requests today": n.count, "limit": n.limit, "share": n.share}
+                           for n in near], columns=["user", "requests today", "limit", "share"])
+st.dataframe(near_table, hide_index=True, width="stretch", key="limits_near", column_config={
+    "share": st.column_config.ProgressColumn("share of the limit", format="percent", min_value=0, max_value=1)})
+
+by_day = pd.DataFrame(query(refusals_by_day, filters), columns=["day", "limit", "refused"])
+if by_day.empty:
+    st.info("No refusals in this period.")
+else:
+    st.altair_chart(alt.Chart(by_day).mark_bar().encode(
+        x=alt.X("day:T", title=None), y=alt.Y("refused:Q"), color=alt.Color("limit:N"),
+        tooltip=["day:T", "limit:N", "refused:Q"]), width="stretch")
+
+left, right = st.columns(2)
+users = pd.DataFrame([{"user": u.user, "refusals": u.refusals, "last": u.last_at, "limits": u.kinds}
+                      for u in query(top_refused_users, filters)], columns=["user", "refusals", "last", "limits"])
+left.markdown("**Most refused users**")
+left.dataframe(users, hide_index=True, width="stretch", key="limits_users", column_config={
+    "last": st.column_config.DatetimeColumn("last refusal (UTC)", format="YYYY-MM-DD HH:mm")})
+with left:
+    csv_button(users, f"otp-refused-users-{filters.first}-{filters.last}.csv", "limits_users_csv")
+prefixes = pd.DataFrame(query(top_refused_prefixes, filters), columns=["prefix", "refusals", "numbers"])
+right.markdown("**Most refused number prefixes**")
+right.dataframe(prefixes, hide_index=True, width="stretch", key="limits_prefixes")
+
+st.subheader("Why was this user refused, and when does it lift?")
+who = st.text_input("Phone number or email", key="limits_user").strip()
+if who:
+    try:
+        user_key = ("EMAIL:" + normalise_email(who)) if "@" in who else \
+            ("MOBILE:" + normalise_phone(who, region=rt.settings.default_region, strict=False))
+    except InvalidEntity as exc:
+        st.error(f"Not a phone number or email: {exc}")
+        st.stop()
+    moment = rt.clock()
+    with rt.read_db.connect() as conn:
+        limits = why_refused(conn, user_key=user_key, now=moment, tz=rt.settings.tz,
+                             daily_limit=rt.settings.daily_limit,
+                             configs={a.value: c for a, c in rt.active_configs().items()})
+    if not limits.blocks:
+        st.success(f"{limits.user} is not blocked by any limit right now.")
+    else:
+        st.dataframe(pd.DataFrame([{"limit": LABELS.get(b.limit_type, b.limit_type), "action": b.action or "all",
+                                    "why": b.detail, "lifts at (UTC)": b.lifts_at,
+                                    "lifts in (min)": round((b.lifts_at - moment).total_seconds() / 60, 1)
+                                    if b.lifts_at else None} for b in limits.blocks]),
+                     hide_index=True, width="stretch", key="limits_blocks", column_config={
+                         "lifts at (UTC)": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss")})
+    if limits.recent:
+        st.markdown("**Newest refusals**")
+        st.dataframe(pd.DataFrame(limits.recent, columns=["at", "limit", "action"]), hide_index=True,
+                     width="stretch", key="limits_recent",
+                     column_config={"at": st.column_config.DatetimeColumn("at (UTC)", format="YYYY-MM-DD HH:mm:ss")})
+    liftable = [b for b in limits.blocks if b.limit_type in UNBLOCKABLE]
+    if can("config.edit") and liftable:
+        with st.form("limits_unblock_form"):
+            st.markdown("**Unblock** (admins; kept in the audit log)")
+            choice = st.selectbox("Limit to lift", range(len(liftable)), key="limits_unblock_pick",
+                                  format_func=lambda i: f"{LABELS[liftable[i].limit_type]} · {liftable[i].action or 'all actions'}")
+            reason = st.text_input("Why", key="limits_unblock_reason")
+            submitted = st.form_submit_button("Unblock", key="limits_unblock")
+        if submitted:
+            block = liftable[choice]
+            try:
+                with rt.session() as session:
+                    unblock(session, actor=identity, user_key=user_key, limit_type=block.limit_type,
+                            action=block.action, reason=reason, now=rt.clock(), tz=rt.settings.tz)
+            except (ValueError, PermissionDenied) as exc:
+                st.error(f"Not unblocked: {exc}")
+            else:
+                st.session_state["limits_flash"] = f"Lifted the {LABELS[block.limit_type].lower()} for {limits.user}."
+                st.cache_data.clear()
+                st.rerun()

@@ -1,0 +1,56 @@
+"""Daily usage: requests, codes, re-sends, validations and conversion per local day, action and channel."""
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from console_state import gate
+from core.dashboards import daily_usage, time_to_validate_by_day, usage_totals
+from dashboard_widgets import csv_button, delta, pct, period_caption, query, seconds, sidebar_filters
+
+gate("status.view")
+st.title("Daily usage")
+filters = sidebar_filters("usage")
+period_caption(filters)
+
+now, before = query(usage_totals, filters), query(usage_totals, filters.previous())
+kpis = st.columns(6)
+kpis[0].metric("Generate requests", f"{now.requests:,}", delta(now.requests, before.requests))
+kpis[1].metric("Codes issued", f"{now.issued:,}", delta(now.issued, before.issued))
+kpis[2].metric("Re-sends", f"{now.resent:,}", delta(now.resent, before.resent), delta_color="inverse")
+kpis[3].metric("Successful validations", f"{now.validated:,}", delta(now.validated, before.validated))
+kpis[4].metric("Conversion", pct(now.conversion), delta(now.conversion, before.conversion, percent=True),
+               help="Codes issued in the period that were used, over codes issued in the period.")
+kpis[5].metric("Time to validate p50 / p95", f"{seconds(now.ttv.p50)} / {seconds(now.ttv.p95)}",
+               delta(now.ttv.p50, before.ttv.p50), delta_color="inverse")
+
+rows = query(daily_usage, filters)
+if not rows:
+    st.info("No OTP traffic in this period. The Status page can fill the database with demo traffic.")
+    st.stop()
+
+table = pd.DataFrame([{"day": r.day, "action": r.action, "requests": r.requests, "issued": r.issued,
+                       "re-sends": r.resent, "validations": r.validations, "validated": r.validated,
+                       "codes used": r.codes_used, "conversion": r.conversion} for r in rows])
+per_day = table.groupby("day", as_index=False)[["requests", "issued", "re-sends", "validated"]].sum()
+times = query(time_to_validate_by_day, filters)
+per_day["ttv p50 (s)"] = [times[d].p50 if d in times else None for d in per_day["day"]]
+per_day["ttv p95 (s)"] = [times[d].p95 if d in times else None for d in per_day["day"]]
+
+st.subheader("Per day")
+series = per_day.melt(id_vars="day", value_vars=["requests", "issued", "re-sends", "validated"],
+                      var_name="figure", value_name="count")
+st.altair_chart(alt.Chart(series).mark_line(point=True).encode(
+    x=alt.X("day:T", title=None), y=alt.Y("count:Q", title="count"), color=alt.Color("figure:N", title=None),
+    tooltip=["day:T", "figure:N", "count:Q"]), width="stretch")
+st.altair_chart(alt.Chart(per_day.melt(id_vars="day", value_vars=["ttv p50 (s)", "ttv p95 (s)"],
+                                       var_name="percentile", value_name="seconds").dropna())
+                .mark_line(point=True).encode(x=alt.X("day:T", title=None), y=alt.Y("seconds:Q", title="time to validate (s)"),
+                                              color=alt.Color("percentile:N", title=None)), width="stretch")
+
+st.subheader("Per day and action")
+st.dataframe(table, hide_index=True, width="stretch", key="usage_table", column_config={
+    "day": st.column_config.TextColumn("day"),
+    "conversion": st.column_config.ProgressColumn("conversion", format="percent", min_value=0, max_value=1),
+    **{c: st.column_config.NumberColumn(c, format="%d") for c in
+       ("requests", "issued", "re-sends", "validations", "validated", "codes used")}})
+csv_button(table, f"otp-usage-{filters.first}-{filters.last}.csv", "usage_csv")
