@@ -307,7 +307,7 @@ def _configs(rt) -> dict:
     return {a.value: c for a, c in rt.active_configs().items()}
 
 
-def test_why_refused_says_when_a_lock_lifts_and_an_admin_unblocks_it(rt, team, clock: FrozenClock):  # noqa: F811
+def test_why_refused_says_when_a_lock_lifts_and_an_admin_unblocks_it(rt, team, clock: FrozenClock):
     payload = {"entityType": "MOBILE", "entityValue": "9955882233", "action": "COUPON"}
     user_key = "MOBILE:+919955882233"
     config = rt.config_for(Action.COUPON)
@@ -383,14 +383,14 @@ def signed_in(rt, identity) -> AppTest:
 
 
 @pytest.mark.parametrize("page", ["pages/dash_usage.py", "pages/dash_delivery.py", "pages/dash_limits.py"])
-def test_each_dashboard_opens_empty_for_a_viewer(rt, team, page):  # noqa: F811
+def test_each_dashboard_opens_empty_for_a_viewer(rt, team, page):
     at = signed_in(rt, team["viewer"]).run()
     at.switch_page(page).run()
     assert not at.exception, page
     assert at.metric  # the KPI row is there even with no traffic
 
 
-def test_usage_page_shows_the_figures(rt, team, traffic):  # noqa: F811
+def test_usage_page_shows_the_figures(rt, team, traffic):
     at = signed_in(rt, team["viewer"]).run()
     at.switch_page("pages/dash_usage.py").run()
     assert not at.exception
@@ -406,7 +406,7 @@ def test_usage_page_shows_the_figures(rt, team, traffic):  # noqa: F811
     assert "+91" not in at.dataframe[0].value.to_csv()
 
 
-def test_delivery_page_and_timeline(rt, team, traffic):  # noqa: F811
+def test_delivery_page_and_timeline(rt, team, traffic):
     at = signed_in(rt, team["viewer"]).run()
     at.switch_page("pages/dash_delivery.py").run()
     assert not at.exception
@@ -423,7 +423,7 @@ def test_delivery_page_and_timeline(rt, team, traffic):  # noqa: F811
     assert not at.exception and destination not in frame_with(at, "event").to_csv()
 
 
-def test_limits_page_explains_and_admin_unblocks(rt, team, traffic):  # noqa: F811
+def test_limits_page_explains_and_admin_unblocks(rt, team, traffic):
     with rt.db.connect() as conn:
         user_key = conn.execute(text("SELECT user_key FROM limit_event WHERE limit_type = 'lock' LIMIT 1")).scalar()
     # The simulated lock was set a day or two ago: look at the console from a minute before it lifts.
@@ -449,7 +449,7 @@ def test_limits_page_explains_and_admin_unblocks(rt, team, traffic):  # noqa: F8
         assert conn.execute(text("SELECT count(*) FROM audit_log WHERE action = 'limits.unblock'")).scalar() == 1
 
 
-def test_home_button_simulates_for_editors_only(rt, team):  # noqa: F811
+def test_home_button_simulates_for_editors_only(rt, team):
     viewer = signed_in(rt, team["viewer"]).run()
     assert not [b for b in viewer.button if b.key == "home_simulate"]
     editor = signed_in(rt, team["editor"]).run()
