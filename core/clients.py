@@ -67,15 +67,20 @@ def list_clients(session: Session) -> list[ApiClientPublic]:
 class ClientAuthenticator:
     """Verifies key and secret against the slow hash once, then trusts the pair for ttl seconds.
 
-    Without the memory every request would pay ~50 ms of Argon2; with it a revoked client is refused
+    Without the memory every request would pay ~50-130 ms of Argon2. When the trust expires, a cheap read
+    confirms the client is still active with the same hash instead of hashing again. At most one
+    verification per credential runs at a time and at most max_parallel overall, so a burst after a
+    restart (or of wrong secrets) cannot start dozens of 64 MiB hashes at once. A revoked client is refused
     by this process at once and by other processes within ttl seconds.
     """
 
-    def __init__(self, engine: Engine, ttl: float) -> None:
+    def __init__(self, engine: Engine, ttl: float, max_parallel: int = 2) -> None:
         self._engine = engine
         self._ttl = ttl
         self._lock = threading.Lock()
-        self._trusted: dict[bytes, tuple[ClientIdentity, float]] = {}
+        self._slow = threading.BoundedSemaphore(max_parallel)
+        self._in_flight: dict[bytes, threading.Lock] = {}
+        self._trusted: dict[bytes, tuple[ClientIdentity, float, str]] = {}
 
     @staticmethod
     def _fingerprint(key: str, secret: str) -> bytes:
@@ -87,26 +92,49 @@ class ClientAuthenticator:
             return entry[0]
         return None
 
+    def _row(self, key: str):  # type: ignore[no-untyped-def]
+        if not (key.isascii() and key.isprintable() and len(key) <= 64):  # cannot be a stored key
+            return None
+        with self._engine.connect() as conn:
+            return conn.execute(select(ApiClient.id, ApiClient.name, ApiClient.permissions, ApiClient.secret_hash)
+                                .where(ApiClient.key == key, ApiClient.revoked_at.is_(None))).first()
+
     def verify(self, key: str, secret: str) -> ClientIdentity | None:
-        """The client for these credentials, or None; slow on a miss by design."""
+        """The client for these credentials, or None; slow on a first sight by design."""
         found = self.cached(key, secret)
         if found:
             return found
-        row = None
-        if key.isascii() and key.isprintable() and len(key) <= 64:  # anything else cannot be a stored key
-            with self._engine.connect() as conn:
-                row = conn.execute(select(ApiClient.id, ApiClient.name, ApiClient.permissions, ApiClient.secret_hash)
-                                   .where(ApiClient.key == key, ApiClient.revoked_at.is_(None))).first()
-        try:
-            _hasher.verify(row.secret_hash if row else _DUMMY_HASH, secret)
-        except (VerificationError, InvalidHashError):
-            return None
-        if row is None:
-            return None
-        identity = ClientIdentity(row.id, row.name, frozenset(p.strip() for p in row.permissions.split(",") if p.strip()))
+        fingerprint = self._fingerprint(key, secret)
         with self._lock:
-            self._trusted[self._fingerprint(key, secret)] = (identity, time.monotonic() + self._ttl)
-        return identity
+            gate = self._in_flight.setdefault(fingerprint, threading.Lock())
+        with gate:  # a second request with the same credentials waits for the first's answer
+            found = self.cached(key, secret)
+            if found:
+                return found
+            row = self._row(key)
+            expired = self._trusted.get(fingerprint)
+            if row is not None and expired is not None and expired[2] == row.secret_hash:
+                identity = self._identity(row)  # known good and unchanged: no need to hash again
+            else:
+                with self._slow:
+                    try:
+                        _hasher.verify(row.secret_hash if row else _DUMMY_HASH, secret)
+                    except (VerificationError, InvalidHashError):
+                        row = None
+                if row is None:
+                    with self._lock:
+                        self._trusted.pop(fingerprint, None)
+                        self._in_flight.pop(fingerprint, None)
+                    return None
+                identity = self._identity(row)
+            with self._lock:
+                self._trusted[fingerprint] = (identity, time.monotonic() + self._ttl, row.secret_hash)
+                self._in_flight.pop(fingerprint, None)
+            return identity
+
+    @staticmethod
+    def _identity(row) -> ClientIdentity:  # type: ignore[no-untyped-def]
+        return ClientIdentity(row.id, row.name, frozenset(p.strip() for p in row.permissions.split(",") if p.strip()))
 
     def forget_all(self) -> None:
         with self._lock:

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from core import errors as E
@@ -32,6 +32,18 @@ from core.runtime import Runtime
 from core.templates import RenderError, sample_variables
 
 log = logging.getLogger(__name__)
+
+# Built once, executed with parameters (see core.sql for why).
+_INSERT_REQUEST = insert(OtpRequest.__table__).returning(OtpRequest.__table__.c.id)
+_INSERT_DELIVERY = insert(Delivery.__table__).returning(Delivery.__table__.c.id)
+_INSERT_LIMIT_EVENT = insert(LimitEvent.__table__)
+_INSERT_VALIDATION = insert(OtpValidation.__table__)
+_d = Delivery.__table__
+_RECORD_DELIVERY = update(_d).where(_d.c.id == bindparam("p_id")).values(
+    status=bindparam("p_status"), error=bindparam("p_error"), provider_message_id=bindparam("p_message_id"),
+    http_status=bindparam("p_http_status"), latency_ms=bindparam("p_latency"), attempts=bindparam("p_attempts"),
+    updated_at=bindparam("p_updated", type_=_d.c.updated_at.type),
+    receipt_deadline=bindparam("p_deadline", type_=_d.c.receipt_deadline.type))
 
 
 @dataclass
@@ -87,8 +99,8 @@ def _record_refusal(rt: Runtime, refused: _Refused, *, user_key: str, action: st
                     now: datetime) -> OtpError:
     try:
         with rt.db.begin() as conn:
-            conn.execute(insert(LimitEvent).values(created_at=now, user_key=user_key, action=action,
-                                                   limit_type=refused.limit_type, client_id=client_id))
+            conn.execute(_INSERT_LIMIT_EVENT, {"created_at": now, "user_key": user_key, "action": action,
+                                               "limit_type": refused.limit_type, "client_id": client_id})
     except DBAPIError as exc:  # the refusal stands even if it cannot be recorded
         log.warning("could not record a %s refusal: %s", refused.limit_type, type(exc).__name__)
     log.info("refused %s for %s (%s)", action, mask(user_key), refused.limit_type)
@@ -119,9 +131,9 @@ def _issue(conn: Connection, rt: Runtime, *, user_key: str, entity_type: str, co
     except CodeSendsExhausted as exc:
         raise _Refused("code_sends", f"this code was already sent {config.max_sends_per_code} times; "
                        "a new one can be requested when it expires", _seconds_until(exc.expires_at, now)) from None
-    request_id = conn.execute(insert(OtpRequest).values(
-        created_at=now, code_id=issued.code_id, user_key=user_key, action=config.action.value,
-        kind="resent" if issued.resent else "issued", client_id=client_id).returning(OtpRequest.id)).scalar_one()
+    request_id = conn.execute(_INSERT_REQUEST, {
+        "created_at": now, "code_id": issued.code_id, "user_key": user_key, "action": config.action.value,
+        "kind": "resent" if issued.resent else "issued", "client_id": client_id}).scalar_one()
     delivery_ids = [_insert_delivery(conn, request_id=request_id, code_id=issued.code_id, target=target,
                                      gateway=gateway, step=0, now=now) for target, gateway in sends]
     return issued, request_id, delivery_ids
@@ -129,10 +141,10 @@ def _issue(conn: Connection, rt: Runtime, *, user_key: str, entity_type: str, co
 
 def _insert_delivery(conn: Connection, *, request_id: int, code_id: int, target: ChannelTarget,
                      gateway: Gateway | None, step: int, now: datetime) -> int:
-    return conn.execute(insert(Delivery).values(
-        request_id=request_id, code_id=code_id, channel=target.channel.value, destination=target.destination,
-        gateway=_gateway_label(gateway), status="queued", attempts=0, created_at=now, updated_at=now,
-        failover_step=step).returning(Delivery.id)).scalar_one()
+    return conn.execute(_INSERT_DELIVERY, {
+        "request_id": request_id, "code_id": code_id, "channel": target.channel.value,
+        "destination": target.destination, "gateway": _gateway_label(gateway), "status": "queued", "attempts": 0,
+        "created_at": now, "updated_at": now, "failover_step": step}).scalar_one()
 
 
 def _public_reason(report: DeliveryReport) -> str:
@@ -176,19 +188,20 @@ async def _deliver(rt: Runtime, config: OtpConfig, sends: list[_Send], code: str
     deadline = finished + timedelta(seconds=config.failover_seconds) if await_receipt else None
     try:
         with rt.db.begin() as conn:
+            rows = []
             for send in sends:
                 result = results.get(send.delivery_id)
                 status = result.status if result else "failed"
                 error = result.error if result else f"template failed to render: {render_failures[send.delivery_id]}"
-                conn.execute(update(Delivery).where(Delivery.id == send.delivery_id).values(
-                    status=status, error=error,
-                    provider_message_id=result.provider_message_id if result else None,
-                    http_status=result.http_status if result else None,
-                    latency_ms=result.latency_ms if result else None,
-                    attempts=result.attempts if result else 0, updated_at=finished,
-                    receipt_deadline=deadline if status == "sent" else None))
+                rows.append({"p_id": send.delivery_id, "p_status": status, "p_error": error,
+                             "p_message_id": result.provider_message_id if result else None,
+                             "p_http_status": result.http_status if result else None,
+                             "p_latency": result.latency_ms if result else None,
+                             "p_attempts": result.attempts if result else 0, "p_updated": finished,
+                             "p_deadline": deadline if status == "sent" else None})
                 reports.append(DeliveryReport(send.delivery_id, send.target.channel.value, send.target.destination,
                                               _gateway_label(send.gateway), status, error))
+            conn.execute(_RECORD_DELIVERY, rows)
     except DBAPIError as exc:  # the messages went out; losing their status must not turn into an error
         log.error("could not record delivery results: %s", type(exc).__name__)
     return reports
@@ -355,8 +368,8 @@ async def validate(rt: Runtime, payload: object, *, client_id: int | None = None
                 reset_failures(conn, user_key=user_key, action=action)
             elif outcome.outcome in ("wrong", "burned"):
                 record_failure(conn, user_key=user_key, config=config, now=now)
-            conn.execute(insert(OtpValidation).values(created_at=now, user_key=user_key, action=action,
-                                                      code_id=outcome.code_id, outcome=outcome.outcome))
+            conn.execute(_INSERT_VALIDATION, {"created_at": now, "user_key": user_key, "action": action,
+                                              "code_id": outcome.code_id, "outcome": outcome.outcome})
     except _Refused as refused:
         raise _record_refusal(rt, refused, user_key=user_key, action=action, client_id=client_id, now=now) from None
     except DBAPIError as exc:

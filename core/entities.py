@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
@@ -25,6 +26,7 @@ class NormalisedEntity:
         return f"{self.entity_type.value}:{self.value}"
 
 
+@lru_cache(maxsize=8192)
 def normalise_phone(raw: str, *, region: str, strict: bool = True) -> str:
     """E.164 form of raw; only ASCII digits and common punctuation are accepted.
 

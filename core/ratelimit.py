@@ -5,17 +5,22 @@ import math
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Connection, bindparam
 
 from core.models import UsageCounter
+from core.sql import per_dialect
 
 _table = UsageCounter.__table__
 
 
-def _insert(conn: Connection):  # type: ignore[no-untyped-def]
-    return sqlite_insert if conn.dialect.name == "sqlite" else pg_insert
+def _bump_statement(insert):  # type: ignore[no-untyped-def]
+    return insert(_table).values(
+        scope=bindparam("p_scope"), user_key=bindparam("p_user"), period=bindparam("p_period"), count=1,
+    ).on_conflict_do_update(
+        index_elements=[_table.c.scope, _table.c.user_key, _table.c.period],
+        set_={"count": _table.c.count + 1},
+        where=_table.c.count < bindparam("p_limit"),
+    ).returning(_table.c.count)
 
 
 def bump(conn: Connection, *, scope: str, user_key: str, period: str, limit: int) -> int | None:
@@ -24,13 +29,9 @@ def bump(conn: Connection, *, scope: str, user_key: str, period: str, limit: int
     One upsert with RETURNING: two concurrent requests can never both take the last unit, and a refused
     request leaves the count as it was.
     """
-    stmt = _insert(conn)(_table).values(scope=scope, user_key=user_key, period=period, count=1)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[_table.c.scope, _table.c.user_key, _table.c.period],
-        set_={"count": _table.c.count + 1},
-        where=_table.c.count < limit,
-    ).returning(_table.c.count)
-    return conn.execute(stmt).scalar()
+    statement = per_dialect(conn, "bump", _bump_statement)
+    return conn.execute(statement, {"p_scope": scope, "p_user": user_key, "p_period": period,
+                                    "p_limit": limit}).scalar()
 
 
 def local_day(moment: datetime, tz: ZoneInfo) -> str:

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 from sqlalchemy import Engine, insert
 
+from core.clock import utcnow
 from core.gateways import OutgoingMessage, SendResult
 from core.models import OutboxMessage
+
+_INSERT = insert(OutboxMessage.__table__).returning(OutboxMessage.__table__.c.id)
 
 
 class OutboxGateway:
@@ -25,8 +28,8 @@ class OutboxGateway:
             body = message.body if message.channel.value == "EMAIL" else message.text
         # A short transaction of its own: no other transaction is open while a gateway runs.
         with self._engine.begin() as conn:
-            message_id = conn.execute(insert(OutboxMessage).values(
-                delivery_id=message.delivery_id, channel=message.channel.value, recipient=message.destination,
-                subject=message.subject, body=body or "", is_html=message.is_html,
-            ).returning(OutboxMessage.id)).scalar_one()
+            message_id = conn.execute(_INSERT, {
+                "created_at": utcnow(), "delivery_id": message.delivery_id, "channel": message.channel.value,
+                "recipient": message.destination, "subject": message.subject, "body": body or "",
+                "is_html": message.is_html}).scalar_one()
         return SendResult(status="delivered", provider_message_id=f"outbox-{message_id}")

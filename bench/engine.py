@@ -1,0 +1,364 @@
+"""Generate throughput side by side: the engine directly, over HTTP, and an empty FastAPI endpoint.
+
+    python bench/engine.py [--requests 4000] [--concurrency 48] [--rounds 1] [--client raw|httpx]
+
+Everything runs on fresh SQLite files in a temporary directory (never data/), with the outbox gateway,
+one distinct valid Indian mobile (+9199000xxxxx) per generate so that no limit is reached, and servers on
+127.0.0.1 only:
+
+  engine generate   core.engine.generate awaited in a loop in one event loop (Runtime(Settings(...)))
+  engine validate   core.engine.validate of the right code, for the numbers just generated
+  HTTP empty        POST /empty of bench/empty_app.py (returns {}), the same generate bodies and headers,
+                    --empty-factor times as many requests (it is much faster; a short run is too noisy)
+  HTTP generate     POST /v2/otp/generate on `uvicorn api:app` (one worker), HTTP Basic as an API client
+                    made with `python -m core.cli client create bench`
+  HTTP validate     POST /v2/otp/validate of the right code (read from the outbox table)
+
+Both servers are `python -m uvicorn` subprocesses (one worker, no access log) started once; this process is
+the load generator (bench/loadgen.py: keep-alive connections, --concurrency requests in flight). Each phase
+has a warm-up, a bounded request count and a timeout; "server CPU" is the server process's CPU time over
+the phase's wall time (below ~95 % means the machine was busy with something else).
+The project goal is HTTP generate >= 25 % of the empty endpoint's rate on the same set-up.
+Note: the API trusts a verified credential for OTP_AUTH_CACHE_SECONDS (60 s); with --rounds > 1 an expiry
+falls inside a measured phase and every in-flight request then pays an Argon2 verification.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import platform
+import re
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+for _path in (str(ROOT), str(BENCH)):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+from loadgen import LoadResult, Server, http_request, run_load  # noqa: E402
+
+GOAL = 0.25
+PREFIX = "+9199000"  # +91 99000 xxxxx: valid Indian mobiles, 100 000 of them
+ACTION = "COUPON"
+_CODE = re.compile(r"(?:is:? |parameter: |otp: )([0-9A-Za-z]+)")
+
+
+class Numbers:
+    """Hands out each phone number once, so every generate is a first request for a new user."""
+
+    def __init__(self) -> None:
+        self._next = 0
+
+    def take(self, count: int) -> list[str]:
+        if self._next + count > 100_000:
+            raise SystemExit("out of distinct phone numbers: lower --requests or --rounds")
+        taken = [f"{PREFIX}{i:05d}" for i in range(self._next, self._next + count)]
+        self._next += count
+        return taken
+
+
+def generate_body(number: str) -> dict:
+    return {"entityType": "MOBILE", "entityValue": number, "action": ACTION,
+            "channels": [{"type": "SMS", "value": number}]}
+
+
+def validate_body(number: str, code: str) -> dict:
+    return {"entityType": "MOBILE", "entityValue": number, "action": ACTION, "code": code}
+
+
+def codes_sent(db_path: Path, numbers: list[str]) -> dict[str, str]:
+    """The code in the newest outbox message to each number (read straight from the SQLite file)."""
+    wanted = set(numbers)
+    found: dict[str, str] = {}
+    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30) as conn:
+        for recipient, body in conn.execute("SELECT recipient, body FROM outbox_message ORDER BY id"):
+            if recipient in wanted:
+                match = _CODE.search(body)
+                if match:
+                    found[recipient] = match.group(1)
+    return found
+
+
+@dataclass
+class Row:
+    name: str
+    result: LoadResult
+    server_cpu: float | None = None  # CPU seconds of the server process during the phase
+
+    @property
+    def rate(self) -> float:
+        return self.result.rate
+
+
+# ---------------------------------------------------------------- engine directly
+
+class EngineBench:
+    def __init__(self, tmp: Path) -> None:
+        from core.config import Settings
+        from core.runtime import Runtime
+
+        self.db_path = tmp / "engine.db"
+        settings = Settings(database_url=f"sqlite:///{self.db_path}", env="development", secret_key="",
+                            secret_key_file=tmp / "engine.key")
+        self.rt = Runtime(settings)
+
+    def _run(self, bodies: list[dict], timeout: float, op) -> LoadResult:  # type: ignore[no-untyped-def]
+        from core.errors import OtpError
+
+        result = LoadResult()
+
+        async def loop() -> None:
+            started = time.perf_counter()
+            deadline = started + timeout
+            for body in bodies:
+                if time.perf_counter() > deadline:
+                    result.timed_out = True
+                    break
+                t0 = time.perf_counter()
+                result.sent += 1
+                try:
+                    outcome = await op(self.rt, body)
+                    status = 200
+                except OtpError as exc:
+                    outcome, status = None, exc.http_status
+                    if not result.first_failure:
+                        result.first_failure = f"{status} {exc.envelope()}"
+                result.latencies.append(time.perf_counter() - t0)
+                result.done += 1
+                result.statuses[status] = result.statuses.get(status, 0) + 1
+                if status == 200 and getattr(outcome, "valid", True):
+                    result.ok += 1
+            result.elapsed = time.perf_counter() - started
+
+        cpu = time.process_time()
+        asyncio.run(loop())
+        result.client_cpu = time.process_time() - cpu
+        return result
+
+    def generate(self, numbers: list[str], timeout: float) -> LoadResult:
+        from core.engine import generate
+
+        return self._run([generate_body(n) for n in numbers], timeout, generate)
+
+    def validate(self, numbers: list[str], timeout: float) -> LoadResult:
+        from core.engine import validate
+
+        codes = codes_sent(self.db_path, numbers)
+        return self._run([validate_body(n, codes[n]) for n in numbers if n in codes], timeout, validate)
+
+    def close(self) -> None:
+        self.rt.db.dispose()
+
+
+# ---------------------------------------------------------------- over HTTP
+
+def create_api_client(env: dict[str, str]) -> tuple[str, str]:
+    done = subprocess.run([sys.executable, "-m", "core.cli", "client", "create", "bench"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise SystemExit(f"client create failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    values = dict(re.findall(r"^(key|secret): (\S+)$", done.stdout, re.MULTILINE))
+    if "key" not in values or "secret" not in values:
+        raise SystemExit(f"could not read key and secret from:\n{done.stdout}")
+    return values["key"], values["secret"]
+
+
+def _json(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _generate_ok(status: int, body: bytes) -> bool:
+    return status == 200 and b'"createdId"' in body
+
+
+def _validate_ok(status: int, body: bytes) -> bool:
+    return status == 200 and b'"entity":true' in body
+
+
+class HttpBench:
+    def __init__(self, tmp: Path, args: argparse.Namespace) -> None:
+        self.args = args
+        self.db_path = tmp / "otp.db"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OTP_")}
+        env.update(OTP_DATABASE_URL=f"sqlite:///{self.db_path}", OTP_SECRET_KEY_FILE=str(tmp / "key"),
+                   OTP_ENV="development", PYTHONDONTWRITEBYTECODE="1")
+        key, secret = create_api_client(env)
+        self.auth = {"Authorization": "Basic " + base64.b64encode(f"{key}:{secret}".encode()).decode()}
+        extra = args.uvicorn_args.split() if args.uvicorn_args else []
+        self.servers: list[Server] = []
+        try:
+            self.api = Server(args.api_app, cwd=ROOT, env=env, log_path=tmp / "api.log", extra_args=extra)
+            self.servers.append(self.api)
+            self.empty = Server("empty_app:app", cwd=ROOT, env=env, log_path=tmp / "empty.log", app_dir=BENCH,
+                                extra_args=extra)
+            self.servers.append(self.empty)
+            self.api.wait_ready(http_request("GET", "/health", self.api.port))
+            self.empty.wait_ready(http_request("POST", "/empty", self.empty.port, b"{}"))
+        except BaseException:
+            self.close()
+            raise
+
+    def _load(self, name: str, server: Server, requests: list[bytes], check, warmup: list[bytes]) -> Row:  # type: ignore[no-untyped-def]
+        a = self.args
+        if warmup:
+            run_load(server.port, warmup, concurrency=a.concurrency, timeout=a.timeout, client=a.client, check=check)
+        before = server.cpu_seconds()
+        result = run_load(server.port, requests, concurrency=a.concurrency, timeout=a.timeout, client=a.client,
+                          check=check)
+        after = server.cpu_seconds()
+        return Row(name, result, after - before if before is not None and after is not None else None)
+
+    def empty_post(self, numbers: list[str], warmup: int) -> Row:
+        """The same generate bodies (and headers) posted to the empty endpoint, --empty-factor times over."""
+        port = self.empty.port
+        reqs = [http_request("POST", "/empty", port, _json(generate_body(n)), self.auth) for n in numbers]
+        reqs *= max(1, self.args.empty_factor)
+        return self._load("HTTP POST /empty", self.empty, reqs, lambda s, b: s == 200 and b == b"{}",
+                          reqs[:warmup])
+
+    def generate(self, numbers: list[str], warm_numbers: list[str]) -> Row:
+        port = self.api.port
+        build = lambda n: http_request("POST", "/v2/otp/generate", port, _json(generate_body(n)), self.auth)  # noqa: E731
+        return self._load("HTTP generate", self.api, [build(n) for n in numbers], _generate_ok,
+                          [build(n) for n in warm_numbers])
+
+    def validate(self, numbers: list[str], warm_numbers: list[str]) -> Row:
+        port = self.api.port
+        codes = codes_sent(self.db_path, numbers + warm_numbers)
+        build = lambda n: http_request("POST", "/v2/otp/validate", port, _json(validate_body(n, codes[n])),  # noqa: E731
+                                       self.auth)
+        return self._load("HTTP validate", self.api, [build(n) for n in numbers if n in codes], _validate_ok,
+                          [build(n) for n in warm_numbers if n in codes])
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+
+# ---------------------------------------------------------------- report
+
+def _fmt_cpu(seconds: float | None, elapsed: float) -> str:
+    return f"{seconds / elapsed * 100:5.0f}%" if seconds is not None and elapsed > 0 else "    -"
+
+
+def print_rows(rows: list[Row]) -> None:
+    print(f"  {'phase':<24}{'done':>7}{'ok':>7}{'seconds':>9}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
+          f"{'server CPU':>12}{'driver CPU':>12}")
+    for row in rows:
+        r = row.result
+        flag = "  TIMED OUT" if r.timed_out else ""
+        print(f"  {row.name:<24}{r.done:>7}{r.ok:>7}{r.elapsed:>9.2f}{r.rate:>9.0f}{r.percentile(50):>9.1f}"
+              f"{r.percentile(99):>9.1f}{_fmt_cpu(row.server_cpu, r.elapsed):>12}"
+              f"{_fmt_cpu(r.client_cpu, r.elapsed):>12}{flag}")
+        if r.ok < r.done:
+            print(f"      !! {r.done - r.ok} not ok; statuses {r.statuses}; first: {r.first_failure}")
+        if row.server_cpu is not None and r.elapsed > 0 and row.server_cpu / r.elapsed < 0.6:
+            print("      !! the server was mostly idle: the load generator (try --client raw) or a busy machine "
+                  "limited this rate, so it is not the server's")
+
+
+def print_ratios(rates: dict[str, float], label: str = "") -> None:
+    empty = rates.get("HTTP POST /empty") or float("nan")
+    http_gen = rates.get("HTTP generate", float("nan"))
+    ratio = http_gen / empty
+    verdict = "meets" if ratio >= GOAL else "BELOW"
+    print(f"  {label}HTTP generate / empty endpoint   = {ratio * 100:6.1f} %   ({verdict} the {GOAL:.0%} goal)")
+    print(f"  {label}engine generate / empty endpoint = {rates.get('engine generate', float('nan')) / empty * 100:6.1f} %")
+    if "HTTP validate" in rates:
+        print(f"  {label}HTTP validate / empty endpoint   = {rates['HTTP validate'] / empty * 100:6.1f} %")
+    print(f"  {label}HTTP generate / engine generate  = "
+          f"{http_gen / rates.get('engine generate', float('nan')) * 100:6.1f} %")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=4000, help="measured requests per phase (default 4000)")
+    parser.add_argument("--empty-factor", type=int, default=5,
+                        help="the empty endpoint is much faster: send it this many times --requests (default 5)")
+    parser.add_argument("--warmup", type=int, default=300, help="warm-up requests per phase (default 300)")
+    parser.add_argument("--concurrency", type=int, default=48, help="requests in flight over HTTP (default 48)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds allowed per phase (default 120)")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat all phases, interleaved (default 1)")
+    parser.add_argument("--client", choices=("raw", "httpx"), default="raw",
+                        help="load generator: raw asyncio HTTP/1.1 (light) or httpx.AsyncClient")
+    parser.add_argument("--no-validate", action="store_true", help="skip the validate phases")
+    parser.add_argument("--uvicorn-args", default="", help="extra uvicorn arguments for both servers, quoted")
+    parser.add_argument("--api-app", default="api:app",
+                        help="module:attribute of the API server (default api:app), to compare a variant")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory and print its path")
+    args = parser.parse_args(argv)
+    if args.requests < 1 or args.concurrency < 1 or args.rounds < 1:
+        parser.error("--requests, --concurrency and --rounds must be positive")
+
+    import fastapi
+    import sqlalchemy
+    import uvicorn
+
+    from importlib.util import find_spec
+
+    loop_kind = "uvloop" if find_spec("uvloop") else "asyncio"  # what uvicorn's "auto" picks
+    http_kind = "httptools" if find_spec("httptools") else "h11"
+
+    tmp = Path(tempfile.mkdtemp(prefix="otp-bench-"))
+    print(f"OTP engine benchmark: SQLite in {tmp}, Python {platform.python_version()}, {os.cpu_count()} CPUs, "
+          f"uvicorn {uvicorn.__version__} (loop {loop_kind}, http {http_kind}, 1 worker, no access log), "
+          f"FastAPI {fastapi.__version__}, SQLAlchemy {sqlalchemy.__version__}")
+    print(f"  {args.requests} requests per phase ({args.requests * args.empty_factor} for the empty endpoint) "
+          f"after {args.warmup} warm-up, {args.concurrency} in flight over "
+          f"HTTP, {args.client} load generator, timeout {args.timeout:g} s; one new user per generate")
+
+    numbers = Numbers()
+    engine_bench = http_bench = None
+    all_rates: list[dict[str, float]] = []
+    try:
+        engine_bench = EngineBench(tmp)
+        http_bench = HttpBench(tmp, args)
+        for round_no in range(1, args.rounds + 1):
+            rows: list[Row] = []
+            warm, measured = numbers.take(args.warmup), numbers.take(args.requests)
+            engine_bench.generate(warm, args.timeout)
+            rows.append(Row("engine generate", engine_bench.generate(measured, args.timeout)))
+            if not args.no_validate:
+                engine_bench.validate(warm, args.timeout)
+                rows.append(Row("engine validate", engine_bench.validate(measured, args.timeout)))
+            rows.append(http_bench.empty_post(measured, args.warmup))
+            warm, measured = numbers.take(args.warmup), numbers.take(args.requests)
+            rows.append(http_bench.generate(measured, warm))
+            if not args.no_validate:
+                rows.append(http_bench.validate(measured, warm))
+            print(f"\nround {round_no}/{args.rounds}")
+            print_rows(rows)
+            rates = {row.name: row.rate for row in rows}
+            all_rates.append(rates)
+            print_ratios(rates)
+        if args.rounds > 1:
+            medians = {name: statistics.median(r[name] for r in all_rates) for name in all_rates[0]}
+            print(f"\nmedian of {args.rounds} rounds (req/s): "
+                  + ", ".join(f"{name} {rate:.0f}" for name, rate in medians.items()))
+            print_ratios(medians)
+    finally:
+        if http_bench is not None:
+            http_bench.close()
+        if engine_bench is not None:
+            engine_bench.close()
+        if args.keep:
+            print(f"\nkept {tmp}")
+        else:
+            import shutil
+            shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
