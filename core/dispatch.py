@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 from collections.abc import Sequence
 
 from core.gateways import Gateway, OutgoingMessage, SendResult
@@ -32,7 +33,7 @@ async def _send_one(gateway: Gateway | None, message: OutgoingMessage, timeout: 
     error = scrub(result.error, message.code)[:1000] if result.error else None
     log.debug("delivery %s over %s via %s: %s", message.delivery_id, message.channel.value, gateway.name,
               result.status)
-    return SendResult(result.status, result.provider_message_id, result.http_status, error, result.attempts, latency)
+    return replace(result, error=error, latency_ms=latency)
 
 
 async def dispatch(sends: Sequence[tuple[Gateway | None, OutgoingMessage]], timeout: float) -> list[SendResult]:

@@ -202,6 +202,9 @@ async def _deliver(rt: Runtime, config: OtpConfig, sends: list[_Send], code: str
                 reports.append(DeliveryReport(send.delivery_id, send.target.channel.value, send.target.destination,
                                               _gateway_label(send.gateway), status, error))
             conn.execute(_RECORD_DELIVERY, rows)
+            for result in results.values():
+                if result.record is not None:
+                    result.record(conn)
     except DBAPIError as exc:  # the messages went out; losing their status must not turn into an error
         log.error("could not record delivery results: %s", type(exc).__name__)
     return reports

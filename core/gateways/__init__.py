@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
+
+from sqlalchemy import Connection
 
 from core.enums import Channel
 
@@ -32,6 +34,9 @@ class SendResult:
     error: str | None = None
     attempts: int = 1
     latency_ms: float | None = None
+    # Work the gateway asks to be done in the transaction that records the delivery (the outbox keeps
+    # its message there), so a send costs no transaction of its own.
+    record: Callable[[Connection], None] | None = field(default=None, repr=False, compare=False)
 
 
 class Gateway(Protocol):

@@ -7,7 +7,7 @@ from core.clock import utcnow
 from core.gateways import OutgoingMessage, SendResult
 from core.models import OutboxMessage
 
-_INSERT = insert(OutboxMessage.__table__).returning(OutboxMessage.__table__.c.id)
+_INSERT = insert(OutboxMessage.__table__)
 
 
 class OutboxGateway:
@@ -16,7 +16,7 @@ class OutboxGateway:
     name = "outbox"
 
     def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+        self._engine = engine  # kept for callers that read the outbox through the gateway's database
 
     async def send(self, message: OutgoingMessage) -> SendResult:
         if message.channel.value == "WHATSAPP":
@@ -26,10 +26,9 @@ class OutboxGateway:
             body = f"[Zalo ZNS template {message.zalo_template_id}] template_data.otp: {message.code}"
         else:
             body = message.body if message.channel.value == "EMAIL" else message.text
-        # A short transaction of its own: no other transaction is open while a gateway runs.
-        with self._engine.begin() as conn:
-            message_id = conn.execute(_INSERT, {
-                "created_at": utcnow(), "delivery_id": message.delivery_id, "channel": message.channel.value,
-                "recipient": message.destination, "subject": message.subject, "body": body or "",
-                "is_html": message.is_html}).scalar_one()
-        return SendResult(status="delivered", provider_message_id=f"outbox-{message_id}")
+        row = {"created_at": utcnow(), "delivery_id": message.delivery_id, "channel": message.channel.value,
+               "recipient": message.destination, "subject": message.subject, "body": body or "",
+               "is_html": message.is_html}
+        # Kept in the transaction that records the delivery: the message and its status commit together.
+        return SendResult(status="delivered", provider_message_id=f"outbox-{message.delivery_id}",
+                          record=lambda conn: conn.execute(_INSERT, row))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.utils import parsedate_to_datetime
 from typing import Awaitable, Callable
 
@@ -89,8 +89,7 @@ async def with_retries(attempt_once: Callable[[], Awaitable[SendResult]], policy
                 break
             await asyncio.sleep(wait)
             continue
-        return SendResult(result.status, result.provider_message_id, result.http_status, result.error, attempt,
-                          (time.perf_counter() - started) * 1000)
+        return replace(result, attempts=attempt, latency_ms=(time.perf_counter() - started) * 1000)
     http_status = last.http_status if isinstance(last, Transient) else None
     return SendResult("failed", http_status=http_status, error=f"gave up after {attempt} attempts: {last}",
                       attempts=attempt, latency_ms=(time.perf_counter() - started) * 1000)
