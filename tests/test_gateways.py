@@ -447,3 +447,89 @@ def test_test_numbers_are_refused_in_production():
         Settings(env="production", secret_key="A" * 43 + "=", test_numbers="+1555*",
                  gateway_sms="none", gateway_email="none", gateway_phone="none", gateway_whatsapp="none",
                  gateway_zalo="none")
+
+
+def _self_signed(tmp_path):
+    """A certificate for 127.0.0.1 made here, so the TLS test needs nothing from outside."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+class AcceptAuth:
+    def __init__(self) -> None:
+        self.logins: list[tuple[bytes, bytes]] = []
+
+    def __call__(self, server, session, envelope, mechanism, auth_data):
+        self.logins.append((auth_data.login, auth_data.password))
+        return AuthResult(success=auth_data.password == b"right")
+
+
+def test_smtp_starttls_with_authentication(rt, admin, tmp_path):
+    import ssl
+    cert, key = _self_signed(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    inbox, auth = Inbox(), AcceptAuth()
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port(), tls_context=context,
+                            require_starttls=True, authenticator=auth, auth_required=True)
+    controller.start()
+    try:
+        add_gateway(rt, admin, name="smtp-tls", channel="EMAIL", provider="smtp",
+                    endpoint=f"127.0.0.1:{controller.port}", sender="otp@acme.test",
+                    options={"security": "starttls", "tls_verify": False},
+                    credentials={"username": "mailer", "password": "right"})
+        run(generate(rt, {"entityType": "EMAIL", "entityValue": "a@b.com", "action": "COUPON"}))
+    finally:
+        controller.stop()
+    [message] = inbox.messages
+    assert auth.logins == [(b"mailer", b"right")]  # authenticated, which the server allows only after STARTTLS
+    assert stored_code(rt) in message.get_body(("plain",)).get_content()
+    assert deliveries(rt)[0]["status"] == "sent"
+
+
+def test_webhook_voice_spells_the_code(rt, admin, provider):
+    add_gateway(rt, admin, name="voice-hook", channel="PHONE", provider="webhook_voice",
+                endpoint=provider.url + "/call", sender="ACME")
+    gen(rt, channels=[{"type": "PHONE", "value": PHONE}])
+    [seen] = provider.requests
+    code = stored_code(rt)
+    assert seen.json()["speak"] == "Your validation code is " + ", ".join(code) + "."
+    assert seen.json()["to"] == PHONE
+
+
+def test_smtp_implicit_tls(rt, admin, tmp_path):
+    import ssl
+    cert, key = _self_signed(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port(), ssl_context=context)
+    controller.start()
+    try:
+        add_gateway(rt, admin, name="smtps", channel="EMAIL", provider="smtp",
+                    endpoint=f"127.0.0.1:{controller.port}", sender="otp@acme.test",
+                    options={"security": "ssl", "tls_verify": False})
+        run(generate(rt, {"entityType": "EMAIL", "entityValue": "a@b.com", "action": "COUPON"}))
+    finally:
+        controller.stop()
+    [message] = inbox.messages
+    assert stored_code(rt) in message.get_body(("html",)).get_content()
+
