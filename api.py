@@ -20,6 +20,7 @@ from core import errors as E
 from core.clients import PERMISSION_OTP_WRITE, ClientIdentity
 from core.errors import OtpError
 from core.gateways.http import close_shared_client
+from core.net import client_ip
 from core.runtime import Runtime
 
 log = logging.getLogger("otp.api")
@@ -220,7 +221,10 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     @app.post("/v2/otp/generate", response_model=GenerateResponse, responses=_ERRORS,
               openapi_extra={"requestBody": generate_body})
     async def generate_otp(request: Request, client: ClientIdentity = Depends(authorised_client)) -> JSONResponse:
-        result = await engine.generate(request.app.state.runtime, await read_json(request), client_id=client.id)
+        runtime_: Runtime = request.app.state.runtime
+        peer = request.client.host if request.client else ""
+        ip = client_ip(peer, request.headers.get("x-forwarded-for"), runtime_.settings.trusted_proxies)
+        result = await engine.generate(runtime_, await read_json(request), client_id=client.id, client_ip=ip)
         return JSONResponse(result.body())
 
     @app.post("/v2/otp/validate", response_model=ValidateResponse, responses=_ERRORS,

@@ -52,6 +52,34 @@ class Settings(BaseSettings):
     public_url: str = ""
     # Seconds between two checks for deliveries whose receipt did not come in time (failover).
     failover_poll_seconds: float = 1.0
+    # Abuse limits beyond the daily one (0 turns a limit off). Windows are fixed and clock-aligned.
+    destination_limit: int = 5  # sends to one phone number or address...
+    destination_window_minutes: int = 10  # ...per this many minutes
+    client_limit: int = 0  # generates per API client per minute
+    ip_limit: int = 60  # generates per client IP per ip_window_minutes
+    ip_window_minutes: int = 10
+    # Comma-separated addresses or networks of proxies whose X-Forwarded-For is believed; empty: none.
+    trusted_proxies: str = ""
+    prefix_limit: int = 100  # generates per number prefix (the number without its last 4 digits)...
+    prefix_window_minutes: int = 10  # ...per this many minutes: SMS pumping walks through a range
+    # Daily send budget per channel, e.g. "SMS=100000,PHONE=5000"; past it the channel is refused (safe mode).
+    channel_budgets: str = ""
+    # Countries (ISO codes, comma-separated) a channel may send to; empty allows all.
+    countries_sms: str = ""
+    countries_phone: str = ""
+    countries_whatsapp: str = ""
+    countries_zalo: str = ""
+
+    def budget_for(self, channel: str) -> int | None:
+        for part in self.channel_budgets.split(","):
+            name, _, amount = part.partition("=")
+            if name.strip().upper() == channel and amount.strip().isdigit():
+                return int(amount)
+        return None
+
+    def countries_for(self, channel: str) -> frozenset[str]:
+        text = getattr(self, f"countries_{channel.lower()}", "")
+        return frozenset(c.strip().upper() for c in text.split(",") if c.strip())
 
     def is_test_number(self, value: str) -> bool:
         for pattern in (p.strip() for p in self.test_numbers.split(",") if p.strip()):

@@ -19,7 +19,7 @@ from core.codes import CodeSendsExhausted, IssuedCode, check_code, issue_or_rese
 from core.dispatch import dispatch
 from core.gateways import Gateway
 from core.gateways.http import close_shared_client
-from core.entities import NormalisedEntity, mask
+from core.entities import NormalisedEntity, mask, region_of
 from core.enums import Action, Channel, EntityType
 from core.errors import OtpError, Problem
 from core.messages import ResolvedTemplate, failover_plan, plan_channels, render_message, resolve_all, \
@@ -104,19 +104,78 @@ def _record_refusal(rt: Runtime, refused: _Refused, *, user_key: str, action: st
     except DBAPIError as exc:  # the refusal stands even if it cannot be recorded
         log.warning("could not record a %s refusal: %s", refused.limit_type, type(exc).__name__)
     log.info("refused %s for %s (%s)", action, mask(user_key), refused.limit_type)
-    return OtpError.single(E.RATE_LIMITED, refused.message, 429, refused.retry_after)
+    return OtpError.single(E.RATE_LIMITED, refused.message, 429, refused.retry_after, reason=refused.limit_type)
 
 
 def _gateway_label(gateway: Gateway | None) -> str:
     return gateway.name if gateway is not None else "none"
 
 
-def _issue(conn: Connection, rt: Runtime, *, user_key: str, entity_type: str, config: OtpConfig,
-           sends: list[tuple[ChannelTarget, Gateway | None]], client_id: int | None, now: datetime,
-           test_number: bool) -> tuple[IssuedCode, int, list[int]]:
+def _window(now: datetime, minutes: int) -> tuple[str, int]:
+    """The fixed window holding now (its start, as a period), and seconds until it ends."""
+    start = window_start(now, minutes)
+    return str(start), max(1, start + minutes * 60 - int(now.timestamp()))
+
+
+def _count_abuse_limits(conn: Connection, rt: Runtime, *, sends: list[tuple[ChannelTarget, Gateway | None]],
+                        entity: NormalisedEntity, client_id: int | None, client_ip: str | None,
+                        now: datetime) -> None:
+    """The limits that stop SMS pumping and floods, each one atomic upsert, all rolled back on any refusal."""
+    s = rt.settings
+    if s.destination_limit:
+        period, wait = _window(now, s.destination_window_minutes)
+        for target, _gateway in sends:
+            if bump(conn, scope=f"dest:{target.channel.value}", user_key=target.destination, period=period,
+                    limit=s.destination_limit) is None:
+                raise _Refused("destination", f"at most {s.destination_limit} codes per "
+                               f"{s.destination_window_minutes} minutes to one destination", wait)
+    if s.client_limit and client_id is not None:
+        period, wait = _window(now, 1)
+        if bump(conn, scope="client", user_key=str(client_id), period=period, limit=s.client_limit) is None:
+            raise _Refused("client", f"at most {s.client_limit} generates per minute for this API client", wait)
+    if s.ip_limit and client_ip:
+        period, wait = _window(now, s.ip_window_minutes)
+        if bump(conn, scope="ip", user_key=client_ip, period=period, limit=s.ip_limit) is None:
+            raise _Refused("ip", f"at most {s.ip_limit} generates per {s.ip_window_minutes} minutes "
+                           "from one address", wait)
+    if s.prefix_limit:
+        period, wait = _window(now, s.prefix_window_minutes)
+        prefixes = {t.destination[:-4] for t, _g in sends if t.channel.needs_phone}
+        if entity.entity_type is EntityType.MOBILE:
+            prefixes.add(entity.value[:-4])
+        for prefix in sorted(prefixes):
+            if bump(conn, scope="prefix", user_key=prefix, period=period, limit=s.prefix_limit) is None:
+                raise _Refused("prefix", f"too many codes to numbers starting {prefix} in "
+                               f"{s.prefix_window_minutes} minutes", wait)
+    for channel in dict.fromkeys(t.channel.value for t, _g in sends):
+        budget = s.budget_for(channel)
+        if budget is not None and bump(conn, scope="budget", user_key=channel, period=local_day(now, s.tz),
+                                       limit=budget) is None:
+            raise _Refused("budget", f"the daily {channel} budget of {budget} is spent: the channel is in "
+                           "safe mode until tomorrow", seconds_until_next_day(now, s.tz))
+
+
+def _check_countries(rt: Runtime, targets: list[ChannelTarget]) -> None:
+    """Refuse, before anything is counted or sent, a destination outside its channel's allowed countries."""
+    problems = []
+    for target in targets:
+        allowed = rt.settings.countries_for(target.channel.value)
+        if allowed and target.channel.needs_phone:
+            country = region_of(target.destination)
+            if country not in allowed:
+                problems.append(Problem(E.COUNTRY_NOT_ALLOWED, f"{target.channel.value} may not send to "
+                                        f"{country or 'that country'} (allowed: {', '.join(sorted(allowed))})"))
+    if problems:
+        raise OtpError(problems, 422)
+
+
+def _issue(conn: Connection, rt: Runtime, *, user_key: str, entity: NormalisedEntity, config: OtpConfig,
+           sends: list[tuple[ChannelTarget, Gateway | None]], client_id: int | None, client_ip: str | None,
+           now: datetime, test_number: bool) -> tuple[IssuedCode, int, list[int]]:
     """The one write transaction of a generate: count, issue or re-send, record the request and its deliveries."""
     tz = rt.settings.tz
     day = local_day(now, tz)
+    entity_type = entity.entity_type.value
     if not test_number:
         if bump(conn, scope="daily:*", user_key=user_key, period=day, limit=rt.settings.daily_limit) is None:
             raise _Refused("daily", f"daily limit of {rt.settings.daily_limit} OTP requests reached for this user",
@@ -125,6 +184,7 @@ def _issue(conn: Connection, rt: Runtime, *, user_key: str, entity_type: str, co
                                                  period=day, limit=config.daily_cap) is None:
             raise _Refused("action_daily", f"daily limit of {config.daily_cap} OTP requests for "
                            f"{config.action.value} reached for this user", seconds_until_next_day(now, tz))
+        _count_abuse_limits(conn, rt, sends=sends, entity=entity, client_id=client_id, client_ip=client_ip, now=now)
     try:
         issued = issue_or_resend(conn, rt.keys, user_key=user_key, entity_type=entity_type, config=config, now=now,
                                  fixed_code=rt.settings.test_code if test_number else None)
@@ -230,7 +290,8 @@ async def _fail_over(rt: Runtime, config: OtpConfig, *, request_id: int, code_id
     return reports
 
 
-async def generate(rt: Runtime, payload: object, *, client_id: int | None = None) -> GenerateResult:
+async def generate(rt: Runtime, payload: object, *, client_id: int | None = None,
+                   client_ip: str | None = None) -> GenerateResult:
     """Issue (or re-send) a code and send it over every planned channel at once.
 
     Raises OtpError with Capillary's codes; a failed channel is a 7001 warning while another succeeded.
@@ -244,6 +305,8 @@ async def generate(rt: Runtime, payload: object, *, client_id: int | None = None
     templates = resolve_all(plan or targets, request.action, rt.active_templates(), request)
     user_key = request.entity.user_key
     test_number = rt.settings.is_test_number(request.entity.value)
+    if not test_number:
+        _check_countries(rt, plan or targets)
     gateways = [rt.outbox if test_number else rt.gateway_for(config.action, t.channel) for t in targets]
     now = rt.clock()
 
@@ -251,8 +314,9 @@ async def generate(rt: Runtime, payload: object, *, client_id: int | None = None
         try:
             with rt.db.begin() as conn:
                 issued, request_id, delivery_ids = _issue(
-                    conn, rt, user_key=user_key, entity_type=request.entity.entity_type.value, config=config,
-                    sends=list(zip(targets, gateways)), client_id=client_id, now=now, test_number=test_number)
+                    conn, rt, user_key=user_key, entity=request.entity, config=config,
+                    sends=list(zip(targets, gateways)), client_id=client_id, client_ip=client_ip, now=now,
+                    test_number=test_number)
             break
         except _Refused as refused:
             raise _record_refusal(rt, refused, user_key=user_key, action=config.action.value,

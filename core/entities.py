@@ -69,3 +69,11 @@ def mask(value: str) -> str:
     if len(value) <= 4:
         return "*" * len(value)
     return value[:3] + "*" * (len(value) - 5) + value[-2:]
+
+
+def region_of(e164: str) -> str | None:
+    """The ISO country of an E.164 number (None when libphonenumber cannot tell)."""
+    try:
+        return phonenumbers.region_code_for_number(phonenumbers.parse(e164, None))
+    except phonenumbers.NumberParseException:
+        return None

@@ -23,12 +23,20 @@ RESENT_SAME_CODE = 7002
 
 @dataclass(frozen=True)
 class Problem:
-    """One error or warning; the same shape serves both, as in Capillary's responses."""
+    """One error or warning; the same shape serves both, as in Capillary's responses.
+
+    reason names which limit refused a 429 (daily, destination, ip, prefix, budget...): an extra key that
+    Capillary clients ignore.
+    """
     code: int
     message: str
+    reason: str | None = None
 
     def as_dict(self) -> dict:
-        return {"status": False, "code": self.code, "message": self.message}
+        shown = {"status": False, "code": self.code, "message": self.message}
+        if self.reason:
+            shown["reason"] = self.reason
+        return shown
 
 
 @dataclass
@@ -43,8 +51,9 @@ class OtpError(Exception):
         super().__init__("; ".join(f"{p.code}: {p.message}" for p in self.problems))
 
     @classmethod
-    def single(cls, code: int, message: str, http_status: int = 400, retry_after: int | None = None) -> "OtpError":
-        return cls([Problem(code, message)], http_status, retry_after)
+    def single(cls, code: int, message: str, http_status: int = 400, retry_after: int | None = None,
+               reason: str | None = None) -> "OtpError":
+        return cls([Problem(code, message, reason)], http_status, retry_after)
 
     def envelope(self) -> dict:
         return {"errors": [p.as_dict() for p in self.problems],
@@ -52,3 +61,5 @@ class OtpError(Exception):
 
 # Not in Capillary's table: a body that is not one JSON object of a sane size.
 INVALID_BODY = 7000
+# Not in Capillary's table: the destination's country is not allowed for the channel.
+COUNTRY_NOT_ALLOWED = 7003

@@ -85,7 +85,9 @@ def scalar(rt, sql: str, **params):
 
 
 def assert_envelope(response: httpx.Response, status: int, codes: list[int], context: str = "") -> dict:
-    """The error envelope of the contract: every problem as {status: false, code, message}, no warnings."""
+    """The error envelope of the contract: every problem as {status: false, code, message}, no warnings.
+
+    A 429 also names the limit that refused it in 'reason' (an extra key Capillary clients ignore)."""
     where = f"{context}: HTTP {response.status_code} {response.text[:400]}"
     assert response.status_code == status, where
     assert response.headers["content-type"].startswith("application/json"), where
@@ -93,7 +95,8 @@ def assert_envelope(response: httpx.Response, status: int, codes: list[int], con
     assert isinstance(body, dict) and set(body) == {"errors", "warnings"}, where
     assert body["warnings"] == [] and body["errors"], where
     for error in body["errors"]:
-        assert set(error) == {"status", "code", "message"}, where
+        expected = {"status", "code", "message"} | ({"reason"} if status == 429 else set())
+        assert set(error) == expected, where
         assert error["status"] is False and type(error["code"]) is int, where
         assert isinstance(error["message"], str) and error["message"], where
     assert sorted(e["code"] for e in body["errors"]) == sorted(codes), where
