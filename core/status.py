@@ -6,7 +6,9 @@ from dataclasses import dataclass
 from sqlalchemy import func, select, text
 
 
-from core.models import OtpCode, OtpRequest, OutboxMessage
+from core.enums import Channel
+from core.models import OtpCode, OtpRequest, OutboxMessage, UsageCounter
+from core.ratelimit import local_day
 from core.runtime import Runtime
 
 
@@ -43,6 +45,18 @@ def service_status(rt: Runtime) -> ServiceStatus:
     gateways = {c.value: (g.name if g is not None else "not configured") for c, g in rt.gateways.items()}
     return ServiceStatus(rt.settings.env, described, error is None, error, rt.settings.timezone,
                          rt.settings.daily_limit, rt.settings.default_region, gateways, *counts)
+
+
+def safe_mode_channels(rt: Runtime) -> list[tuple[str, int, int]]:
+    """Channels whose daily budget is spent today (channel, sent, budget): they refuse until midnight."""
+    budgets = {c.value: rt.settings.budget_for(c.value) for c in Channel}
+    budgets = {c: b for c, b in budgets.items() if b is not None}
+    if not budgets:
+        return []
+    with rt.read_db.connect() as conn:
+        used = dict(conn.execute(select(UsageCounter.user_key, UsageCounter.count).where(
+            UsageCounter.scope == "budget", UsageCounter.period == local_day(rt.clock(), rt.settings.tz))).all())
+    return [(c, used.get(c, 0), b) for c, b in sorted(budgets.items()) if used.get(c, 0) >= b]
 
 
 def configuration_table(rt: Runtime) -> list[dict]:

@@ -4,7 +4,7 @@ import streamlit as st
 
 from console_state import can, runtime
 from core.simulate import simulate
-from core.status import configuration_table, service_status
+from core.status import configuration_table, safe_mode_channels, service_status
 
 rt = runtime()
 status = service_status(rt)
@@ -14,6 +14,10 @@ if status.database_ok:
     st.success(f"Database reachable: {status.database}")
 else:
     st.error(f"Database unreachable ({status.database_error}): {status.database}")
+
+for channel, sent, budget in safe_mode_channels(rt):
+    st.error(f"Safe mode: the daily {channel} budget is spent ({sent:,} of {budget:,}); {channel} is refused "
+             f"until midnight ({status.time_zone}).")
 
 left, middle, right, last = st.columns(4)
 left.metric("Environment", status.environment)

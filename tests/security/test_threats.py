@@ -216,3 +216,18 @@ def test_t14_per_client_limit(defended):
     assert refusal(gen, rt, body={"entityValue": "+919812345673"}, client_id=7).problems[0].reason == "client"
     gen(rt, body={"entityValue": "+919812345674"}, client_id=8)
 
+
+
+def test_t12_safe_mode_shows_on_the_home_page(defended, team):
+    from streamlit.testing.v1 import AppTest
+
+    from console_state import SESSION_KEY
+    from core.config import ROOT
+    from core.staff import ConsoleSession
+    rt = defended(channel_budgets="SMS=1")
+    gen(rt, body={"entityValue": "+919812345671"})
+    at = AppTest.from_file(str(ROOT / "console.py"), default_timeout=30)
+    at.session_state["runtime"] = rt
+    at.session_state[SESSION_KEY] = ConsoleSession.start(team["viewer"], 30)
+    at.run()
+    assert any("Safe mode: the daily SMS budget is spent (1 of 1)" in e.value for e in at.error)
