@@ -233,7 +233,8 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
         result = await engine.validate(request.app.state.runtime, await read_json(request), client_id=client.id)
         return JSONResponse(result.body())
 
-    @app.post("/v2/otp/receipts/{gateway}", responses=_ERRORS)
+    @app.post("/v2/otp/receipts/{gateway}",
+              responses={**_ERRORS, 404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}})
     async def delivery_receipt(gateway: str, request: Request) -> JSONResponse:
         """A provider's status callback, authenticated by the provider's signature (no API credentials)."""
         runtime_: Runtime = request.app.state.runtime
@@ -249,7 +250,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
             await engine.fail_over_delivery(runtime_, outcome.delivery_id)
         return JSONResponse({"delivery": outcome.delivery_id, "status": outcome.status})
 
-    @app.get("/health")
+    @app.get("/health", responses={503: {"description": "the database is unreachable"}})
     async def health(request: Request) -> JSONResponse:
         try:
             with request.app.state.runtime.read_db.connect() as conn:

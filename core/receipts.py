@@ -77,11 +77,11 @@ def _verify(rt: Runtime, row: GatewayRow, *, url: str, headers: dict[str, str], 
         try:
             status_item = json.loads(body)["entry"][0]["changes"][0]["value"]["statuses"][0]
             return str(status_item["id"]), str(status_item["status"]), given
-        except (ValueError, KeyError, IndexError, TypeError):
+        except (ValueError, KeyError, IndexError, TypeError, RecursionError):
             raise ReceiptRefused(400, "the receipt is not a WhatsApp status notification") from None
     given = headers.get("x-signature", "")
     stamp = headers.get("x-timestamp", "")
-    if not given or not secret or not stamp.isascii() or not stamp.isdigit() \
+    if not given or not secret or len(stamp) > 12 or not stamp.isascii() or not stamp.isdigit() \
             or not equal(given.encode(), webhook_signature(secret, stamp, body).encode()):
         raise ReceiptRefused(401, "bad or missing signature")
     if abs(time.time() - int(stamp)) > MAX_CLOCK_SKEW:
@@ -89,8 +89,19 @@ def _verify(rt: Runtime, row: GatewayRow, *, url: str, headers: dict[str, str], 
     try:
         data = json.loads(body)
         return str(data["message_id"]), str(data["status"]), given
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise ReceiptRefused(400, "the receipt needs message_id and status") from None
+
+
+def _clean(value: str) -> str:
+    """A provider's id or status as the database can store it; anything else is a malformed receipt."""
+    if len(value) > 200 or "\x00" in value:
+        raise ReceiptRefused(400, "the receipt holds an unusable message id or status")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ReceiptRefused(400, "the receipt holds an unusable message id or status") from None
+    return value
 
 
 def apply_receipt(rt: Runtime, gateway_name: str, *, url: str, headers: dict[str, str], body: bytes) -> ReceiptOutcome:
@@ -100,6 +111,7 @@ def apply_receipt(rt: Runtime, gateway_name: str, *, url: str, headers: dict[str
         raise ReceiptRefused(404, "no such gateway")
     message_id, provider_status, signature = _verify(rt, row, url=url,
                                                      headers={k.lower(): v for k, v in headers.items()}, body=body)
+    message_id, provider_status = _clean(message_id), _clean(provider_status)
     fingerprint = hashlib.sha256(f"{row.name}\x00{signature}\x00".encode() + body).hexdigest()
     mapped = STATUS_MAP.get(provider_status.strip().lower())
     try:

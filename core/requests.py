@@ -88,7 +88,19 @@ def _optional_string(body: dict, name: str, code: int, problems: list[Problem]) 
     if "\x00" in value:
         problems.append(Problem(code, f"{name} must not contain NUL characters"))
         return None
+    if not _encodable(value):
+        problems.append(Problem(code, f"{name} must be valid Unicode text"))
+        return None
     return value
+
+
+def _encodable(value: str) -> bool:
+    """False for lone surrogates: valid in a JSON escape, impossible to store or send."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _parse_channels(body: dict, settings: Settings, problems: list[Problem]) -> tuple[ChannelTarget, ...] | None:

@@ -22,6 +22,7 @@ COMMON_MISTAKES = frozenset({"otp_code", "otp", "code", "OTP", "otpCode", "valid
 SAFE_FILTERS = frozenset({"upper", "lower", "title", "capitalize", "trim", "e", "escape"})
 MAX_SOURCE_CHARS = {"text": 2_000, "subject": 500, "body": 100_000}
 MAX_OUTPUT_CHARS = 200_000
+MAX_NESTING = 12
 
 BUILTIN_SMS = "Hi user.Your otp for validation is {{ validation_code }}."
 BUILTIN_EMAIL_SUBJECT = "Validation Code"
@@ -110,6 +111,19 @@ def check_template(source: object, *, kind: str = "text", require_placeholder: b
     except TemplateSyntaxError as exc:
         check.errors.append(TemplateIssue(f"syntax error: {exc.message}", exc.lineno))
         return check
+    except RecursionError:
+        check.errors.append(TemplateIssue("the template is nested too deeply"))
+        return check
+    # Jinja compiles each nesting level (a filter included) into a deeper Python expression: past a few
+    # dozen, compiling takes seconds or fails. A message needs far fewer; the walk does not recurse.
+    depth, stack = 0, [(tree, 0)]
+    while stack:
+        node, level = stack.pop()
+        depth = max(depth, level)
+        stack.extend((child, level + 1) for child in node.iter_child_nodes())
+    if depth > MAX_NESTING:
+        check.errors.append(TemplateIssue(f"expressions may nest at most {MAX_NESTING} levels (filters included)"))
+        return check
 
     names: list[str] = []
     refused: list[TemplateIssue] = []
@@ -174,7 +188,7 @@ def render(source: str, variables: dict[str, object], *, html: bool = False, kin
         raise RenderError(f"variables outside the allow-list: {sorted(unexpected)}")
     try:
         output = _compiled(source, html).render(**variables)
-    except (UndefinedError, SecurityError, TypeError, ValueError) as exc:
+    except (UndefinedError, SecurityError, TypeError, ValueError, SyntaxError, RecursionError) as exc:
         raise RenderError(f"the template failed to render: {exc}") from exc
     if len(output) > MAX_OUTPUT_CHARS:
         raise RenderError(f"the rendered message is longer than {MAX_OUTPUT_CHARS} characters")

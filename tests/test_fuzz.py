@@ -10,8 +10,7 @@ schemathesis drives the real app (`api.create_app(rt)`, ASGI, in-process) from i
 API client's HTTP Basic credentials: no 5xx and schema-conforming responses, on SQLite only. The receipts
 endpoint is also fed garbage (unsigned, and signed with the gateway's own secret) and must answer 4xx.
 
-Tests marked xfail(strict=True) expose bugs in core/ or api.py that are left for their owners to fix; each
-reason names the bug. When one is fixed the test passes, the strict xfail fails, and the marker goes.
+The *_BUG texts below describe bugs this fuzzing found (now fixed); their tests keep them fixed.
 Everything uses `database=None` (no .hypothesis directory) and `deadline=None` (a shared 2-core machine).
 """
 from __future__ import annotations
@@ -450,7 +449,6 @@ FILTER_CHAIN_BUG = ("core/templates: check_template accepts any number of chaine
                     "or a 608 (the API answers 503/606 after writing the request, the code and a 'queued' delivery)")
 
 
-@pytest.mark.xfail(strict=True, reason=NESTING_BUG)
 @pytest.mark.parametrize("field", ["template", "emailTemplate.body", "emailTemplate.subject"])
 @pytest.mark.parametrize(("opener", "closer"), [("(", ")"), ("[", "]")])
 def test_deeply_nested_template_is_refused_not_crashed(field, opener, closer):
@@ -474,7 +472,6 @@ def _strings(request) -> list[str]:  # type: ignore[no-untyped-def]
     return values
 
 
-@pytest.mark.xfail(strict=True, reason=SURROGATE_BUG)
 @fuzz_settings(100)
 @example(field="template", value="Your code {{ validation_code }} \ud800")
 @given(field=st.sampled_from(["template", "emailTemplate.subject", "emailTemplate.body", "whatsappTemplateName",
@@ -493,7 +490,6 @@ def test_accepted_text_is_valid_unicode(field, value):
             item.encode("utf-8")
 
 
-@pytest.mark.xfail(strict=True, reason=FILTER_CHAIN_BUG)
 def test_accepted_template_renders_or_is_refused():
     source = "{{ validation_code" + "|e" * 900 + " }}"  # 1,821 characters: under the 2,000 limit for SMS
     body = {"entityType": "MOBILE", "entityValue": "+919900012345", "action": "COUPON", "template": source}
@@ -509,15 +505,11 @@ def test_accepted_template_renders_or_is_refused():
 # --- bugs found: the same bodies over HTTP --------------------------------------------------------
 
 HOSTILE_GENERATES = [
-    pytest.param({"template": "{{ " + "(" * 120 + "validation_code" + ")" * 120 + " }}"}, E.TEMPLATE_PROBLEM,
-                 marks=pytest.mark.xfail(strict=True, reason=NESTING_BUG), id="nested-template"),
-    pytest.param({"template": "Your code {{ validation_code }} \ud800"}, E.TEMPLATE_PROBLEM,
-                 marks=pytest.mark.xfail(strict=True, reason=SURROGATE_BUG), id="surrogate-template"),
+    pytest.param({"template": "{{ " + "(" * 120 + "validation_code" + ")" * 120 + " }}"}, E.TEMPLATE_PROBLEM, id="nested-template"),
+    pytest.param({"template": "Your code {{ validation_code }} \ud800"}, E.TEMPLATE_PROBLEM, id="surrogate-template"),
     pytest.param({"whatsappTemplateName": "otp\udc00", "channels": [{"type": "WHATSAPP", "value": "+919900012346"}]},
-                 E.WHATSAPP_TEMPLATE_MISSING,
-                 marks=pytest.mark.xfail(strict=True, reason=SURROGATE_BUG), id="surrogate-whatsapp-name"),
-    pytest.param({"template": "{{ validation_code" + "|e" * 900 + " }}"}, E.TEMPLATE_PROBLEM,
-                 marks=pytest.mark.xfail(strict=True, reason=FILTER_CHAIN_BUG), id="filter-chain"),
+                 E.WHATSAPP_TEMPLATE_MISSING, id="surrogate-whatsapp-name"),
+    pytest.param({"template": "{{ validation_code" + "|e" * 900 + " }}"}, E.TEMPLATE_PROBLEM, id="filter-chain"),
 ]
 
 
@@ -566,9 +558,6 @@ def test_openapi(case, api_credentials):
     documented envelope. The receipts endpoint gets random gateway names and bodies, with no signature.
     """
     checks = list(SCHEMA_CHECKS)
-    declared = case.operation.definition.raw.get("responses", {})
-    if case.operation.path == RECEIPTS_PATH and "404" not in declared:
-        checks.remove(status_code_conformance)  # an undeclared 404: test_receipt_statuses_are_declared (xfail)
     response = case.call_and_validate(headers=api_credentials, checks=checks)
     if case.operation.path == RECEIPTS_PATH:
         assert 400 <= response.status_code < 500, response.status_code
@@ -579,7 +568,6 @@ RECEIPT_STATUS_BUG = ("api.py: POST /v2/otp/receipts/{gateway} answers 404 (unkn
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-@pytest.mark.xfail(strict=True, reason=RECEIPT_STATUS_BUG)
 def test_receipt_statuses_are_declared(api):
     declared = api.get("/openapi.json").json()["paths"][RECEIPTS_PATH]["post"]["responses"]
     answered = api.post("/v2/otp/receipts/no-such-gateway", content=b"{}").status_code
@@ -666,7 +654,6 @@ SIGNED_RECEIPT_BUG = ("core/receipts: a correctly signed receipt that is malform
                       "caught with ValueError), an X-Timestamp of more than 4,300 digits (int() ValueError)")
 
 
-@pytest.mark.xfail(strict=True, reason=SIGNED_RECEIPT_BUG)
 def test_receipts_refuse_signed_garbage(api, rt, receipt_gateways):
     """Signed with the gateway's own secret, so the garbage gets past the signature: still 4xx, nothing stored.
 
@@ -697,7 +684,6 @@ SIGNED_MALFORMED = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason=SIGNED_RECEIPT_BUG)
 @pytest.mark.parametrize(("gateway", "body", "stamp"), SIGNED_MALFORMED)
 def test_signed_malformed_receipt_answers_4xx(api, rt, receipt_gateways, gateway, body, stamp):
     body, headers = _signed(gateway, body, stamp)
