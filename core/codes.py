@@ -42,6 +42,9 @@ _FAIL = (update(_code).where(_code.c.id == bindparam("p_id"), _code.c.state == "
     state=case((_burns, "burned"), else_=_code.c.state),
     code_enc=case((_burns, None), else_=_code.c.code_enc),
 ).returning(_code.c.failed_attempts, _code.c.state))
+_LAST_USED_MAC = (select(_code.c.code_hmac).where(_code.c.user_key == bindparam("p_user"),
+                                                  _code.c.action == bindparam("p_action"), _code.c.state == "used")
+                  .order_by(_code.c.id.desc()).limit(1))
 _LOCKED_UNTIL = select(_failures.c.locked_until).where(
     _failures.c.user_key == bindparam("p_user"), _failures.c.action == bindparam("p_action"))
 _RESET_FAILURES = (update(_failures).where(_failures.c.user_key == bindparam("p_user"),
@@ -120,7 +123,7 @@ def issue_or_resend(conn: Connection, keys: CodeKeys, *, user_key: str, entity_t
 
 @dataclass(frozen=True)
 class CheckOutcome:
-    outcome: str  # ok, wrong, burned, expired, none, used_elsewhere
+    outcome: str  # ok, wrong, burned, expired, none, used_elsewhere, replayed
     code_id: int | None = None
     attempts_left: int | None = None
 
@@ -131,6 +134,10 @@ def check_code(conn: Connection, keys: CodeKeys, *, user_key: str, config: OtpCo
     action = config.action.value
     row = conn.execute(_FIND_LIVE, {"p_user": user_key, "p_action": action}).first()
     if row is None:
+        # No live code: a match with the last used one is a replay, worth a security event.
+        last = conn.execute(_LAST_USED_MAC, {"p_user": user_key, "p_action": action}).scalar()
+        if last is not None and equal(keys.code_mac(user_key, action, submitted), last):
+            return CheckOutcome("replayed")
         return CheckOutcome("none")
     if row.expires_at <= now:
         conn.execute(_EXPIRE_ONE, {"p_id": row.id})

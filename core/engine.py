@@ -24,8 +24,8 @@ from core.enums import Action, Channel, EntityType
 from core.errors import OtpError, Problem
 from core.messages import ResolvedTemplate, failover_plan, plan_channels, render_message, resolve_all, \
     resolve_template
-from core.models import Delivery, LimitEvent, OtpCode, OtpRequest, OtpValidation, UsageCounter
-from core.otpconfig import OtpConfig
+from core.models import Delivery, LimitEvent, OtpCode, OtpRequest, OtpValidation, SecurityEvent, UsageCounter
+from core.otpconfig import OtpConfig, effective_limit
 from core.ratelimit import bump, local_day, seconds_until_next_day, window_start
 from core.requests import ChannelTarget, parse_generate, parse_validate
 from core.runtime import Runtime
@@ -38,6 +38,7 @@ _INSERT_REQUEST = insert(OtpRequest.__table__).returning(OtpRequest.__table__.c.
 _INSERT_DELIVERY = insert(Delivery.__table__).returning(Delivery.__table__.c.id)
 _INSERT_LIMIT_EVENT = insert(LimitEvent.__table__)
 _INSERT_VALIDATION = insert(OtpValidation.__table__)
+_INSERT_SECURITY_EVENT = insert(SecurityEvent.__table__)
 _d = Delivery.__table__
 _RECORD_DELIVERY = update(_d).where(_d.c.id == bindparam("p_id")).values(
     status=bindparam("p_status"), error=bindparam("p_error"), provider_message_id=bindparam("p_message_id"),
@@ -79,11 +80,21 @@ class ValidateResult:
 
 
 class _Refused(Exception):
-    """Raised inside a transaction to roll it back and refuse the request with a limit error."""
+    """Raised inside a transaction to roll it back and refuse the request with a limit error.
 
-    def __init__(self, limit_type: str, message: str, retry_after: int) -> None:
+    event, when given, is a (kind, detail) security event to record with the refusal.
+    """
+
+    def __init__(self, limit_type: str, message: str, retry_after: int,
+                 event: tuple[str, str] | None = None) -> None:
         super().__init__(message)
-        self.limit_type, self.message, self.retry_after = limit_type, message, retry_after
+        self.limit_type, self.message, self.retry_after, self.event = limit_type, message, retry_after, event
+
+
+def _security_event(conn: Connection, kind: str, *, user_key: str, action: str, now: datetime,
+                    detail: str | None = None) -> None:
+    conn.execute(_INSERT_SECURITY_EVENT, {"created_at": now, "kind": kind, "user_key": user_key, "action": action,
+                                          "detail": detail})
 
 
 def _seconds_until(moment: datetime, now: datetime) -> int:
@@ -101,6 +112,9 @@ def _record_refusal(rt: Runtime, refused: _Refused, *, user_key: str, action: st
         with rt.db.begin() as conn:
             conn.execute(_INSERT_LIMIT_EVENT, {"created_at": now, "user_key": user_key, "action": action,
                                                "limit_type": refused.limit_type, "client_id": client_id})
+            if refused.event:
+                _security_event(conn, refused.event[0], user_key=user_key, action=action, detail=refused.event[1],
+                                now=now)
     except DBAPIError as exc:  # the refusal stands even if it cannot be recorded
         log.warning("could not record a %s refusal: %s", refused.limit_type, type(exc).__name__)
     log.info("refused %s for %s (%s)", action, mask(user_key), refused.limit_type)
@@ -117,42 +131,51 @@ def _window(now: datetime, minutes: int) -> tuple[str, int]:
     return str(start), max(1, start + minutes * 60 - int(now.timestamp()))
 
 
-def _count_abuse_limits(conn: Connection, rt: Runtime, *, sends: list[tuple[ChannelTarget, Gateway | None]],
-                        entity: NormalisedEntity, client_id: int | None, client_ip: str | None,
-                        now: datetime) -> None:
+def _count_abuse_limits(conn: Connection, rt: Runtime, config: OtpConfig, *,
+                        sends: list[tuple[ChannelTarget, Gateway | None]], entity: NormalisedEntity,
+                        client_id: int | None, client_ip: str | None, now: datetime) -> None:
     """The limits that stop SMS pumping and floods, each one atomic upsert, all rolled back on any refusal."""
     s = rt.settings
-    if s.destination_limit:
-        period, wait = _window(now, s.destination_window_minutes)
+
+    def limit(name: str) -> int:
+        return effective_limit(config, s, name)
+
+    if limit("destination_limit"):
+        minutes = limit("destination_window_minutes")
+        period, wait = _window(now, minutes)
         for target, _gateway in sends:
             if bump(conn, scope=f"dest:{target.channel.value}", user_key=target.destination, period=period,
-                    limit=s.destination_limit) is None:
-                raise _Refused("destination", f"at most {s.destination_limit} codes per "
-                               f"{s.destination_window_minutes} minutes to one destination", wait)
-    if s.client_limit and client_id is not None:
+                    limit=limit("destination_limit")) is None:
+                raise _Refused("destination", f"at most {limit('destination_limit')} codes per {minutes} minutes "
+                               "to one destination", wait)
+    if limit("client_limit") and client_id is not None:
         period, wait = _window(now, 1)
-        if bump(conn, scope="client", user_key=str(client_id), period=period, limit=s.client_limit) is None:
-            raise _Refused("client", f"at most {s.client_limit} generates per minute for this API client", wait)
-    if s.ip_limit and client_ip:
-        period, wait = _window(now, s.ip_window_minutes)
-        if bump(conn, scope="ip", user_key=client_ip, period=period, limit=s.ip_limit) is None:
-            raise _Refused("ip", f"at most {s.ip_limit} generates per {s.ip_window_minutes} minutes "
-                           "from one address", wait)
-    if s.prefix_limit:
-        period, wait = _window(now, s.prefix_window_minutes)
+        if bump(conn, scope="client", user_key=str(client_id), period=period, limit=limit("client_limit")) is None:
+            raise _Refused("client", f"at most {limit('client_limit')} generates per minute for this API client",
+                           wait)
+    if limit("ip_limit") and client_ip:
+        minutes = limit("ip_window_minutes")
+        period, wait = _window(now, minutes)
+        if bump(conn, scope="ip", user_key=client_ip, period=period, limit=limit("ip_limit")) is None:
+            raise _Refused("ip", f"at most {limit('ip_limit')} generates per {minutes} minutes from one address",
+                           wait)
+    if limit("prefix_limit"):
+        minutes = limit("prefix_window_minutes")
+        period, wait = _window(now, minutes)
         prefixes = {t.destination[:-4] for t, _g in sends if t.channel.needs_phone}
         if entity.entity_type is EntityType.MOBILE:
             prefixes.add(entity.value[:-4])
         for prefix in sorted(prefixes):
-            if bump(conn, scope="prefix", user_key=prefix, period=period, limit=s.prefix_limit) is None:
-                raise _Refused("prefix", f"too many codes to numbers starting {prefix} in "
-                               f"{s.prefix_window_minutes} minutes", wait)
+            if bump(conn, scope="prefix", user_key=prefix, period=period, limit=limit("prefix_limit")) is None:
+                raise _Refused("prefix", f"too many codes to numbers starting {prefix} in {minutes} minutes", wait,
+                               event=("prefix_block", prefix))
     for channel in dict.fromkeys(t.channel.value for t, _g in sends):
         budget = s.budget_for(channel)
         if budget is not None and bump(conn, scope="budget", user_key=channel, period=local_day(now, s.tz),
                                        limit=budget) is None:
             raise _Refused("budget", f"the daily {channel} budget of {budget} is spent: the channel is in "
-                           "safe mode until tomorrow", seconds_until_next_day(now, s.tz))
+                           "safe mode until tomorrow", seconds_until_next_day(now, s.tz),
+                           event=("budget_trip", channel))
 
 
 def _check_countries(rt: Runtime, targets: list[ChannelTarget]) -> None:
@@ -184,7 +207,8 @@ def _issue(conn: Connection, rt: Runtime, *, user_key: str, entity: NormalisedEn
                                                  period=day, limit=config.daily_cap) is None:
             raise _Refused("action_daily", f"daily limit of {config.daily_cap} OTP requests for "
                            f"{config.action.value} reached for this user", seconds_until_next_day(now, tz))
-        _count_abuse_limits(conn, rt, sends=sends, entity=entity, client_id=client_id, client_ip=client_ip, now=now)
+        _count_abuse_limits(conn, rt, config, sends=sends, entity=entity, client_id=client_id, client_ip=client_ip,
+                            now=now)
     try:
         issued = issue_or_resend(conn, rt.keys, user_key=user_key, entity_type=entity_type, config=config, now=now,
                                  fixed_code=rt.settings.test_code if test_number else None)
@@ -405,6 +429,8 @@ _WARNINGS = {
     "expired": Problem(E.OTP_INVALID, "the OTP has expired"),
     "wrong": Problem(E.OTP_INVALID, "the OTP is invalid"),
     "used_elsewhere": Problem(E.OTP_INVALID, "the OTP was already used"),
+    # A replay answers like any absent code; only the security event tells them apart.
+    "replayed": Problem(E.NO_VALID_OTP, "no valid OTP found for this user and action"),
     "burned": Problem(E.ATTEMPTS_EXHAUSTED, "OTP validation failed: attempts exhausted, the code is burned"),
 }
 
@@ -434,7 +460,12 @@ async def validate(rt: Runtime, payload: object, *, client_id: int | None = None
             if outcome.outcome == "ok":
                 reset_failures(conn, user_key=user_key, action=action)
             elif outcome.outcome in ("wrong", "burned"):
-                record_failure(conn, user_key=user_key, config=config, now=now)
+                failures = record_failure(conn, user_key=user_key, config=config, now=now)
+                if failures == config.max_consecutive_failures:
+                    _security_event(conn, "lock", user_key=user_key, action=action, now=now,
+                                    detail=f"{failures} consecutive failures")
+            if outcome.outcome in ("burned", "replayed"):
+                _security_event(conn, f"{outcome.outcome}_code", user_key=user_key, action=action, now=now)
             conn.execute(_INSERT_VALIDATION, {"created_at": now, "user_key": user_key, "action": action,
                                               "code_id": outcome.code_id, "outcome": outcome.outcome})
     except _Refused as refused:

@@ -33,6 +33,14 @@ class ActionConfigBase(SQLModel):
     # same code when a send fails or no 'delivered' receipt arrives within failover_seconds.
     failover: str = ""
     failover_seconds: int = 30
+    # Abuse limits for this action; None uses the service-wide setting (OTP_DESTINATION_LIMIT and so on).
+    destination_limit: int | None = None
+    destination_window_minutes: int | None = None
+    prefix_limit: int | None = None
+    prefix_window_minutes: int | None = None
+    ip_limit: int | None = None
+    ip_window_minutes: int | None = None
+    client_limit: int | None = None
 
 
 class ActionConfig(ActionConfigBase, table=True):
@@ -52,6 +60,7 @@ class OtpCode(SQLModel, table=True):
         # At most one live code per user and action: re-generation re-sends it instead.
         Index("uq_otp_code_active", "user_key", "action", unique=True,
               sqlite_where=text("state = 'active'"), postgresql_where=text("state = 'active'")),
+        Index("ix_otp_code_user_action_state", "user_key", "action", "state", "id"),
     )
     id: int | None = Field(default=None, primary_key=True)
     user_key: str = Field(max_length=340)
@@ -155,7 +164,7 @@ class OtpValidation(SQLModel, table=True):
     user_key: str = Field(max_length=340)
     action: str = Field(max_length=40)
     code_id: int | None = None
-    outcome: str = Field(max_length=10)  # ok, wrong, burned, expired, none, limited, locked
+    outcome: str = Field(max_length=14)  # ok, wrong, burned, expired, none, used_elsewhere, replayed
 
 
 class TemplateVersionBase(SQLModel):
@@ -300,3 +309,14 @@ class DeliveryReceipt(SQLModel, table=True):
     status: str = Field(max_length=10)
     fingerprint: str = Field(max_length=64, unique=True)
     received_at: datetime = Field(default_factory=utcnow)
+
+
+class SecurityEvent(SQLModel, table=True):
+    """Something an attacker does: a replayed or burned code, a lock, a prefix block, a budget trip. Never a code."""
+    __tablename__ = "security_event"
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    kind: str = Field(max_length=20)  # replayed_code, burned_code, lock, prefix_block, budget_trip
+    user_key: str = Field(default="", max_length=340)
+    action: str = Field(default="", max_length=40)
+    detail: str | None = Field(default=None, max_length=500)

@@ -12,6 +12,8 @@ from core.enums import Action, Channel
 from core.models import ActionConfig, ActionConfigUpdate
 
 MAX_ATTEMPTS_PER_CODE = 10
+LIMIT_OVERRIDES = ("destination_limit", "destination_window_minutes", "prefix_limit", "prefix_window_minutes",
+                   "ip_limit", "ip_window_minutes", "client_limit")
 MAX_CONSECUTIVE_FAILURES = 100
 
 
@@ -34,6 +36,14 @@ class OtpConfig:
     gateways: str = ""
     failover: tuple[Channel, ...] = ()
     failover_seconds: int = 30
+    # Abuse-limit overrides; None means the service-wide setting.
+    destination_limit: int | None = None
+    destination_window_minutes: int | None = None
+    prefix_limit: int | None = None
+    prefix_window_minutes: int | None = None
+    ip_limit: int | None = None
+    ip_window_minutes: int | None = None
+    client_limit: int | None = None
 
     @classmethod
     def from_row(cls, row: ActionConfig | dict) -> "OtpConfig":
@@ -47,7 +57,8 @@ class OtpConfig:
             validate_window_minutes=get("validate_window_minutes"), attempts_per_code=get("attempts_per_code"),
             max_consecutive_failures=get("max_consecutive_failures"), lock_minutes=get("lock_minutes"),
             max_sends_per_code=get("max_sends_per_code"), gateways=get("gateways") or "",
-            failover=tuple(_channels(get("failover") or "")), failover_seconds=get("failover_seconds"))
+            failover=tuple(_channels(get("failover") or "")), failover_seconds=get("failover_seconds"),
+            **{name: get(name) for name in LIMIT_OVERRIDES})
 
 
 def _channels(text: str) -> list[Channel]:
@@ -92,6 +103,10 @@ def check_action_config(update: ActionConfigUpdate, *, service_daily_limit: int)
     names = [p.strip() for p in update.channels.split(",") if p.strip()]
     if not names:
         problems.append("enable at least one channel")
+    for name in LIMIT_OVERRIDES:
+        value = getattr(update, name)
+        if value is not None and (value < 0 or (name.endswith("_minutes") and value < 1)):
+            problems.append(f"{name.replace('_', ' ')} must be {'at least 1' if name.endswith('_minutes') else '0 (off) or more'}")
     if update.failover_seconds < 1:
         problems.append("the failover wait must be at least 1 second")
     for name in names + [p.strip() for p in (update.channel_policy + "," + update.failover).split(",") if p.strip()]:
@@ -127,3 +142,9 @@ def update_action_config(session: Session, *, action: Action, update: ActionConf
     session.commit()
     session.refresh(row)
     return row
+
+
+def effective_limit(config: OtpConfig, settings: object, name: str) -> int:
+    """The action's override of an abuse limit, else the service-wide setting of the same name."""
+    value = getattr(config, name)
+    return int(getattr(settings, name) if value is None else value)

@@ -47,16 +47,34 @@ with st.form(f"cfg_{action.value}"):
                              [ch.value for ch in Channel], [ch.value for ch in c.failover], key="cfg_failover")
     failover_seconds = st.number_input("Wait for a 'delivered' receipt before failing over (seconds)", 1, 3600,
                                        c.failover_seconds, key="cfg_failover_seconds")
+    st.markdown("**Abuse limits for this action** (empty: the service-wide setting; 0 turns a limit off)")
+    overrides = {}
+    columns = st.columns(4)
+    for index, (name, label) in enumerate((
+            ("destination_limit", "Sends to one destination"), ("destination_window_minutes", "…per minutes"),
+            ("prefix_limit", "Codes to one number prefix"), ("prefix_window_minutes", "…per minutes"),
+            ("ip_limit", "Generates from one IP"), ("ip_window_minutes", "…per minutes"),
+            ("client_limit", "Generates per API client per minute"))):
+        service = getattr(rt.settings, name)
+        text = columns[index % 4].text_input(f"{label} (service: {service})",
+                                             "" if getattr(c, name) is None else str(getattr(c, name)),
+                                             key=f"cfg_{name}")
+        overrides[name] = text.strip()
     reason = st.text_input("Why this change (kept in the audit log)", key="cfg_reason")
     saved = st.form_submit_button("Save configuration", type="primary", key="cfg_save")
 
 if saved:
+    bad = [name for name, text in overrides.items() if text and not (text.isascii() and text.isdigit())]
+    if bad:
+        st.error("Not saved: limits must be whole numbers or empty (" + ", ".join(bad) + ")")
+        st.stop()
     update = ActionConfigUpdate(
         code_length=int(code_length), alphanumeric=alphanumeric, validity_minutes=int(validity),
         channels=",".join(channels), channel_policy=",".join(policy), daily_cap=int(cap) if cap_on else None,
         validate_limit=int(validate_limit), validate_window_minutes=int(window), attempts_per_code=int(attempts),
         max_consecutive_failures=int(failures), lock_minutes=int(lock), max_sends_per_code=int(sends),
-        gateways=gateways.strip(), failover=",".join(failover), failover_seconds=int(failover_seconds))
+        gateways=gateways.strip(), failover=",".join(failover), failover_seconds=int(failover_seconds),
+        **{name: int(text) if text else None for name, text in overrides.items()})
     try:
         save_action_config(rt, actor=identity, action=action, update=update, reason=reason)
     except ValueError as exc:

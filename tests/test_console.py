@@ -318,3 +318,17 @@ def test_gateways_page_saves_a_provider_and_never_shows_the_secret(rt, team):
     assert rt.gateway_for(Action.COUPON, Channel.SMS).name == "twilio-main"
     with rt.db.connect() as conn:
         assert conn.execute(text("SELECT action FROM audit_log WHERE target='gateway:twilio-main'")).scalar() == "gateway.save"
+
+
+def test_config_page_sets_per_action_abuse_limits(rt, team):
+    at = signed_in(rt, team["admin"]).run()
+    at.switch_page("pages/config.py").run()
+    at.text_input(key="cfg_destination_limit").input("x")
+    at.button(key="cfg_save").click().run()
+    assert "whole numbers" in texts(at)
+    at.text_input(key="cfg_destination_limit").input("2")
+    at.text_input(key="cfg_prefix_limit").input("0")
+    at.button(key="cfg_save").click().run()
+    assert "Saved the configuration of COUPON" in texts(at)
+    config = rt.config_for(Action.COUPON)
+    assert config.destination_limit == 2 and config.prefix_limit == 0 and config.ip_limit is None

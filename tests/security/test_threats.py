@@ -231,3 +231,47 @@ def test_t12_safe_mode_shows_on_the_home_page(defended, team):
     at.session_state[SESSION_KEY] = ConsoleSession.start(team["viewer"], 30)
     at.run()
     assert any("Safe mode: the daily SMS budget is spent (1 of 1)" in e.value for e in at.error)
+
+
+# Security events: recorded without the code, for the rate-limit dashboard -----------------------------
+def events(rt) -> list[tuple[str, str]]:
+    with rt.db.connect() as conn:
+        return [tuple(r) for r in conn.execute(text("SELECT kind, COALESCE(detail, '') FROM security_event ORDER BY id"))]
+
+
+def test_security_events_for_replay_burn_and_lock(rt):
+    configure(rt, Action.COUPON, validate_limit=100, attempts_per_code=2, max_consecutive_failures=3)
+    gen(rt)
+    code = code_sent_to(rt, PHONE)
+    assert val(rt, code).valid
+    assert val(rt, code).warnings[0].code == E.NO_VALID_OTP  # a replay answers like an absent code...
+    assert events(rt) == [("replayed_code", "")]  # ...but is recorded
+    gen(rt)
+    val(rt, "0"), val(rt, "0")  # burns the code: 2 consecutive failures
+    gen(rt)
+    val(rt, "0")  # the third consecutive failure locks
+    kinds = [k for k, _d in events(rt)]
+    assert kinds == ["replayed_code", "burned_code", "lock"]
+    with rt.db.connect() as conn:
+        stored = " ".join(str(v) for row in conn.execute(text("SELECT * FROM security_event")) for v in row)
+    assert code not in stored
+
+
+def test_security_events_for_prefix_block_and_budget_trip(defended):
+    rt = defended(prefix_limit=1, channel_budgets="EMAIL=1")
+    gen(rt, body={"entityValue": "+919955880001"})
+    refusal(gen, rt, body={"entityValue": "+919955880002"})
+    gen(rt, body={"entityType": "EMAIL", "entityValue": "a@b.com"})
+    refusal(gen, rt, body={"entityType": "EMAIL", "entityValue": "c@d.com"})
+    assert events(rt) == [("prefix_block", "+91995588"), ("budget_trip", "EMAIL")]
+
+
+def test_limits_are_configurable_per_action(defended):
+    rt = defended(destination_limit=5)
+    configure(rt, Action.COUPON, destination_limit=1)
+    gen(rt)
+    assert refusal(gen, rt).problems[0].reason == "destination"  # COUPON: one per window
+    # The count is per destination across actions; POINTS keeps the service-wide 5, so 4 more get through.
+    for _ in range(4):
+        gen(rt, body={"action": "POINTS"})
+    assert refusal(gen, rt, body={"action": "REGISTRATION"}).problems[0].reason == "destination"
