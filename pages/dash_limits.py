@@ -8,6 +8,7 @@ from core.dashboards import UNBLOCKABLE, nearest_daily_limit, refusals_by_day, r
     top_refused_prefixes, top_refused_users, unblock, why_refused
 from core.entities import InvalidEntity, normalise_email, normalise_phone
 from core.ratelimit import local_day
+from core.security_events import event_counts, recent_events
 from core.staff import PermissionDenied
 from dashboard_widgets import csv_button, delta, period_caption, query, sidebar_filters
 
@@ -21,10 +22,27 @@ period_caption(filters)
 
 LABELS = {"daily": "Daily limit", "action_daily": "Action cap", "code_sends": "Re-send cap",
           "validate": "Validate window", "lock": "Lock", "attempts": "Attempts (burned)"}
+ABUSE_LABELS = {"destination": "Destination", "ip": "Client IP", "client": "API client", "prefix": "Number prefix",
+                "budget": "Channel budget"}
 now, before = query(refusals_by_type, filters), query(refusals_by_type, filters.previous())
 kpis = st.columns(len(LABELS))
 for column, (kind, label) in zip(kpis, LABELS.items()):
     column.metric(label, f"{now[kind]:,}", delta(now[kind], before[kind]), delta_color="inverse")
+
+abuse = st.columns(len(ABUSE_LABELS))
+for column, (kind, label) in zip(abuse, ABUSE_LABELS.items()):
+    column.metric(label, f"{now.get(kind, 0):,}", delta(now.get(kind, 0), before.get(kind, 0)), delta_color="inverse")
+
+st.subheader("Security events")
+with rt.read_db.connect() as conn:
+    counts = event_counts(conn, start=filters.start, end=filters.end, action=filters.action)
+    events = recent_events(conn, start=filters.start, end=filters.end, action=filters.action)
+for column, (kind, count) in zip(st.columns(len(counts)), counts.items()):
+    column.metric(kind.replace("_", " "), f"{count:,}")
+events_table = pd.DataFrame([{"when": e.at, "event": e.kind, "user": e.user, "action": e.action, "detail": e.detail}
+                             for e in events], columns=["when", "event", "user", "action", "detail"])
+st.dataframe(events_table, hide_index=True, width="stretch", key="limits_security_events",
+             column_config={"when": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss")})
 
 st.subheader("Nearest the daily limit today")
 today = local_day(rt.clock(), rt.settings.tz)

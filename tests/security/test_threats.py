@@ -275,3 +275,24 @@ def test_limits_are_configurable_per_action(defended):
     for _ in range(4):
         gen(rt, body={"action": "POINTS"})
     assert refusal(gen, rt, body={"action": "REGISTRATION"}).problems[0].reason == "destination"
+
+
+def test_security_events_show_on_the_rate_limit_dashboard(rt, team, clock):
+    from streamlit.testing.v1 import AppTest
+
+    from console_state import SESSION_KEY
+    from core.config import ROOT
+    from core.staff import ConsoleSession
+    configure(rt, Action.COUPON, validate_limit=100)
+    gen(rt)
+    code = code_sent_to(rt, PHONE)
+    val(rt, code), val(rt, code)  # the second is a replay
+    at = AppTest.from_file(str(ROOT / "console.py"), default_timeout=30)
+    at.session_state["runtime"] = rt
+    at.session_state[SESSION_KEY] = ConsoleSession.start(team["viewer"], 30)
+    at.run()
+    at.switch_page("pages/dash_limits.py").run()
+    assert not at.exception
+    table = next(d.value for d in at.dataframe if "event" in d.value.columns)
+    assert list(table["event"]) == ["replayed_code"] and list(table["user"]) == ["+91********33"]
+    assert code not in table.to_string()
