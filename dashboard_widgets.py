@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from console_state import runtime
+from core import rollups
 from core.dashboards import MAX_DAYS, Filters
 from core.enums import Action, Channel
 
@@ -35,6 +36,15 @@ def sidebar_filters(prefix: str, *, channel: bool = True) -> Filters:
         st.sidebar.warning(f"At most {MAX_DAYS} days: showing the last {MAX_DAYS}.")
         first = last - timedelta(days=MAX_DAYS - 1)
     return Filters(first, last, tz, None if action == ALL else action, None if chosen_channel == ALL else chosen_channel)
+
+
+def rollups_up_to_date() -> None:
+    """Bring the dashboard rollups up to date now, saying so when there is something to do (the first time on a
+    large database reads every raw row once); each query would otherwise do it silently."""
+    engine = runtime().read_db
+    if rollups.needs_refresh(engine):
+        with st.spinner("Bringing the dashboard rollups up to date with the newest rows…"):
+            rollups.refresh(engine)
 
 
 @st.cache_data(ttl=30, show_spinner=False)

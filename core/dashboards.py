@@ -2,11 +2,13 @@
 
 Datetimes are stored in UTC, while staff read days in a time zone of their choice. Every query that groups by
 day joins a small list of the local days in the range, each with its UTC start and end computed in Python
-(so DST days of 23 or 25 hours are right), instead of asking the database to convert time zones: SQLite
-cannot, and the range join uses the created_at indexes on both databases.
+(so DST days of 23 or 25 hours are right), instead of asking the database to convert time zones.
 
-Percentiles are nearest-rank (the value at rank ceil(p * n)), computed in SQL with window functions or
-ORDER BY ... OFFSET, never by loading rows into Python. No function here reads or returns a code.
+Usage and delivery figures read the rollup tables of core.rollups (counts per 15-minute UTC bucket), which
+are brought up to date before each query; a local day of any time zone in use is a whole run of buckets, so
+the counts are exact. Percentiles are nearest-rank (the value at rank ceil(p * n)), read from the rollups'
+histograms and reported as the upper edge of the bin holding that rank (core.histogram: bins about 6% wide).
+The rate-limit figures read the raw tables through their indexes. No function here reads or returns a code.
 """
 from __future__ import annotations
 
@@ -14,16 +16,14 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Float, Integer, String, and_, case, column, delete, exists, func, literal, \
-    select, union_all, update
-from sqlalchemy.ext.compiler import compiles
+from sqlalchemy import Connection, Integer, String, and_, case, delete, func, literal, select, union_all, update
 from sqlalchemy.sql.expression import ColumnElement
-from sqlalchemy.sql.functions import FunctionElement
 from sqlmodel import Session
 from sqlmodel.sql.sqltypes import UTCDateTime
 
-from core import audit
+from core import audit, rollups
 from core.entities import mask
+from core.histogram import percentile
 from core.models import Delivery, FailureCounter, LimitEvent, OtpCode, OtpRequest, OtpValidation, UsageCounter
 from core.ratelimit import local_day, window_start
 from core.staff import StaffIdentity, require
@@ -42,6 +42,7 @@ MAX_DAYS = 400
 
 
 # --- filters and days -------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Filters:
@@ -116,50 +117,8 @@ def _on_day(days, created_at):  # type: ignore[no-untyped-def]
     return and_(created_at >= days.c.day_start, created_at < days.c.day_end)
 
 
-def _sent_on_channel(filters: Filters, *, request_id=None, code_id=None):  # type: ignore[no-untyped-def]
-    """EXISTS a delivery over the filtered channel for this request (or code)."""
-    link = _delivery.c.request_id == request_id if request_id is not None else _delivery.c.code_id == code_id
-    return exists().where(link, _delivery.c.channel == filters.channel)
-
-
 def _count_if(condition) -> ColumnElement:  # type: ignore[no-untyped-def]
     return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
-
-
-class seconds_between(FunctionElement):
-    """seconds_between(later, earlier): later - earlier in seconds, as a float, on both databases."""
-    type = Float()
-    inherit_cache = True
-    name = "seconds_between"
-
-
-@compiles(seconds_between)
-def _seconds_between_default(element, compiler, **kw):  # type: ignore[no-untyped-def]
-    later, earlier = (compiler.process(c, **kw) for c in element.clauses)
-    return f"EXTRACT(EPOCH FROM ({later} - {earlier}))"
-
-
-@compiles(seconds_between, "sqlite")
-def _seconds_between_sqlite(element, compiler, **kw):  # type: ignore[no-untyped-def]
-    later, earlier = (compiler.process(c, **kw) for c in element.clauses)
-    return f"((julianday({later}) - julianday({earlier})) * 86400.0)"
-
-
-def _rank(n, p: int):  # type: ignore[no-untyped-def]
-    """Nearest rank ceil(p/100 * n) in integer arithmetic (SQLite may lack ceil())."""
-    return (n * p + 99) // 100
-
-
-def _window_percentiles(inner, group_columns: list[str], value: str, percentiles=PERCENTILES):  # type: ignore[no-untyped-def]
-    """Per group, the nearest-rank percentiles of value, from a subquery with group_columns and value."""
-    sub = inner.subquery("ranked_source")
-    groups = [sub.c[g] for g in group_columns]
-    ranked = select(*groups, sub.c[value].label("v"),
-                    func.row_number().over(partition_by=groups, order_by=sub.c[value]).label("rn"),
-                    func.count().over(partition_by=groups).label("n")).subquery("ranked")
-    rgroups = [ranked.c[g] for g in group_columns]
-    picks = [func.max(case((ranked.c.rn == _rank(ranked.c.n, p), ranked.c.v))).label(f"p{p}") for p in percentiles]
-    return select(*rgroups, func.max(ranked.c.n).label("n"), *picks).group_by(*rgroups)
 
 
 def _round(value: float | None, digits: int = 3) -> float | None:
@@ -168,6 +127,46 @@ def _round(value: float | None, digits: int = 3) -> float | None:
 
 def _ratio(part: int, whole: int) -> float | None:
     return part / whole if whole else None
+
+
+# --- reading the rollups ----------------------------------------------------------------------------------
+
+def _fresh(conn: Connection) -> None:
+    """Bring the rollups up to date (on a connection of its own) before conn reads them."""
+    rollups.refresh(conn.engine)
+
+
+def _bucket(moment: datetime) -> int:
+    if moment.timestamp() % rollups.QUARTER:
+        raise ValueError(f"a day in this range begins at {moment:%H:%M:%S} UTC, not on a quarter hour: "
+                         "its time zone had an offset the 15-minute rollups cannot split exactly")
+    return rollups.bucket_of(moment)
+
+
+def _buckets(filters: Filters):  # type: ignore[no-untyped-def]
+    """The rollup rows of the whole range: bucket >= first and < stop."""
+    return _bucket(filters.start), _bucket(filters.end)
+
+
+def _bucket_days(filters: Filters):  # type: ignore[no-untyped-def]
+    """The local days of the range as a small table of bucket runs: day (text), first, stop."""
+    rows = [select(literal(d.day.isoformat(), String()).label("day"),
+                   literal(_bucket(d.start), Integer()).label("first"),
+                   literal(_bucket(d.end), Integer()).label("stop")) for d in filters.days()]
+    return (union_all(*rows) if len(rows) > 1 else rows[0]).subquery("days")
+
+
+def _on_bucket_day(days, bucket):  # type: ignore[no-untyped-def]
+    return and_(bucket >= days.c.first, bucket < days.c.stop)
+
+
+def _histogram(table) -> list[ColumnElement]:  # type: ignore[no-untyped-def]
+    return [func.sum(table.c[h]) for h in rollups.HISTOGRAM]
+
+
+def _percentiles(counts, largest: float | None, percentiles=PERCENTILES, digits: int = 3) -> tuple:  # type: ignore[no-untyped-def]
+    counts = [int(c or 0) for c in counts]
+    return tuple(_round(percentile(counts, p, largest), digits) for p in percentiles)
 
 
 # --- daily usage ------------------------------------------------------------------------------------------
@@ -189,90 +188,53 @@ class UsageRow:
         return _ratio(self.codes_used, self.codes_issued)
 
 
-def _request_counts(conn: Connection, filters: Filters) -> dict[tuple[str, str], tuple[int, int, int]]:
-    days = _days_table(filters)
-    r = _request
-    query = (select(days.c.day, r.c.action, func.count().label("requests"), _count_if(r.c.kind == "issued"),
-                    _count_if(r.c.kind == "resent"))
-             .select_from(days).join(r, _on_day(days, r.c.created_at)).group_by(days.c.day, r.c.action))
-    if filters.action:
-        query = query.where(r.c.action == filters.action)
-    if filters.channel:
-        query = query.where(_sent_on_channel(filters, request_id=r.c.id))
-    return {(row[0], row[1]): (int(row[2]), int(row[3]), int(row[4])) for row in conn.execute(query)}
-
-
-def _validation_counts(conn: Connection, filters: Filters) -> dict[tuple[str, str], tuple[int, int]]:
-    days = _days_table(filters)
-    v = _validation
-    query = (select(days.c.day, v.c.action, func.count(), _count_if(v.c.outcome == "ok"))
-             .select_from(days).join(v, _on_day(days, v.c.created_at)).group_by(days.c.day, v.c.action))
-    if filters.action:
-        query = query.where(v.c.action == filters.action)
-    if filters.channel:
-        query = query.where(_sent_on_channel(filters, code_id=v.c.code_id))
-    return {(row[0], row[1]): (int(row[2]), int(row[3])) for row in conn.execute(query)}
-
-
-def _code_cohorts(conn: Connection, filters: Filters) -> dict[tuple[str, str], tuple[int, int]]:
-    days = _days_table(filters)
-    c = _code
-    query = (select(days.c.day, c.c.action, func.count(), _count_if(c.c.state == "used"))
-             .select_from(days).join(c, _on_day(days, c.c.created_at)).group_by(days.c.day, c.c.action))
-    if filters.action:
-        query = query.where(c.c.action == filters.action)
-    if filters.channel:
-        query = query.where(_sent_on_channel(filters, code_id=c.c.id))
-    return {(row[0], row[1]): (int(row[2]), int(row[3])) for row in conn.execute(query)}
+def _usage_rows(filters: Filters):  # type: ignore[no-untyped-def]
+    """usage_rollup rows of the filtered channel ('*' for all) and action ('*' for all)."""
+    u = rollups.usage
+    return u, and_(u.c.channel == (filters.channel or rollups.ALL), u.c.action == (filters.action or rollups.ALL))
 
 
 def daily_usage(conn: Connection, filters: Filters) -> list[UsageRow]:
     """Per local day and action: requests, codes issued, re-sends, validations (all and successful) and the
     issued codes of that day that were used. Only days and actions with activity are listed."""
-    requests = _request_counts(conn, filters)
-    validations = _validation_counts(conn, filters)
-    cohorts = _code_cohorts(conn, filters)
-    rows = []
-    for key in sorted(set(requests) | set(validations) | set(cohorts)):
-        req, val, coh = requests.get(key, (0, 0, 0)), validations.get(key, (0, 0)), cohorts.get(key, (0, 0))
-        rows.append(UsageRow(key[0], key[1], *req, *val, *coh))
-    return rows
+    _fresh(conn)
+    days = _bucket_days(filters)
+    u = rollups.usage
+    action = u.c.action == filters.action if filters.action else u.c.action != rollups.ALL
+    query = (select(days.c.day, u.c.action, *[func.sum(u.c[n]) for n in rollups.USAGE_COUNTS])
+             .select_from(days).join(u, _on_bucket_day(days, u.c.bucket))
+             .where(u.c.channel == (filters.channel or rollups.ALL), action)
+             .group_by(days.c.day, u.c.action).order_by(days.c.day, u.c.action))
+    return [UsageRow(row[0], row[1], *(int(x) for x in row[2:])) for row in conn.execute(query)]
 
 
 @dataclass(frozen=True)
 class ValidateTimes:
-    """Seconds from a code's issue to its successful validation, nearest-rank percentiles."""
+    """Seconds from a code's issue to its successful validation, nearest-rank percentiles (bin upper edges)."""
     count: int
     p50: float | None
     p95: float | None
 
 
-def _used_codes(filters: Filters, days=None):  # type: ignore[no-untyped-def]
-    c = _code
-    seconds = seconds_between(c.c.used_at, c.c.created_at).label("seconds")
-    if days is None:
-        query = select(literal("all").label("day"), seconds).where(_in_range(c.c.created_at, filters))
-    else:
-        query = select(days.c.day, seconds).select_from(days).join(c, _on_day(days, c.c.created_at))
-    query = query.where(c.c.state == "used", c.c.used_at.is_not(None))
-    if filters.action:
-        query = query.where(c.c.action == filters.action)
-    if filters.channel:
-        query = query.where(_sent_on_channel(filters, code_id=c.c.id))
-    return query
+def _validate_times(histogram, largest_us) -> ValidateTimes:  # type: ignore[no-untyped-def]
+    counts = [int(c or 0) for c in histogram]
+    largest = None if largest_us is None else int(largest_us) / 1_000_000
+    return ValidateTimes(sum(counts), *_percentiles(counts, largest, (50, 95)))
 
 
 def time_to_validate(conn: Connection, filters: Filters) -> ValidateTimes:
     """Over the codes issued in the range and used since."""
-    row = conn.execute(_window_percentiles(_used_codes(filters), ["day"], "seconds", (50, 95))).first()
-    if row is None:
-        return ValidateTimes(0, None, None)
-    return ValidateTimes(int(row.n), _round(row.p50), _round(row.p95))
+    return usage_totals(conn, filters).ttv
 
 
 def time_to_validate_by_day(conn: Connection, filters: Filters) -> dict[str, ValidateTimes]:
-    query = _window_percentiles(_used_codes(filters, _days_table(filters)), ["day"], "seconds", (50, 95))
-    return {row.day: ValidateTimes(int(row.n), _round(row.p50), _round(row.p95)) for row in conn.execute(query)}
+    _fresh(conn)
+    days = _bucket_days(filters)
+    u, chosen = _usage_rows(filters)
+    query = (select(days.c.day, func.max(u.c.ttv_max_us), *_histogram(u)).select_from(days)
+             .join(u, _on_bucket_day(days, u.c.bucket)).where(chosen, u.c.codes_used > 0).group_by(days.c.day))
+    found = {row[0]: _validate_times(row[2:], row[1]) for row in conn.execute(query)}
+    return {day: times for day, times in found.items() if times.count}
 
 
 @dataclass(frozen=True)
@@ -292,22 +254,15 @@ class UsageTotals:
 
 
 def usage_totals(conn: Connection, filters: Filters) -> UsageTotals:
-    """The KPI row of the daily-usage page: sums over the whole range."""
-    r, v, c = _request, _validation, _code
-    req = select(func.count(), _count_if(r.c.kind == "issued"), _count_if(r.c.kind == "resent")).where(
-        _in_range(r.c.created_at, filters))
-    val = select(func.count(), _count_if(v.c.outcome == "ok")).where(_in_range(v.c.created_at, filters))
-    coh = select(func.count(), _count_if(c.c.state == "used")).where(_in_range(c.c.created_at, filters))
-    if filters.action:
-        req, val, coh = (req.where(r.c.action == filters.action), val.where(v.c.action == filters.action),
-                         coh.where(c.c.action == filters.action))
-    if filters.channel:
-        req = req.where(_sent_on_channel(filters, request_id=r.c.id))
-        val = val.where(_sent_on_channel(filters, code_id=v.c.code_id))
-        coh = coh.where(_sent_on_channel(filters, code_id=c.c.id))
-    a, b, d = conn.execute(req).one(), conn.execute(val).one(), conn.execute(coh).one()
-    return UsageTotals(int(a[0]), int(a[1]), int(a[2]), int(b[0]), int(b[1]), int(d[0]), int(d[1]),
-                       time_to_validate(conn, filters))
+    """The KPI row of the daily-usage page: sums over the whole range, and time to validate."""
+    _fresh(conn)
+    first, stop = _buckets(filters)
+    u, chosen = _usage_rows(filters)
+    row = conn.execute(select(*[func.sum(u.c[n]) for n in rollups.USAGE_COUNTS], func.max(u.c.ttv_max_us),
+                              *_histogram(u)).where(chosen, u.c.bucket >= first, u.c.bucket < stop)).one()
+    counts = [int(x or 0) for x in row[:len(rollups.USAGE_COUNTS)]]
+    rest = row[len(rollups.USAGE_COUNTS):]
+    return UsageTotals(*counts, _validate_times(rest[1:], rest[0]))
 
 
 # --- delivery ---------------------------------------------------------------------------------------------
@@ -334,54 +289,33 @@ class DeliveryRow:
         return _ratio(self.failed, self.messages)
 
 
-def _delivery_filters(query, filters: Filters):  # type: ignore[no-untyped-def]
-    d = _delivery
-    query = query.where(_in_range(d.c.created_at, filters))
-    if filters.channel:
-        query = query.where(d.c.channel == filters.channel)
-    if filters.action:  # delivery rows do not name the action: ask their request
-        query = query.where(exists().where(_request.c.id == d.c.request_id, _request.c.action == filters.action))
-    return query
-
-
-def latency_percentiles(conn: Connection, filters: Filters) -> dict[tuple[str, str], tuple[float | None, ...]]:
-    """Gateway latency p50/p95/p99 (ms) per channel and gateway.
-
-    One count per pair, then each percentile is one indexed ORDER BY ... LIMIT 1 OFFSET k, read from
-    whichever end of the order is nearer (p99 is 1% from the top), so no full sort is needed.
-    """
-    d = _delivery
-    timed = d.c.latency_ms.is_not(None)
-    counts = conn.execute(_delivery_filters(
-        select(d.c.channel, d.c.gateway, func.count()).where(timed).group_by(d.c.channel, d.c.gateway), filters))
-    found: dict[tuple[str, str], tuple[float | None, ...]] = {}
-    for channel, gateway, n in counts.all():
-        picks = []
-        for p in PERCENTILES:
-            rank = (n * p + 99) // 100  # 1-based
-            from_top = rank > n - rank
-            order = d.c.latency_ms.desc() if from_top else d.c.latency_ms.asc()
-            offset = n - rank if from_top else rank - 1
-            query = _delivery_filters(select(d.c.latency_ms).where(
-                timed, d.c.channel == channel, d.c.gateway == gateway), filters)
-            picks.append(_round(conn.execute(query.order_by(order).limit(1).offset(offset)).scalar(), 1))
-        found[(channel, gateway)] = tuple(picks)
-    return found
+def _delivery_rows(table, filters: Filters):  # type: ignore[no-untyped-def]
+    """Rows of a delivery rollup for the filtered action ('*' for all) and channel."""
+    chosen = table.c.action == (filters.action or rollups.ALL)
+    return and_(chosen, table.c.channel == filters.channel) if filters.channel else chosen
 
 
 def delivery_summary(conn: Connection, filters: Filters) -> list[DeliveryRow]:
-    """Per channel and gateway: messages by status and latency percentiles."""
-    d = _delivery
-    query = _delivery_filters(select(
-        d.c.channel, d.c.gateway, func.count(), _count_if(d.c.status == "queued"), _count_if(d.c.status == "sent"),
-        _count_if(d.c.status == "delivered"), _count_if(d.c.status == "failed"),
-    ).group_by(d.c.channel, d.c.gateway).order_by(d.c.channel, d.c.gateway), filters)
-    latency = latency_percentiles(conn, filters)
+    """Per channel and gateway: messages by status and gateway latency p50/p95/p99 (ms, bin upper edges)."""
+    _fresh(conn)
+    first, stop = _buckets(filters)
+    d = rollups.deliveries
+    query = (select(d.c.channel, d.c.gateway, *[func.sum(d.c[n]) for n in rollups.DELIVERY_COUNTS],
+                    func.max(d.c.latency_max_ms), *_histogram(d))
+             .where(_delivery_rows(d, filters), d.c.bucket >= first, d.c.bucket < stop)
+             .group_by(d.c.channel, d.c.gateway).order_by(d.c.channel, d.c.gateway))
     rows = []
-    for channel, gateway, *counts in conn.execute(query):
-        rows.append(DeliveryRow(channel, gateway, *(int(x) for x in counts),
-                                *latency.get((channel, gateway), (None, None, None))))
+    width = len(rollups.DELIVERY_COUNTS)
+    for row in conn.execute(query):
+        counts = [int(x) for x in row[2:2 + width]]
+        largest, histogram = row[2 + width], row[3 + width:]
+        rows.append(DeliveryRow(row[0], row[1], *counts, *_percentiles(histogram, largest, PERCENTILES, 1)))
     return rows
+
+
+def latency_percentiles(conn: Connection, filters: Filters) -> dict[tuple[str, str], tuple[float | None, ...]]:
+    """Gateway latency p50/p95/p99 (ms) per channel and gateway."""
+    return {(r.channel, r.gateway): (r.p50_ms, r.p95_ms, r.p99_ms) for r in delivery_summary(conn, filters)}
 
 
 @dataclass(frozen=True)
@@ -394,16 +328,12 @@ class DeliveryDay:
 
 
 def delivery_by_day(conn: Connection, filters: Filters) -> list[DeliveryDay]:
-    days = _days_table(filters)
-    d = _delivery
-    query = (select(days.c.day, d.c.channel, func.count(), _count_if(d.c.status == "delivered"),
-                    _count_if(d.c.status == "failed"))
-             .select_from(days).join(d, _on_day(days, d.c.created_at))
+    _fresh(conn)
+    days = _bucket_days(filters)
+    d = rollups.deliveries
+    query = (select(days.c.day, d.c.channel, func.sum(d.c.messages), func.sum(d.c.delivered), func.sum(d.c.failed))
+             .select_from(days).join(d, _on_bucket_day(days, d.c.bucket)).where(_delivery_rows(d, filters))
              .group_by(days.c.day, d.c.channel).order_by(days.c.day, d.c.channel))
-    if filters.channel:
-        query = query.where(d.c.channel == filters.channel)
-    if filters.action:
-        query = query.where(exists().where(_request.c.id == d.c.request_id, _request.c.action == filters.action))
     return [DeliveryDay(row[0], row[1], int(row[2]), int(row[3]), int(row[4])) for row in conn.execute(query)]
 
 
@@ -416,11 +346,14 @@ class FailureCount:
 
 
 def failures_by_error(conn: Connection, filters: Filters, *, top: int = 20) -> list[FailureCount]:
-    d = _delivery
-    error = func.coalesce(d.c.error, "(no error text)")
-    query = _delivery_filters(select(d.c.channel, d.c.gateway, error.label("error"), func.count().label("n"))
-                              .where(d.c.status == "failed").group_by(d.c.channel, d.c.gateway, error)
-                              .order_by(func.count().desc(), d.c.channel, d.c.gateway, error).limit(top), filters)
+    _fresh(conn)
+    first, stop = _buckets(filters)
+    f = rollups.failures
+    n = func.sum(f.c.failures)
+    query = (select(f.c.channel, f.c.gateway, f.c.error, n)
+             .where(_delivery_rows(f, filters), f.c.bucket >= first, f.c.bucket < stop)
+             .group_by(f.c.channel, f.c.gateway, f.c.error).order_by(n.desc(), f.c.channel, f.c.gateway, f.c.error)
+             .limit(top))
     return [FailureCount(row[0], row[1], row[2], int(row[3])) for row in conn.execute(query)]
 
 

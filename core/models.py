@@ -311,6 +311,89 @@ class DeliveryReceipt(SQLModel, table=True):
     received_at: datetime = Field(default_factory=utcnow)
 
 
+# --- dashboard rollups (core/rollups.py) ------------------------------------------------------------------
+# Counts per 15-minute UTC bucket (epoch seconds // 900), so any time zone's local days, :30 and :45 offsets
+# included, are whole runs of buckets. '*' in action or channel is the row summed over all of them. h0..h201
+# count the values in each bin of core.histogram (latency in ms, time to validate in s); NULL means none.
+
+from sqlalchemy import BigInteger  # noqa: E402
+
+from core.histogram import BINS as _HISTOGRAM_BINS  # noqa: E402
+
+
+class RollupState(SQLModel, table=True):
+    """How far the rollups have read one source table: rows with larger ids are new."""
+    __tablename__ = "rollup_state"
+    source: str = Field(primary_key=True, max_length=40)
+    high_water: int = 0
+    # PostgreSQL only: rows with ids in (high_water - window, high_water] when read, so that a transaction
+    # that took its id early but committed late is noticed by the count changing.
+    window_rows: int = 0
+    refreshed_at: datetime = Field(default_factory=utcnow)
+
+
+class UsageRollup(SQLModel, table=True):
+    """Generate requests, validations and the cohort of codes issued, per bucket, channel and action.
+
+    A request (validation, code) counts under a channel when it (its code) had a delivery on that channel.
+    """
+    __tablename__ = "usage_rollup"
+    __table_args__ = (Index("ix_usage_rollup_bucket", "bucket"), {"sqlite_with_rowid": False})
+    channel: str = Field(primary_key=True, max_length=10)
+    bucket: int = Field(primary_key=True)
+    action: str = Field(primary_key=True, max_length=40)
+    requests: int = 0
+    issued: int = 0
+    resent: int = 0
+    validations: int = 0
+    validated: int = 0
+    codes: int = 0  # codes first issued in the bucket
+    codes_used: int = 0  # of those, used by now
+    ttv_max_us: int | None = Field(default=None, sa_type=BigInteger)  # the longest time to validate, in µs
+    # h0..h201: the used codes per time-to-validate bin.
+    __annotations__.update({f"h{_i}": int | None for _i in range(_HISTOGRAM_BINS)})
+    vars().update({f"h{_i}": None for _i in range(_HISTOGRAM_BINS)})
+
+
+class DeliveryRollup(SQLModel, table=True):
+    """Deliveries per bucket (of their creation), action, channel and gateway, by current status."""
+    __tablename__ = "delivery_rollup"
+    __table_args__ = (
+        Index("ix_delivery_rollup_bucket", "bucket"),
+        # Buckets still holding queued deliveries: their status changes without a new row.
+        Index("ix_delivery_rollup_queued", "bucket", sqlite_where=text("queued > 0"),
+              postgresql_where=text("queued > 0")),
+        {"sqlite_with_rowid": False},
+    )
+    action: str = Field(primary_key=True, max_length=40)
+    bucket: int = Field(primary_key=True)
+    channel: str = Field(primary_key=True, max_length=10)
+    gateway: str = Field(primary_key=True, max_length=40)
+    messages: int = 0
+    queued: int = 0
+    sent: int = 0
+    delivered: int = 0
+    failed: int = 0
+    latency_max_ms: float | None = None
+    # h0..h201: the deliveries with a latency, per latency bin.
+    __annotations__.update({f"h{_i}": int | None for _i in range(_HISTOGRAM_BINS)})
+    vars().update({f"h{_i}": None for _i in range(_HISTOGRAM_BINS)})
+
+
+class FailureRollup(SQLModel, table=True):
+    """Failed deliveries per bucket, action, channel, gateway and error text."""
+    __tablename__ = "failure_rollup"
+    __table_args__ = (Index("ix_failure_rollup_action_bucket", "action", "bucket"),
+                      Index("ix_failure_rollup_bucket", "bucket"))
+    id: int | None = Field(default=None, primary_key=True)
+    action: str = Field(max_length=40)
+    bucket: int
+    channel: str = Field(max_length=10)
+    gateway: str = Field(max_length=40)
+    error: str = Field(max_length=1000)
+    failures: int = 0
+
+
 class SecurityEvent(SQLModel, table=True):
     """Something an attacker does: a replayed or burned code, a lock, a prefix block, a budget trip. Never a code."""
     __tablename__ = "security_event"

@@ -7,12 +7,13 @@ from console_state import gate, runtime
 from core.dashboards import delivery_by_day, delivery_summary, failures_by_error, find_requests, live_delivery, \
     request_timeline
 from core.entities import InvalidEntity, normalise_email, normalise_phone
-from dashboard_widgets import csv_button, delta, pct, period_caption, query, sidebar_filters
+from dashboard_widgets import csv_button, delta, pct, period_caption, query, rollups_up_to_date, sidebar_filters
 
 gate("status.view")
 rt = runtime()
 st.title("Delivery")
 filters = sidebar_filters("delivery")
+rollups_up_to_date()
 period_caption(filters)
 
 
@@ -62,7 +63,8 @@ else:
     st.subheader("Per channel and gateway")
     st.dataframe(table, hide_index=True, width="stretch", key="delivery_table", column_config={
         "delivery rate": st.column_config.ProgressColumn("delivery rate", format="percent", min_value=0, max_value=1),
-        **{c: st.column_config.NumberColumn(c, format="%.0f", help="gateway latency, nearest-rank percentile")
+        **{c: st.column_config.NumberColumn(c, format="%.0f", help="gateway latency, nearest-rank percentile, "
+                                            "shown as the upper edge of its histogram bin (at most 6.4% above)")
            for c in ("p50 ms", "p95 ms", "p99 ms")}})
     csv_button(table, f"otp-delivery-{filters.first}-{filters.last}.csv", "delivery_csv")
 

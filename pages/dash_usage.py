@@ -5,11 +5,12 @@ import streamlit as st
 
 from console_state import gate
 from core.dashboards import daily_usage, time_to_validate_by_day, usage_totals
-from dashboard_widgets import csv_button, delta, pct, period_caption, query, seconds, sidebar_filters
+from dashboard_widgets import csv_button, delta, pct, period_caption, query, rollups_up_to_date, seconds, sidebar_filters
 
 gate("status.view")
 st.title("Daily usage")
 filters = sidebar_filters("usage")
+rollups_up_to_date()
 period_caption(filters)
 
 now, before = query(usage_totals, filters), query(usage_totals, filters.previous())
@@ -21,7 +22,9 @@ kpis[3].metric("Successful validations", f"{now.validated:,}", delta(now.validat
 kpis[4].metric("Conversion", pct(now.conversion), delta(now.conversion, before.conversion, percent=True),
                help="Codes issued in the period that were used, over codes issued in the period.")
 kpis[5].metric("Time to validate p50 / p95", f"{seconds(now.ttv.p50)} / {seconds(now.ttv.p95)}",
-               delta(now.ttv.p50, before.ttv.p50), delta_color="inverse")
+               delta(now.ttv.p50, before.ttv.p50), delta_color="inverse",
+               help="From issue to successful validation; each percentile is the upper edge of its histogram bin "
+                    "(at most 6.4% above the exact value).")
 
 rows = query(daily_usage, filters)
 if not rows:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections import Counter, defaultdict
 from datetime import date, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
@@ -12,6 +13,7 @@ from streamlit.testing.v1 import AppTest
 
 from console_state import SESSION_KEY
 from core import dashboards as D
+from core import histogram as H
 from core.clock import FrozenClock
 from core.config import ROOT
 from core.engine import generate, run, validate
@@ -63,6 +65,27 @@ def nearest_rank(values: list[float], p: int) -> float | None:
     return ordered[math.ceil(p / 100 * len(ordered)) - 1]
 
 
+def binned_rank(values: list, p: int, edges: tuple = H.EDGES, scale: float = 1) -> float | None:
+    """The nearest-rank percentile as the dashboards report it: the upper edge of the histogram bin holding the
+    value at that rank (the largest value itself above the last edge). Values and edges in the same unit; the
+    result divided by scale (µs to s)."""
+    value = nearest_rank(values, p)
+    if value is None:
+        return None
+    index = bisect_left(edges, value)  # edges[index - 1] < value <= edges[index]
+    return (edges[index] if index < len(edges) else max(values)) / scale
+
+
+def test_binned_rank_is_the_upper_edge_of_the_exact_percentile():
+    assert binned_rank([20.0, 30.0], 50) == 20.0 and binned_rank([20.0, 30.0], 99) == 31.6
+    assert binned_rank([0.2, 150_000.0], 99) == 150_000.0  # above the last edge: the largest value
+    assert H.percentile([0, 1, 0, 2], 50) == H.EDGES[3] and H.percentile([0] * H.BINS, 50) is None
+    for value in (0.5, 1.0, 1.0001, 19.95, 20.0, 99_999.0, 100_000.0):
+        index = H.bin_of(value)
+        assert (index == 0 or H.EDGES[index - 1] < value) and (index == H.OVERFLOW or value <= H.EDGES[index])
+    assert max(b / a for a, b in zip(H.EDGES, H.EDGES[1:])) < 1.065  # bins at most 6.5% wide
+
+
 def channels_by(rt, key: str) -> dict[int, set[str]]:
     found: dict[int, set[str]] = defaultdict(set)
     for d in raw(rt, Delivery):
@@ -95,14 +118,19 @@ def expected_usage(rt, f: D.Filters) -> dict[tuple[str, str], D.UsageRow]:
                           c["codes"], c["used"]) for k, c in counts.items()}
 
 
-def expected_ttv(rt, f: D.Filters) -> dict[str, list[float]]:
+def expected_ttv(rt, f: D.Filters) -> dict[str, list[int]]:
+    """Times to validate per local day, in whole microseconds (exact, as the rollups bin them)."""
     by_code = channels_by(rt, "code_id")
-    found: dict[str, list[float]] = defaultdict(list)
+    found: dict[str, list[int]] = defaultdict(list)
     for code in raw(rt, OtpCode):
         if code.state == "used" and in_filters(code.created_at, f) and f.action in (None, code.action) and \
                 (f.channel is None or f.channel in by_code[code.id]):
-            found[day_of(code.created_at, f.tz)].append((code.used_at - code.created_at).total_seconds())
+            found[day_of(code.created_at, f.tz)].append((code.used_at - code.created_at) // timedelta(microseconds=1))
     return found
+
+
+def ttv_rank(micros: list[int], p: int) -> float | None:
+    return binned_rank(micros, p, H.EDGES_US, 1_000_000)
 
 
 def filter_sets(rt) -> list[D.Filters]:
@@ -141,12 +169,11 @@ def test_daily_usage_matches_the_raw_rows(rt, traffic, index):
     everything = [s for values in times.values() for s in values]
     assert totals.ttv.count == len(everything)
     for p in (50, 95):
-        assert getattr(totals.ttv, f"p{p}") == pytest.approx(nearest_rank(everything, p), abs=0.01)
+        assert getattr(totals.ttv, f"p{p}") == ttv_rank(everything, p)
     assert set(by_day) == set(times)
     for day, values in times.items():
         assert by_day[day].count == len(values)
-        assert by_day[day].p50 == pytest.approx(nearest_rank(values, 50), abs=0.01)
-        assert by_day[day].p95 == pytest.approx(nearest_rank(values, 95), abs=0.01)
+        assert (by_day[day].p50, by_day[day].p95) == (ttv_rank(values, 50), ttv_rank(values, 95))
     if index == 7:
         assert rows == [] and totals.requests == 0 and totals.ttv.p50 is None
 
@@ -192,7 +219,8 @@ def test_a_day_boundary_in_a_non_utc_zone(rt):
     assert [(r.day, r.requests) for r in kolkata] == [("2026-11-25", 1), ("2026-11-26", 2)]
     assert [(r.day, r.requests) for r in utc] == [("2026-11-25", 3)]
     assert [(d.day, d.messages) for d in deliveries] == [("2026-11-25", 1), ("2026-11-26", 2)]
-    assert [(s.messages, s.p50_ms, s.p99_ms) for s in summary] == [(2, 20.0, 30.0)]
+    # Latency percentiles are bin upper edges: 20 ms is an edge, 30 ms lies in the bin ending at 31.6 ms.
+    assert [(s.messages, s.p50_ms, s.p99_ms) for s in summary] == [(2, 20.0, 31.6)]
     assert refusals == [("2026-11-25", "daily", 1)]
 
 
@@ -224,7 +252,7 @@ def test_delivery_figures_match_the_raw_rows(rt, traffic, index):
             (len(mine), status["queued"], status["sent"], status["delivered"], status["failed"])
         latencies = [d.latency_ms for d in mine if d.latency_ms is not None]
         for p in (50, 95, 99):
-            assert getattr(s, f"p{p}_ms") == pytest.approx(round(nearest_rank(latencies, p), 1))
+            assert getattr(s, f"p{p}_ms") == binned_rank(latencies, p)
     per_day = Counter((day_of(d.created_at, f.tz), d.channel) for d in rows)
     assert {(d.day, d.channel): d.messages for d in by_day} == per_day
     assert {(d.day, d.channel): d.failed for d in by_day} == \
