@@ -1,7 +1,8 @@
 """The console in a real browser: `streamlit run console.py` driven by headless Chromium through Playwright.
 
-First-admin setup, adding an approver, editing a template, approval by the second person, a test send and
-the outbox; a screenshot of each page is saved under tests/artifacts/.
+First-admin setup, adding an approver, editing a template, approval by the second person, a test send, the
+outbox, then the Status page's demo-traffic button (core.simulate through the real engine) and the three
+dashboards it fills; a screenshot of each page is saved under tests/artifacts/.
 """
 from __future__ import annotations
 
@@ -153,7 +154,23 @@ def test_console_end_to_end_in_chromium(console_url, browser):
     # The grid draws on a canvas; its accessible cells carry the text.
     page.locator("td[role=gridcell]", has_text="+919955882233").first.wait_for(state="attached", timeout=20_000)
     shot(page, "07-outbox")
+
+    # 6. Demo traffic from the Status page, then the three dashboards it fills.
+    go(page, "Status", "OTP service status")
+    page.get_by_role("button", name="Simulate a little traffic").click()
+    wait_text(page, "Simulated 3 days", timeout=120_000)
+    for link, heading, filled, name in (("Daily usage", "Daily usage", "Per day and action", "08-dash-usage"),
+                                        ("Delivery", "Delivery", "Per channel and gateway", "09-dash-delivery"),
+                                        ("Rate limits", "Rate limits", "Most refused users", "10-dash-limits")):
+        go(page, link, heading)
+        wait_text(page, filled, timeout=60_000)
+        page.get_by_test_id("stVegaLiteChart").first.wait_for(timeout=60_000)
+        page.get_by_test_id("stDataFrame").first.wait_for(timeout=60_000)
+        page.wait_for_timeout(1500)  # the charts draw after their data arrives
+        values = [v.inner_text() for v in page.get_by_test_id("stMetricValue").all()]
+        assert values and any(v.strip() not in ("0", "–", "0.0%") for v in values), (heading, values)
+        shot(page, name)
     context.close()
     for name in ("01-first-admin", "02-status", "03-staff", "04-template-edit", "05-template-approved",
-                 "06-test-send", "07-outbox"):
+                 "06-test-send", "07-outbox", "08-dash-usage", "09-dash-delivery", "10-dash-limits"):
         assert (ARTIFACTS / f"{name}.png").stat().st_size > 10_000
