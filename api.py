@@ -239,8 +239,10 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
         """A provider's status callback, authenticated by the provider's signature (no API credentials)."""
         runtime_: Runtime = request.app.state.runtime
         body = await read_body(request)
-        url = (runtime_.settings.public_url.rstrip("/") + request.url.path) if runtime_.settings.public_url \
-            else str(request.url)
+        url = str(request.url)
+        if runtime_.settings.public_url:  # Twilio signs the URL it called, query string included
+            url = runtime_.settings.public_url.rstrip("/") + request.url.path + (
+                f"?{request.url.query}" if request.url.query else "")
         try:
             outcome = await run_in_threadpool(receipts.apply_receipt, runtime_, gateway, url=url,
                                               headers=dict(request.headers), body=body)

@@ -22,8 +22,7 @@ from core.gateways.http import close_shared_client
 from core.entities import NormalisedEntity, mask, region_of
 from core.enums import Action, Channel, EntityType
 from core.errors import OtpError, Problem
-from core.messages import ResolvedTemplate, failover_plan, plan_channels, render_message, resolve_all, \
-    resolve_template
+from core.messages import ResolvedTemplate, failover_plan, plan_channels, render_message, resolve_all
 from core.models import Delivery, LimitEvent, OtpCode, OtpRequest, OtpValidation, SecurityEvent, UsageCounter
 from core.otpconfig import OtpConfig, effective_limit
 from core.ratelimit import bump, local_day, seconds_until_next_day, window_start
@@ -121,6 +120,11 @@ def _record_refusal(rt: Runtime, refused: _Refused, *, user_key: str, action: st
     return OtpError.single(E.RATE_LIMITED, refused.message, 429, refused.retry_after, reason=refused.limit_type)
 
 
+def _gateway_for(rt: Runtime, config: OtpConfig, channel: Channel, test_number: bool) -> Gateway | None:
+    """Test numbers only ever reach the outbox; everyone else the action's gateway for the channel."""
+    return rt.outbox if test_number else rt.gateway_for(config.action, channel)
+
+
 def _gateway_label(gateway: Gateway | None) -> str:
     return gateway.name if gateway is not None else "none"
 
@@ -131,23 +135,37 @@ def _window(now: datetime, minutes: int) -> tuple[str, int]:
     return str(start), max(1, start + minutes * 60 - int(now.timestamp()))
 
 
-def _count_abuse_limits(conn: Connection, rt: Runtime, config: OtpConfig, *,
-                        sends: list[tuple[ChannelTarget, Gateway | None]], entity: NormalisedEntity,
-                        client_id: int | None, client_ip: str | None, now: datetime) -> None:
-    """The limits that stop SMS pumping and floods, each one atomic upsert, all rolled back on any refusal."""
+def _count_sends(conn: Connection, rt: Runtime, config: OtpConfig, *,
+                 sends: list[tuple[ChannelTarget, Gateway | None]], now: datetime) -> None:
+    """The limits on what is sent (per destination, per channel budget): counted for every send, a failover's too."""
+    s = rt.settings
+    destination_limit = effective_limit(config, s, "destination_limit")
+    if destination_limit:
+        minutes = effective_limit(config, s, "destination_window_minutes")
+        period, wait = _window(now, minutes)
+        for target, _gateway in sends:
+            if bump(conn, scope=f"dest:{target.channel.value}", user_key=target.destination, period=period,
+                    limit=destination_limit) is None:
+                raise _Refused("destination", f"at most {destination_limit} codes per {minutes} minutes "
+                               "to one destination", wait)
+    for channel in dict.fromkeys(t.channel.value for t, _g in sends):
+        budget = s.budget_for(channel)
+        if budget is not None and bump(conn, scope="budget", user_key=channel, period=local_day(now, s.tz),
+                                       limit=budget) is None:
+            raise _Refused("budget", f"the daily {channel} budget of {budget} is spent: the channel is in "
+                           "safe mode until tomorrow", seconds_until_next_day(now, s.tz),
+                           event=("budget_trip", channel))
+
+
+def _count_requester(conn: Connection, rt: Runtime, config: OtpConfig, *,
+                     sends: list[tuple[ChannelTarget, Gateway | None]], entity: NormalisedEntity,
+                     client_id: int | None, client_ip: str | None, now: datetime) -> None:
+    """The limits on who asks (API client, client IP, number prefix): counted once per generate."""
     s = rt.settings
 
     def limit(name: str) -> int:
         return effective_limit(config, s, name)
 
-    if limit("destination_limit"):
-        minutes = limit("destination_window_minutes")
-        period, wait = _window(now, minutes)
-        for target, _gateway in sends:
-            if bump(conn, scope=f"dest:{target.channel.value}", user_key=target.destination, period=period,
-                    limit=limit("destination_limit")) is None:
-                raise _Refused("destination", f"at most {limit('destination_limit')} codes per {minutes} minutes "
-                               "to one destination", wait)
     if limit("client_limit") and client_id is not None:
         period, wait = _window(now, 1)
         if bump(conn, scope="client", user_key=str(client_id), period=period, limit=limit("client_limit")) is None:
@@ -169,13 +187,6 @@ def _count_abuse_limits(conn: Connection, rt: Runtime, config: OtpConfig, *,
             if bump(conn, scope="prefix", user_key=prefix, period=period, limit=limit("prefix_limit")) is None:
                 raise _Refused("prefix", f"too many codes to numbers starting {prefix} in {minutes} minutes", wait,
                                event=("prefix_block", prefix))
-    for channel in dict.fromkeys(t.channel.value for t, _g in sends):
-        budget = s.budget_for(channel)
-        if budget is not None and bump(conn, scope="budget", user_key=channel, period=local_day(now, s.tz),
-                                       limit=budget) is None:
-            raise _Refused("budget", f"the daily {channel} budget of {budget} is spent: the channel is in "
-                           "safe mode until tomorrow", seconds_until_next_day(now, s.tz),
-                           event=("budget_trip", channel))
 
 
 def _check_countries(rt: Runtime, targets: list[ChannelTarget]) -> None:
@@ -207,8 +218,9 @@ def _issue(conn: Connection, rt: Runtime, *, user_key: str, entity: NormalisedEn
                                                  period=day, limit=config.daily_cap) is None:
             raise _Refused("action_daily", f"daily limit of {config.daily_cap} OTP requests for "
                            f"{config.action.value} reached for this user", seconds_until_next_day(now, tz))
-        _count_abuse_limits(conn, rt, config, sends=sends, entity=entity, client_id=client_id, client_ip=client_ip,
-                            now=now)
+        _count_sends(conn, rt, config, sends=sends, now=now)
+        _count_requester(conn, rt, config, sends=sends, entity=entity, client_id=client_id, client_ip=client_ip,
+                         now=now)
     try:
         issued = issue_or_resend(conn, rt.keys, user_key=user_key, entity_type=entity_type, config=config, now=now,
                                  fixed_code=rt.settings.test_code if test_number else None)
@@ -294,17 +306,28 @@ async def _deliver(rt: Runtime, config: OtpConfig, sends: list[_Send], code: str
     return reports
 
 
-async def _fail_over(rt: Runtime, config: OtpConfig, *, request_id: int, code_id: int, code: str,
+async def _fail_over(rt: Runtime, config: OtpConfig, *, request_id: int, code_id: int, code: str, user_key: str,
                      plan: list[ChannelTarget], templates: dict[Channel, ResolvedTemplate], from_step: int,
                      test_number: bool = False) -> list[DeliveryReport]:
-    """Send the same code over the plan's next channels, one after another, until one is not refused."""
+    """Send the same code over the plan's next channels, one after another, until one is not refused.
+
+    Each step counts against the send limits (destination, channel budget) like any send; a refused step
+    ends the failover with a recorded refusal.
+    """
     reports: list[DeliveryReport] = []
     for step in range(from_step + 1, len(plan)):
         target = plan[step]
-        gateway = rt.outbox if test_number else rt.gateway_for(config.action, target.channel)
-        with rt.db.begin() as conn:
-            delivery_id = _insert_delivery(conn, request_id=request_id, code_id=code_id, target=target,
-                                           gateway=gateway, step=step, now=rt.clock())
+        gateway = _gateway_for(rt, config, target.channel, test_number)
+        now = rt.clock()
+        try:
+            with rt.db.begin() as conn:
+                if not test_number:
+                    _count_sends(conn, rt, config, sends=[(target, gateway)], now=now)
+                delivery_id = _insert_delivery(conn, request_id=request_id, code_id=code_id, target=target,
+                                               gateway=gateway, step=step, now=now)
+        except _Refused as refused:
+            _record_refusal(rt, refused, user_key=user_key, action=config.action.value, client_id=None, now=now)
+            break
         log.info("failover of request %s to %s (step %s)", request_id, target.channel.value, step)
         report = (await _deliver(rt, config, [_Send(delivery_id, target, gateway, templates[target.channel])], code,
                                  await_receipt=step < len(plan) - 1))[0]
@@ -331,7 +354,7 @@ async def generate(rt: Runtime, payload: object, *, client_id: int | None = None
     test_number = rt.settings.is_test_number(request.entity.value)
     if not test_number:
         _check_countries(rt, plan or targets)
-    gateways = [rt.outbox if test_number else rt.gateway_for(config.action, t.channel) for t in targets]
+    gateways = [_gateway_for(rt, config, t.channel, test_number) for t in targets]
     now = rt.clock()
 
     for attempt in range(2):
@@ -357,7 +380,8 @@ async def generate(rt: Runtime, payload: object, *, client_id: int | None = None
     reports = await _deliver(rt, config, sends, issued.code, await_receipt=len(plan) > 1)
     if plan and reports and reports[0].status == "failed":
         reports += await _fail_over(rt, config, request_id=request_id, code_id=issued.code_id, code=issued.code,
-                                    plan=plan, templates=templates, from_step=0, test_number=test_number)
+                                    user_key=user_key, plan=plan, templates=templates, from_step=0,
+                                    test_number=test_number)
 
     log.info("%s code %s for %s action %s over %s", "re-sent" if issued.resent else "issued", issued.code_id,
              mask(request.entity.value), config.action.value, ",".join(r.channel for r in reports))
@@ -402,12 +426,12 @@ async def fail_over_delivery(rt: Runtime, delivery_id: int) -> list[DeliveryRepo
         return []
     code = rt.keys.decrypt_code(origin.user_key, action.value, code_row.code_enc)
     try:
-        templates = {t.channel: resolve_template(t.channel, action, rt.active_templates()) for t in plan}
+        templates = resolve_all(plan, action, rt.active_templates(), None)
     except OtpError as exc:
         log.warning("failover of request %s impossible: %s", claimed.request_id, exc.problems[0].message)
         return []
-    return await _fail_over(rt, config, request_id=claimed.request_id, code_id=claimed.code_id, code=code, plan=plan,
-                            templates=templates, from_step=claimed.failover_step,
+    return await _fail_over(rt, config, request_id=claimed.request_id, code_id=claimed.code_id, code=code,
+                            user_key=origin.user_key, plan=plan, templates=templates, from_step=claimed.failover_step,
                             test_number=rt.settings.is_test_number(value))
 
 
@@ -446,12 +470,11 @@ async def validate(rt: Runtime, payload: object, *, client_id: int | None = None
     exempt = rt.settings.is_test_number(request.entity.value)
     try:
         with rt.db.begin() as conn:
-            window = window_start(now, config.validate_window_minutes)
-            if not exempt and bump(conn, scope=f"validate:{action}", user_key=user_key, period=str(window),
+            period, wait = _window(now, config.validate_window_minutes)
+            if not exempt and bump(conn, scope=f"validate:{action}", user_key=user_key, period=period,
                                    limit=config.validate_limit) is None:
                 raise _Refused("validate", f"at most {config.validate_limit} validations per "
-                               f"{config.validate_window_minutes} minutes", max(1, window
-                               + config.validate_window_minutes * 60 - int(now.timestamp())))
+                               f"{config.validate_window_minutes} minutes", wait)
             lock = None if exempt else locked_until(conn, user_key=user_key, action=action, now=now)
             if lock is not None:
                 raise _Refused("lock", "too many failed validations; this user is locked for this action",

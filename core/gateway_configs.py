@@ -13,7 +13,7 @@ from core.clock import utcnow
 from core.crypto import SecretBox
 from core.enums import Channel
 from core.gateways import Gateway
-from core.gateways.email import SmtpEmail
+from core.gateways.email import SECURITY_MODES, SmtpEmail
 from core.gateways.outbox import OutboxGateway
 from core.gateways.sms import TwilioSms, WebhookSms
 from core.gateways.voice import TwilioVoice, WebhookVoice
@@ -111,8 +111,11 @@ def check_gateway(config: GatewayConfigBase) -> list[str]:
         elif channel is not None and PROVIDERS[config.provider][1] is not channel:
             problems.append(f"{config.provider} sends {PROVIDERS[config.provider][1].value}, not {channel.value}")
     try:
-        if not isinstance(json.loads(config.options or "{}"), dict):
+        options = json.loads(config.options or "{}")
+        if not isinstance(options, dict):
             problems.append("options must be a JSON object")
+        elif config.provider == "smtp" and options.get("security", "starttls") not in SECURITY_MODES:
+            problems.append(f"SMTP security must be one of {', '.join(SECURITY_MODES)}")
     except json.JSONDecodeError as exc:
         problems.append(f"options are not valid JSON: {exc.msg} at line {exc.lineno}")
     if config.provider in ("smtp",) and not config.endpoint:

@@ -100,7 +100,7 @@ def resolve_template(channel: Channel, action: Action, active: ActiveTemplates,
 
 
 def resolve_all(targets: list[ChannelTarget], action: Action, active: ActiveTemplates,
-                request: GenerateRequest) -> dict[Channel, ResolvedTemplate]:
+                request: GenerateRequest | None) -> dict[Channel, ResolvedTemplate]:
     """One resolved template per channel, reporting every channel's problem together."""
     resolved: dict[Channel, ResolvedTemplate] = {}
     problems: list[Problem] = []

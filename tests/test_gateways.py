@@ -533,3 +533,31 @@ def test_smtp_implicit_tls(rt, admin, tmp_path):
     [message] = inbox.messages
     assert stored_code(rt) in message.get_body(("html",)).get_content()
 
+
+
+def test_failover_sends_count_against_the_channel_budget(db_url, tmp_path, clock, provider):
+    from core.runtime import Runtime
+    from tests.conftest import make_settings
+    rt = Runtime(make_settings(db_url, tmp_path, channel_budgets="SMS=1"), clock=clock)
+    try:
+        with rt.session() as db:
+            made = create_first_admin(db, username="ada", password="correct horse 1")
+        provider.script = [Answer(status=400, body={"error": "not on WhatsApp"})]
+        _failover_setup(rt, StaffIdentity(made.id, made.username, made.role), provider)
+        gen(rt)  # WhatsApp fails, SMS takes the only unit of the SMS budget
+        with pytest.raises(OtpError) as refused:  # WhatsApp fails again; the SMS failover is refused
+            run(generate(rt, {"entityType": "MOBILE", "entityValue": "+919812345678", "action": "COUPON"}))
+        assert refused.value.http_status == 502
+        assert [(r["channel"], r["status"]) for r in deliveries(rt)] == [
+            ("WHATSAPP", "failed"), ("SMS", "delivered"), ("WHATSAPP", "failed")]
+        with rt.db.connect() as conn:
+            assert conn.execute(text("SELECT kind FROM security_event")).scalar() == "budget_trip"
+    finally:
+        rt.db.dispose()
+
+
+def test_unknown_smtp_security_is_refused(rt, admin):
+    from core.gateway_configs import GatewayConfigError
+    with pytest.raises(GatewayConfigError, match="SMTP security"):
+        add_gateway(rt, admin, name="smtp", channel="EMAIL", provider="smtp", endpoint="127.0.0.1:25",
+                    options={"security": "tls"})

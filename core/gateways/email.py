@@ -16,6 +16,7 @@ from core.gateways.base import ProviderGateway, idempotency_key
 from core.gateways.retry import Permanent, Transient, with_retries
 
 _TAGS = re.compile(r"<[^>]+>")
+SECURITY_MODES = ("starttls", "ssl", "none")
 
 
 def build_email(message: OutgoingMessage, *, sender: str, sender_name: str) -> EmailMessage:
@@ -41,6 +42,8 @@ class SmtpEmail(ProviderGateway):
     def _deliver(self, email: EmailMessage) -> None:
         host, _, port_text = self.endpoint.rpartition(":") if ":" in self.endpoint else (self.endpoint, "", "")
         security = self.options.get("security", "starttls")
+        if security not in SECURITY_MODES:  # never fall back to plain text on a typo
+            raise Permanent(f"unknown SMTP security {security!r} (use one of {', '.join(SECURITY_MODES)})")
         port = int(port_text) if port_text else (465 if security == "ssl" else 587)
         context = ssl.create_default_context()
         if self.options.get("tls_verify") is False:
@@ -61,12 +64,13 @@ class SmtpEmail(ProviderGateway):
             raise Permanent(f"SMTP server does not support a required feature: {exc}") from None
         except smtplib.SMTPRecipientsRefused:
             raise Permanent("SMTP server refused the recipient") from None
+        # Before SMTPResponseException: SMTPConnectError is one of its subclasses.
+        except (ConnectionRefusedError, smtplib.SMTPConnectError) as exc:
+            raise Transient(f"cannot connect to SMTP server: {type(exc).__name__}", unsent=True) from None
         except smtplib.SMTPResponseException as exc:
             if 400 <= exc.smtp_code < 500:
                 raise Transient(f"SMTP temporary failure ({exc.smtp_code})") from None
             raise Permanent(f"SMTP refused the message ({exc.smtp_code})") from None
-        except (ConnectionRefusedError, smtplib.SMTPConnectError) as exc:
-            raise Transient(f"cannot connect to SMTP server: {type(exc).__name__}", unsent=True) from None
         except (socket.timeout, TimeoutError, smtplib.SMTPServerDisconnected, OSError) as exc:
             raise Transient(f"SMTP connection failed: {type(exc).__name__}") from None
 
