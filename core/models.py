@@ -61,6 +61,7 @@ class OtpCode(SQLModel, table=True):
         Index("uq_otp_code_active", "user_key", "action", unique=True,
               sqlite_where=text("state = 'active'"), postgresql_where=text("state = 'active'")),
         Index("ix_otp_code_user_action_state", "user_key", "action", "state", "id"),
+        Index("ix_otp_code_dash", "created_at", "action", "state", "used_at"),  # dashboards (0004)
     )
     id: int | None = Field(default=None, primary_key=True)
     user_key: str = Field(max_length=340)
@@ -80,6 +81,7 @@ class OtpCode(SQLModel, table=True):
 class OtpRequest(SQLModel, table=True):
     """One accepted generate call; its id is the createdId of a newly issued code."""
     __tablename__ = "otp_request"
+    __table_args__ = (Index("ix_otp_request_dash", "created_at", "action", "kind"),)  # dashboards (0004)
     id: int | None = Field(default=None, primary_key=True)
     created_at: datetime = Field(default_factory=utcnow, index=True)
     code_id: int = Field(foreign_key="otp_code.id", index=True)
@@ -91,6 +93,11 @@ class OtpRequest(SQLModel, table=True):
 
 class Delivery(SQLModel, table=True):
     __tablename__ = "delivery"
+    __table_args__ = (  # dashboards (0004)
+        Index("ix_delivery_dash", "created_at", "channel", "gateway", "status"),
+        Index("ix_delivery_latency", "channel", "gateway", "latency_ms", "created_at"),
+        Index("ix_delivery_destination", "destination"),
+    )
     id: int | None = Field(default=None, primary_key=True)
     request_id: int = Field(foreign_key="otp_request.id", index=True)
     code_id: int = Field(index=True)
@@ -130,6 +137,7 @@ class UsageCounter(SQLModel, table=True):
     'validate:<ACTION>'; period is the local day (YYYY-MM-DD) or the window start in epoch seconds.
     """
     __tablename__ = "usage_counter"
+    __table_args__ = (Index("ix_usage_counter_period", "scope", "period", "count"),)  # dashboards (0004)
     scope: str = Field(primary_key=True, max_length=60)
     user_key: str = Field(primary_key=True, max_length=340)
     period: str = Field(primary_key=True, max_length=20)
@@ -148,6 +156,10 @@ class FailureCounter(SQLModel, table=True):
 class LimitEvent(SQLModel, table=True):
     """A request refused by a limit, kept for the rate-limit dashboard (never with a code)."""
     __tablename__ = "limit_event"
+    __table_args__ = (  # dashboards (0004)
+        Index("ix_limit_event_dash", "created_at", "limit_type", "action"),
+        Index("ix_limit_event_user", "user_key", "created_at"),
+    )
     id: int | None = Field(default=None, primary_key=True)
     created_at: datetime = Field(default_factory=utcnow, index=True)
     user_key: str = Field(max_length=340)
@@ -159,6 +171,10 @@ class LimitEvent(SQLModel, table=True):
 class OtpValidation(SQLModel, table=True):
     """One validate call and its outcome."""
     __tablename__ = "otp_validation"
+    __table_args__ = (  # dashboards (0004)
+        Index("ix_otp_validation_dash", "created_at", "action", "outcome"),
+        Index("ix_otp_validation_code_id", "code_id"),
+    )
     id: int | None = Field(default=None, primary_key=True)
     created_at: datetime = Field(default_factory=utcnow, index=True)
     user_key: str = Field(max_length=340)
