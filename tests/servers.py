@@ -28,6 +28,16 @@ def wait_until_up(url: str, timeout: float = 60) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
+def stop(process: subprocess.Popen) -> None:
+    """Terminate a server the test started, and kill it if it does not go within 10 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class ApiServer:
     """`uvicorn api:app` on a free loopback port with the given environment."""
 
@@ -55,11 +65,7 @@ class ApiServer:
 
     def __exit__(self, *exc) -> None:
         if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+            stop(self.process)
 
 
 def cli(env: dict[str, str], *args: str) -> str:

@@ -31,6 +31,7 @@ from core.enums import Action
 from core.models import ApiClientCreate
 from tests.conftest import code_sent_to, configure, outbox
 from tests.fakes import free_port
+from tests.servers import stop
 
 GENERATE_PATH = "/v2/otp/generate"
 VALIDATE_PATH = "/v2/otp/validate"
@@ -677,9 +678,4 @@ def test_real_uvicorn_server_end_to_end(tmp_path):
             assert conn.execute("SELECT count(*) FROM otp_request").fetchone()[0] == 1
             assert conn.execute("SELECT count(*) FROM outbox_message").fetchone()[0] == 1
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop(server)
