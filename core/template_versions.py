@@ -163,33 +163,50 @@ def save_draft(session: Session, *, actor: StaffIdentity, fields: TemplateVersio
     raise TemplateRefused(["could not save the draft: too many editors at once, try again"])
 
 
-def _move(session: Session, version_id: int, *, from_status: str, values: dict) -> bool:
-    result = session.execute(update(TemplateVersion).where(TemplateVersion.id == version_id,
+def _existing(session: Session, version_id: int) -> TemplateVersion:
+    row = session.get(TemplateVersion, version_id)
+    if row is None:
+        raise TemplateRefused(["no such template version"])
+    return row
+
+
+def _check_passes(row: TemplateVersion, config: OtpConfig, brand: str) -> None:
+    report = check_version(TemplateVersionCreate.model_validate(row), config, brand=brand)
+    if not report.ok:
+        raise TemplateRefused(report.issues)
+
+
+def _move(session: Session, row: TemplateVersion, *, from_status: str, values: dict, verb: str) -> None:
+    """One conditional UPDATE: of two staff acting at once, only the first moves the version."""
+    result = session.execute(update(TemplateVersion).where(TemplateVersion.id == row.id,
                                                            TemplateVersion.status == from_status).values(**values))
-    return result.rowcount == 1
+    if result.rowcount != 1:
+        session.rollback()
+        raise TemplateRefused([f"only a {'draft' if from_status == 'draft' else from_status + ' version'} can be "
+                               f"{verb}; this version is {row.status}"])
 
 
 def _target(row: TemplateVersion) -> str:
     return f"template:{row.action}/{row.channel}/v{row.version}"
 
 
+def _finish(session: Session, row: TemplateVersion, *, actor: StaffIdentity, step: str,
+            reason: str | None = None) -> TemplateVersionPublic:
+    """Audit the step in the same transaction, commit, and answer with the version as it now is."""
+    audit.record(session, actor=actor.username, action=f"template.{step}", target=_target(row), reason=reason)
+    session.commit()
+    session.refresh(row)
+    return TemplateVersionPublic.model_validate(row)
+
+
 def submit_for_review(session: Session, *, actor: StaffIdentity, version_id: int, config: OtpConfig,
                       brand: str = "") -> TemplateVersionPublic:
     """Draft → pending, only when every check passes."""
     require(session, actor, "templates.edit")
-    row = session.get(TemplateVersion, version_id)
-    if row is None:
-        raise TemplateRefused(["no such template version"])
-    report = check_version(TemplateVersionCreate.model_validate(row), config, brand=brand)
-    if not report.ok:
-        raise TemplateRefused(report.issues)
-    if not _move(session, version_id, from_status="draft", values={"status": "pending"}):
-        session.rollback()
-        raise TemplateRefused([f"only a draft can be submitted; this version is {row.status}"])
-    audit.record(session, actor=actor.username, action="template.submit", target=_target(row))
-    session.commit()
-    session.refresh(row)
-    return TemplateVersionPublic.model_validate(row)
+    row = _existing(session, version_id)
+    _check_passes(row, config, brand)
+    _move(session, row, from_status="draft", values={"status": "pending"}, verb="submitted")
+    return _finish(session, row, actor=actor, step="submit")
 
 
 def _activate(session: Session, row: TemplateVersion) -> None:
@@ -203,23 +220,14 @@ def approve(session: Session, *, actor: StaffIdentity, version_id: int, config: 
             brand: str = "") -> TemplateVersionPublic:
     """Pending → approved and active, by someone other than the author (four eyes)."""
     require(session, actor, "templates.approve")
-    row = session.get(TemplateVersion, version_id)
-    if row is None:
-        raise TemplateRefused(["no such template version"])
+    row = _existing(session, version_id)
     if row.author == actor.username:
         raise TemplateRefused(["the author of a version cannot approve it: a second person must"])
-    report = check_version(TemplateVersionCreate.model_validate(row), config, brand=brand)
-    if not report.ok:
-        raise TemplateRefused(report.issues)
-    if not _move(session, version_id, from_status="pending",
-                 values={"status": "approved", "reviewer": actor.username, "reviewed_at": utcnow()}):
-        session.rollback()
-        raise TemplateRefused([f"only a pending version can be approved; this version is {row.status}"])
+    _check_passes(row, config, brand)
+    _move(session, row, from_status="pending", verb="approved",
+          values={"status": "approved", "reviewer": actor.username, "reviewed_at": utcnow()})
     _activate(session, row)
-    audit.record(session, actor=actor.username, action="template.approve", target=_target(row))
-    session.commit()
-    session.refresh(row)
-    return TemplateVersionPublic.model_validate(row)
+    return _finish(session, row, actor=actor, step="approve")
 
 
 def reject(session: Session, *, actor: StaffIdentity, version_id: int, reason: str) -> TemplateVersionPublic:
@@ -227,18 +235,10 @@ def reject(session: Session, *, actor: StaffIdentity, version_id: int, reason: s
     reason = reason.strip()
     if not reason:
         raise TemplateRefused(["a rejection needs a reason"])
-    row = session.get(TemplateVersion, version_id)
-    if row is None:
-        raise TemplateRefused(["no such template version"])
-    if not _move(session, version_id, from_status="pending",
-                 values={"status": "rejected", "reviewer": actor.username, "reviewed_at": utcnow(),
-                         "reason": reason[:1000]}):
-        session.rollback()
-        raise TemplateRefused([f"only a pending version can be rejected; this version is {row.status}"])
-    audit.record(session, actor=actor.username, action="template.reject", target=_target(row), reason=reason)
-    session.commit()
-    session.refresh(row)
-    return TemplateVersionPublic.model_validate(row)
+    row = _existing(session, version_id)
+    _move(session, row, from_status="pending", verb="rejected",
+          values={"status": "rejected", "reviewer": actor.username, "reviewed_at": utcnow(), "reason": reason[:1000]})
+    return _finish(session, row, actor=actor, step="reject", reason=reason)
 
 
 def reactivate(session: Session, *, actor: StaffIdentity, version_id: int, reason: str) -> TemplateVersionPublic:
@@ -250,11 +250,7 @@ def reactivate(session: Session, *, actor: StaffIdentity, version_id: int, reaso
     if row.is_active:
         raise TemplateRefused(["this version is already active"])
     _activate(session, row)
-    audit.record(session, actor=actor.username, action="template.reactivate", target=_target(row),
-                 reason=reason.strip() or None)
-    session.commit()
-    session.refresh(row)
-    return TemplateVersionPublic.model_validate(row)
+    return _finish(session, row, actor=actor, step="reactivate", reason=reason.strip() or None)
 
 
 def deactivate(session: Session, *, actor: StaffIdentity, action: Action, channel: Channel, reason: str) -> bool:
