@@ -14,7 +14,7 @@ from sqlalchemy import Connection, bindparam, case, select, text, update
 from core.crypto import CodeKeys, equal, new_code
 from core.models import FailureCounter, OtpCode
 from core.otpconfig import OtpConfig
-from core.sql import per_dialect
+from core.sql import Prepared, per_dialect
 
 _code = OtpCode.__table__
 _failures = FailureCounter.__table__
@@ -63,6 +63,9 @@ def _insert_code_statement(insert):  # type: ignore[no-untyped-def]
                              index_where=text("state = 'active'")).returning(_code.c.id)
 
 
+_INSERT_CODE = Prepared(_insert_code_statement)
+
+
 def _record_failure_statement(insert):  # type: ignore[no-untyped-def]
     reached = _failures.c.consecutive + 1 >= bindparam("p_ceiling")
     lock_at = bindparam("p_lock_at", type_=_failures.c.locked_until.type)
@@ -74,6 +77,10 @@ def _record_failure_statement(insert):  # type: ignore[no-untyped-def]
         set_={"consecutive": _failures.c.consecutive + 1,
               "locked_until": case((reached, lock_at), else_=_failures.c.locked_until)},
     ).returning(_failures.c.consecutive)
+
+
+class LiveCodeRace(Exception):
+    """Another request made a live code for this user and action while this one was issuing."""
 
 
 @dataclass(frozen=True)
@@ -103,10 +110,9 @@ def issue_or_resend(conn: Connection, keys: CodeKeys, *, user_key: str, entity_t
     who = {"p_user": user_key, "p_action": action}
     code = fixed_code or new_code(config.code_length, config.alphanumeric)
     expires_at = now + timedelta(minutes=config.validity_minutes)
-    insert_code = per_dialect(conn, "insert_code", _insert_code_statement)
     new = {**who, "p_entity": entity_type, "p_hmac": keys.code_mac(user_key, action, code),
            "p_enc": keys.encrypt_code(user_key, action, code), "p_now": now, "p_expires": expires_at}
-    code_id = conn.execute(insert_code, new).scalar()
+    code_id = _INSERT_CODE.scalar(conn, new)
     if code_id is not None:
         return IssuedCode(code_id, code, expires_at, False)
 
@@ -117,7 +123,9 @@ def issue_or_resend(conn: Connection, keys: CodeKeys, *, user_key: str, entity_t
     capped = conn.execute(_LIVE_EXPIRY, who).first()
     if capped is not None:
         raise CodeSendsExhausted(capped.expires_at)
-    code_id = conn.execute(insert_code, new).scalar_one()
+    code_id = _INSERT_CODE.scalar(conn, new)
+    if code_id is None:  # another transaction's code went live meanwhile (PostgreSQL): try again
+        raise LiveCodeRace()
     return IssuedCode(code_id, code, expires_at, False)
 
 

@@ -7,17 +7,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, bindparam, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from core import errors as E
-from core.codes import CodeSendsExhausted, IssuedCode, check_code, issue_or_resend, locked_until, \
+from core.codes import CodeSendsExhausted, IssuedCode, LiveCodeRace, check_code, issue_or_resend, locked_until, \
     record_failure, reset_failures
 from core.dispatch import dispatch
-from core.gateways import Gateway
+from core.gateways import Gateway, is_local
 from core.gateways.http import close_shared_client
 from core.entities import NormalisedEntity, mask, region_of
 from core.enums import Action, Channel, EntityType
@@ -28,13 +28,14 @@ from core.otpconfig import OtpConfig, effective_limit
 from core.ratelimit import bump, local_day, seconds_until_next_day, window_start
 from core.requests import ChannelTarget, parse_generate, parse_validate
 from core.runtime import Runtime
-from core.templates import RenderError, sample_variables
+from core.sql import Prepared
+from core.templates import RenderError, sample_variables, template_variables
 
 log = logging.getLogger(__name__)
 
 # Built once, executed with parameters (see core.sql for why).
-_INSERT_REQUEST = insert(OtpRequest.__table__).returning(OtpRequest.__table__.c.id)
-_INSERT_DELIVERY = insert(Delivery.__table__).returning(Delivery.__table__.c.id)
+_INSERT_REQUEST = Prepared(lambda insert: insert(OtpRequest.__table__).returning(OtpRequest.__table__.c.id))
+_INSERT_DELIVERY = Prepared(lambda insert: insert(Delivery.__table__).returning(Delivery.__table__.c.id))
 _INSERT_LIMIT_EVENT = insert(LimitEvent.__table__)
 _INSERT_VALIDATION = insert(OtpValidation.__table__)
 _INSERT_SECURITY_EVENT = insert(SecurityEvent.__table__)
@@ -205,8 +206,8 @@ def _check_countries(rt: Runtime, targets: list[ChannelTarget]) -> None:
 
 def _issue(conn: Connection, rt: Runtime, *, user_key: str, entity: NormalisedEntity, config: OtpConfig,
            sends: list[tuple[ChannelTarget, Gateway | None]], client_id: int | None, client_ip: str | None,
-           now: datetime, test_number: bool) -> tuple[IssuedCode, int, list[int]]:
-    """The one write transaction of a generate: count, issue or re-send, record the request and its deliveries."""
+           now: datetime, test_number: bool) -> tuple[IssuedCode, int]:
+    """The write transaction of a generate up to its deliveries: count, issue or re-send, record the request."""
     tz = rt.settings.tz
     day = local_day(now, tz)
     entity_type = entity.entity_type.value
@@ -227,20 +228,52 @@ def _issue(conn: Connection, rt: Runtime, *, user_key: str, entity: NormalisedEn
     except CodeSendsExhausted as exc:
         raise _Refused("code_sends", f"this code was already sent {config.max_sends_per_code} times; "
                        "a new one can be requested when it expires", _seconds_until(exc.expires_at, now)) from None
-    request_id = conn.execute(_INSERT_REQUEST, {
+    request_id = _INSERT_REQUEST.scalar(conn, {
         "created_at": now, "code_id": issued.code_id, "user_key": user_key, "action": config.action.value,
-        "kind": "resent" if issued.resent else "issued", "client_id": client_id}).scalar_one()
-    delivery_ids = [_insert_delivery(conn, request_id=request_id, code_id=issued.code_id, target=target,
-                                     gateway=gateway, step=0, now=now) for target, gateway in sends]
-    return issued, request_id, delivery_ids
+        "kind": "resent" if issued.resent else "issued", "client_id": client_id})
+    return issued, request_id  # type: ignore[return-value]
 
 
 def _insert_delivery(conn: Connection, *, request_id: int, code_id: int, target: ChannelTarget,
-                     gateway: Gateway | None, step: int, now: datetime) -> int:
-    return conn.execute(_INSERT_DELIVERY, {
+                     gateway: Gateway | None, step: int, now: datetime, status: str = "queued",
+                     error: str | None = None, attempts: int = 0) -> int:
+    return _INSERT_DELIVERY.scalar(conn, {  # type: ignore[return-value]
         "request_id": request_id, "code_id": code_id, "channel": target.channel.value,
-        "destination": target.destination, "gateway": _gateway_label(gateway), "status": "queued", "attempts": 0,
-        "created_at": now, "updated_at": now, "failover_step": step}).scalar_one()
+        "destination": target.destination, "gateway": _gateway_label(gateway), "status": status, "error": error,
+        "attempts": attempts, "created_at": now, "updated_at": now, "failover_step": step})
+
+
+def _variables(rt: Runtime, config: OtpConfig, code: str) -> dict[str, object]:
+    return template_variables(code=code, action=config.action.value, validity_minutes=config.validity_minutes,
+                              brand=rt.settings.brand)
+
+
+def _send_within(conn: Connection, rt: Runtime, config: OtpConfig, *, request_id: int, issued: IssuedCode,
+                 sends: list[tuple[ChannelTarget, Gateway | None]], templates: dict[Channel, ResolvedTemplate],
+                 now: datetime) -> list[DeliveryReport]:
+    """Send through local gateways (the outbox) inside the issuing transaction, recording each delivery.
+
+    A local send is a write to our own database, not a network call, so it may share the transaction;
+    the code, its deliveries and its messages then commit together.
+    """
+    variables = _variables(rt, config, issued.code)
+    reports = []
+    for target, gateway in sends:
+        try:
+            message = render_message(templates[target.channel], delivery_id=0, destination=target.destination,
+                                     code=issued.code, variables=variables)
+            error = None
+        except RenderError as exc:
+            message, error = None, f"template failed to render: {str(exc)[:1000]}"
+        status = "failed" if message is None else "delivered"
+        delivery_id = _insert_delivery(conn, request_id=request_id, code_id=issued.code_id, target=target,
+                                       gateway=gateway, step=0, now=now, status=status, error=error,
+                                       attempts=0 if message is None else 1)
+        if message is not None:
+            gateway.send_within(conn, replace(message, delivery_id=delivery_id))  # type: ignore[union-attr]
+        reports.append(DeliveryReport(delivery_id, target.channel.value, target.destination,
+                                      _gateway_label(gateway), status, error))
+    return reports
 
 
 def _public_reason(report: DeliveryReport) -> str:
@@ -267,8 +300,7 @@ async def _deliver(rt: Runtime, config: OtpConfig, sends: list[_Send], code: str
     With await_receipt, a delivery that was only 'sent' gets a deadline: without a 'delivered' receipt by
     then, the failover sends the next channel of the plan.
     """
-    variables = {"validation_code": code, "expiry_minutes": config.validity_minutes,
-                 "action": config.action.value, "brand": rt.settings.brand}
+    variables = _variables(rt, config, code)
     pairs, render_failures = [], {}
     for send in sends:
         try:
@@ -355,20 +387,29 @@ async def generate(rt: Runtime, payload: object, *, client_id: int | None = None
     if not test_number:
         _check_countries(rt, plan or targets)
     gateways = [_gateway_for(rt, config, t.channel, test_number) for t in targets]
+    sends = list(zip(targets, gateways))
+    # Local gateways (the outbox) send inside the issuing transaction: one transaction per generate.
+    local = all(is_local(g) for g in gateways)
     now = rt.clock()
 
     for attempt in range(2):
         try:
             with rt.db.begin() as conn:
-                issued, request_id, delivery_ids = _issue(
-                    conn, rt, user_key=user_key, entity=request.entity, config=config,
-                    sends=list(zip(targets, gateways)), client_id=client_id, client_ip=client_ip, now=now,
-                    test_number=test_number)
+                issued, request_id = _issue(
+                    conn, rt, user_key=user_key, entity=request.entity, config=config, sends=sends,
+                    client_id=client_id, client_ip=client_ip, now=now, test_number=test_number)
+                if local:
+                    reports = _send_within(conn, rt, config, request_id=request_id, issued=issued, sends=sends,
+                                           templates=templates, now=now)
+                else:
+                    queued = [_Send(_insert_delivery(conn, request_id=request_id, code_id=issued.code_id,
+                                                     target=t, gateway=g, step=0, now=now), t, g, templates[t.channel])
+                              for t, g in sends]
             break
         except _Refused as refused:
             raise _record_refusal(rt, refused, user_key=user_key, action=config.action.value,
                                   client_id=client_id, now=now) from None
-        except IntegrityError:
+        except (IntegrityError, LiveCodeRace):
             # Two first requests raced to insert the live code (possible on PostgreSQL only); the
             # loser rolled back and now finds the winner's code to re-send.
             if attempt:
@@ -376,8 +417,8 @@ async def generate(rt: Runtime, payload: object, *, client_id: int | None = None
         except DBAPIError as exc:
             raise _storage_error(exc) from None
 
-    sends = [_Send(d, t, g, templates[t.channel]) for d, t, g in zip(delivery_ids, targets, gateways)]
-    reports = await _deliver(rt, config, sends, issued.code, await_receipt=len(plan) > 1)
+    if not local:  # network gateways: sent with no transaction open, then recorded
+        reports = await _deliver(rt, config, queued, issued.code, await_receipt=len(plan) > 1)
     if plan and reports and reports[0].status == "failed":
         reports += await _fail_over(rt, config, request_id=request_id, code_id=issued.code_id, code=issued.code,
                                     user_key=user_key, plan=plan, templates=templates, from_step=0,

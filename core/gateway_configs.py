@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, select
 from sqlmodel import Session
 from sqlmodel import select as model_select
 
@@ -66,12 +66,12 @@ def load_gateway_rows(conn: Connection) -> dict[str, GatewayRow]:
     return found
 
 
-def build_gateway(row: GatewayRow, box: SecretBox, engine: Engine, *, production: bool) -> Gateway | None:
+def build_gateway(row: GatewayRow, box: SecretBox, *, production: bool) -> Gateway | None:
     """The sender for a row; None (the channel then fails with 7001) for an outbox in production."""
     if row.provider == OUTBOX:
         if production:
             return None
-        gateway = OutboxGateway(engine)
+        gateway = OutboxGateway()
         gateway.name = row.name
         return gateway
     cls, _channel = PROVIDERS[row.provider]

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, bindparam
 
 from core.models import UsageCounter
-from core.sql import per_dialect
+from core.sql import Prepared
 
 _table = UsageCounter.__table__
 
@@ -23,15 +23,17 @@ def _bump_statement(insert):  # type: ignore[no-untyped-def]
     ).returning(_table.c.count)
 
 
+_BUMP = Prepared(_bump_statement)
+
+
 def bump(conn: Connection, *, scope: str, user_key: str, period: str, limit: int) -> int | None:
     """Add one to a counter unless it has reached limit; the new count, or None when refused.
 
     One upsert with RETURNING: two concurrent requests can never both take the last unit, and a refused
     request leaves the count as it was.
     """
-    statement = per_dialect(conn, "bump", _bump_statement)
-    return conn.execute(statement, {"p_scope": scope, "p_user": user_key, "p_period": period,
-                                    "p_limit": limit}).scalar()
+    return _BUMP.scalar(conn, {"p_scope": scope, "p_user": user_key, "p_period": period,  # type: ignore[return-value]
+                               "p_limit": limit})
 
 
 def local_day(moment: datetime, tz: ZoneInfo) -> str:

@@ -25,9 +25,9 @@ def prepare_database(engine: Engine) -> None:
         seed_action_configs(conn)
 
 
-def build_gateways(settings: Settings, engine: Engine) -> dict[Channel, Gateway | None]:
+def build_gateways(settings: Settings) -> dict[Channel, Gateway | None]:
     """The gateway for each channel as the settings name it; None leaves the channel unconfigured (7001)."""
-    outbox = OutboxGateway(engine)
+    outbox = OutboxGateway()
     chosen: dict[Channel, Gateway | None] = {}
     for channel in Channel:
         name = getattr(settings, f"gateway_{channel.value.lower()}")
@@ -49,8 +49,8 @@ class Runtime:
         self.keys = CodeKeys.from_master(master)
         self.box = SecretBox.from_master(master)
         self.clock = clock
-        self.gateways = gateways if gateways is not None else build_gateways(self.settings, self.db)
-        self.outbox = OutboxGateway(self.db)
+        self.gateways = gateways if gateways is not None else build_gateways(self.settings)
+        self.outbox = OutboxGateway()
         self._configs: TtlValue[dict[Action, OtpConfig]] = TtlValue(self._load_configs, self.settings.cache_seconds)
         self._templates: TtlValue[ActiveTemplates] = TtlValue(self._load_templates, self.settings.cache_seconds)
         self._gateway_rows: TtlValue[dict[str, GatewayRow]] = TtlValue(self._load_gateway_rows,
@@ -84,7 +84,7 @@ class Runtime:
             if row is not None:
                 key = (row.id, row.updated_at)
                 if key not in self._built:
-                    self._built[key] = build_gateway(row, self.box, self.db, production=not self.settings.is_development)
+                    self._built[key] = build_gateway(row, self.box, production=not self.settings.is_development)
                 return self._built[key]
         return self.gateways.get(channel)
 

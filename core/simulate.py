@@ -274,7 +274,7 @@ def simulate(rt: Runtime, *, days: int = 30, users: int = 20000, per_day: int = 
     end = end or utcnow()
     clock = FrozenClock(end)
     sim = Simulation(rt, clock, seed=seed, users=users, per_day=per_day)
-    outbox = OutboxGateway(rt.db) if keep_outbox else None
+    outbox = OutboxGateway() if keep_outbox else None
     gateways = {c: SimulatedGateway(c, outbox, sim.rng, fail_rate * (2 if c is Channel.PHONE else 1), sim.inbox,
                                     f"sim-{c.value.lower()}") for c in Channel}
     # A runtime of its own on the same database: a console process's runtime keeps its real clock and gateways.

@@ -211,10 +211,15 @@ def sms_stats(text: str) -> SmsStats:
     return SmsStats("UCS-2", units, segments)
 
 
+def template_variables(*, code: str, action: str, validity_minutes: int, brand: str) -> dict[str, object]:
+    """The variables a template may use (ALLOWED_VARIABLES), for a real message or a preview alike."""
+    return {"validation_code": code, "expiry_minutes": validity_minutes, "action": action, "brand": brand}
+
+
 def sample_variables(*, action: str, code_length: int, validity_minutes: int, brand: str) -> dict[str, object]:
     """Variables for a preview: a sample code of the configured length, never a real one."""
-    sample = ("1234567890" * 5)[:code_length]
-    return {"validation_code": sample, "expiry_minutes": validity_minutes, "action": action, "brand": brand}
+    return template_variables(code=("1234567890" * 5)[:code_length], action=action,
+                              validity_minutes=validity_minutes, brand=brand)
 
 
 def builtin_for(channel: Channel) -> dict[str, object]:

@@ -45,3 +45,11 @@ class Gateway(Protocol):
     async def send(self, message: OutgoingMessage) -> SendResult:
         """Deliver one message; raise or return a failed result on error. Must never log message.code."""
         ...
+
+
+def is_local(gateway: Gateway | None) -> bool:
+    """A local gateway's send is a write to our own database: send_within(conn, message) keeps the message
+    or raises (rolling the caller's transaction back). It may run inside a transaction, which no network
+    gateway may: see core.engine.generate.
+    """
+    return callable(getattr(gateway, "send_within", None))
