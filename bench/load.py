@@ -2,7 +2,7 @@
 
     python bench/load.py [--requests 2000] [--warmup 200] [--concurrency 32] [--timeout 60]
                          [--pg-url postgresql+psycopg://postgres@127.0.0.1:5432/test] [--only sqlite|postgresql]
-                         [--pg-workers 2] [--no-nodelay-variant]
+                         [--pg-workers 2] [--no-serve-variant]
 
 Two set-ups, each measured in the same run as its own floor:
 
@@ -11,9 +11,9 @@ Two set-ups, each measured in the same run as its own floor:
                          of --pg-url, created before the run and dropped after it
   floor                  `uvicorn empty_app:app` (bench/empty_app.py: POST /empty returns {}) with the same
                          worker count, sent the same generate bodies and headers, --empty-factor times as many
-  ..., NODELAY           the PostgreSQL set-up again, both servers on a listening socket bound here with
-                         TCP_NODELAY and passed as --fd (see NoDelayServer: `uvicorn --workers 2` leaves Nagle's
-                         algorithm on, which costs a keep-alive client ~40 ms per response)
+  ..., serve.py          the PostgreSQL set-up again, both servers started by `python serve.py --workers 2`, which
+                         binds the listening socket with TCP_NODELAY (`uvicorn --workers 2` leaves Nagle's algorithm
+                         on, which costs a keep-alive client ~40 ms per response; see serve.py)
 
 Each floor row also notes the p50 of keep-alive requests sent one at a time, which shows that stall directly.
 
@@ -38,7 +38,6 @@ import os
 import platform
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -55,7 +54,7 @@ for _path in (str(ROOT), str(BENCH)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-from loadgen import HOST, LoadResult, Server, http_request, process_cpu_seconds, run_load  # noqa: E402
+from loadgen import HOST, LoadResult, Server, free_port, http_request, process_cpu_seconds, run_load  # noqa: E402
 
 PREFIX = "+9199000"  # +91 99000 xxxxx: valid Indian mobiles, 100 000 of them
 ACTION = "COUPON"
@@ -139,42 +138,22 @@ class Setup:
     name: str
     workers: int
     database_url: str
-    nodelay_listener: bool = False  # serve from a pre-bound TCP_NODELAY socket (--fd) instead of --host/--port
+    serve_py: bool = False  # start the servers with serve.py (TCP_NODELAY listening socket), not uvicorn's CLI
 
 
-class NoDelayServer(Server):
-    """uvicorn on a listening socket bound here with TCP_NODELAY, passed as --fd (accepted sockets inherit it).
-
-    `uvicorn --workers N` (N > 1) binds its own socket as socket(AF_INET, SOCK_STREAM) with proto 0, and asyncio
-    only sets TCP_NODELAY on sockets whose proto is IPPROTO_TCP: every worker's connections then keep Nagle's
-    algorithm on, and a response written in two pieces (head, then body) waits for the client's delayed ACK
-    (~40 ms on Linux) before its second piece leaves. With one worker uvicorn calls loop.create_server(host, port)
-    and the sockets get TCP_NODELAY. This variant shows what the same workers do without that stall.
-    """
+class ServeServer(Server):
+    """`python serve.py --app APP --workers N` on a free 127.0.0.1 port: the API's multi-worker launcher, whose
+    listening socket has TCP_NODELAY (see serve.py for the ~40 ms stall of `uvicorn --workers N` without it)."""
 
     def __init__(self, app: str, *, cwd: Path, env: dict[str, str], log_path: Path, app_dir: Path | None = None,
                  workers: int = 2) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock.bind((HOST, 0))
-        self.sock.listen(2048)
-        fd = self.sock.fileno()
-        os.set_inheritable(fd, True)
-        self.app, self.port, self.log_path = app, self.sock.getsockname()[1], log_path
-        args = [sys.executable, "-m", "uvicorn", app, "--fd", str(fd), "--workers", str(workers),
-                "--log-level", "warning", "--no-access-log"]
+        self.app, self.port, self.log_path = app, free_port(), log_path
+        args = [sys.executable, str(ROOT / "serve.py"), "--app", app, "--host", HOST, "--port", str(self.port),
+                "--workers", str(workers), "--log-level", "warning", "--no-access-log"]
         if app_dir is not None:
             args += ["--app-dir", str(app_dir)]
         self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     pass_fds=(fd,))
-
-    def stop(self, timeout: float = 15) -> None:
-        try:
-            super().stop(timeout)
-        finally:
-            self.sock.close()
+        self.proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
 
 
 class Bench:
@@ -192,15 +171,15 @@ class Bench:
         workers = ["--workers", str(setup.workers)]  # the last --workers wins over loadgen's "--workers 1"
         self.servers: list[Server] = []
         try:
-            if setup.nodelay_listener:
-                self.api: Server = NoDelayServer("api:app", cwd=ROOT, env=env, log_path=tmp / "api.log",
-                                                 workers=setup.workers)
+            if setup.serve_py:
+                self.api: Server = ServeServer("api:app", cwd=ROOT, env=env, log_path=tmp / "api.log",
+                                               workers=setup.workers)
             else:
                 self.api = Server("api:app", cwd=ROOT, env=env, log_path=tmp / "api.log", extra_args=workers)
             self.servers.append(self.api)
-            if setup.nodelay_listener:
-                self.empty: Server = NoDelayServer("empty_app:app", cwd=ROOT, env=env, log_path=tmp / "empty.log",
-                                                   app_dir=BENCH, workers=setup.workers)
+            if setup.serve_py:
+                self.empty: Server = ServeServer("empty_app:app", cwd=ROOT, env=env, log_path=tmp / "empty.log",
+                                                 app_dir=BENCH, workers=setup.workers)
             else:
                 self.empty = Server("empty_app:app", cwd=ROOT, env=env, log_path=tmp / "empty.log", app_dir=BENCH,
                                     extra_args=workers)
@@ -367,8 +346,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"PostgreSQL on this machine (default $OTP_TEST_DATABASE_URL or {DEFAULT_PG_URL})")
     parser.add_argument("--only", choices=("sqlite", "postgresql"), help="run one set-up only")
     parser.add_argument("--pg-workers", type=int, default=2, help="uvicorn workers on PostgreSQL (default 2)")
-    parser.add_argument("--no-nodelay-variant", action="store_true",
-                        help="skip the second multi-worker run on a pre-bound TCP_NODELAY listening socket")
+    parser.add_argument("--no-serve-variant", action="store_true",
+                        help="skip the second multi-worker run, started by serve.py instead of uvicorn's CLI")
     args = parser.parse_args(argv)
     if min(args.requests, args.warmup + 1, args.concurrency, args.empty_factor, args.pg_workers) < 1 \
             or args.timeout <= 0:
@@ -407,10 +386,10 @@ def main(argv: list[str] | None = None) -> int:
                     workers = args.pg_workers
                     rows += run_setup(Setup(f"PostgreSQL, {workers} workers", workers, schema.url), numbers, args,
                                       tmp / "pg")
-                    if workers > 1 and not args.no_nodelay_variant:
-                        (tmp / "pg-nodelay").mkdir()
-                        rows += run_setup(Setup(f"PostgreSQL, {workers} workers, NODELAY", workers, schema.url,
-                                                nodelay_listener=True), numbers, args, tmp / "pg-nodelay")
+                    if workers > 1 and not args.no_serve_variant:
+                        (tmp / "pg-serve").mkdir()
+                        rows += run_setup(Setup(f"PostgreSQL, {workers} workers, serve.py", workers, schema.url,
+                                                serve_py=True), numbers, args, tmp / "pg-serve")
             except Exception as exc:
                 failed = True
                 print(f"  !! PostgreSQL failed: {type(exc).__name__}: {exc}")

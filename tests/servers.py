@@ -39,19 +39,23 @@ def stop(process: subprocess.Popen) -> None:
 
 
 class ApiServer:
-    """`uvicorn api:app` on a free loopback port with the given environment."""
+    """The API on a free loopback port with the given environment, started as the README says: `uvicorn api:app`
+    for one worker, `python serve.py --workers N` for more."""
 
-    def __init__(self, env: dict[str, str], workers: int = 1) -> None:
+    def __init__(self, env: dict[str, str], workers: int = 1, serve: bool | None = None) -> None:
+        """serve: start it with serve.py rather than `uvicorn api:app` (default: for more than one worker)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **env}
         self.env.pop("OTP_SECRET_KEY", None) if "OTP_SECRET_KEY" not in env else None
         self.workers = workers
+        self.serve = workers > 1 if serve is None else serve
         self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> "ApiServer":
+        launcher = ["serve.py"] if self.serve else ["-m", "uvicorn", "api:app"]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "api:app", "--host", "127.0.0.1", "--port", str(self.port),
+            [sys.executable, *launcher, "--host", "127.0.0.1", "--port", str(self.port),
              "--workers", str(self.workers), "--log-level", "warning",
              # Long keep-alive: a connection closed by the server as the client reuses it is a test artefact.
              "--timeout-keep-alive", "60"],

@@ -1,0 +1,88 @@
+"""Run the API under uvicorn, with any number of workers, on a listening socket bound here.
+
+    python serve.py [--host 127.0.0.1] [--port 8000] [--workers 1] [--app api:app] [--app-dir DIR]
+                    [--log-level info] [--no-access-log] [--timeout-keep-alive 5]
+
+Why not `uvicorn api:app --workers N`: for N > 1 uvicorn binds its socket as socket(AF_INET, SOCK_STREAM) with
+protocol 0, and asyncio sets TCP_NODELAY only on accepted sockets whose protocol is IPPROTO_TCP, so every
+connection keeps Nagle's algorithm and a response on a reused keep-alive connection waits ~40 ms for the
+client's delayed ACK. uvicorn's `--fd` does not help cleanly: it rebuilds the socket as AF_UNIX. Here the
+socket from listening_socket() goes to uvicorn's own server (one worker) or worker supervisor (several),
+exactly as `uvicorn.run` hands them the socket it binds itself.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import sys
+
+import uvicorn
+from uvicorn.config import LOG_LEVELS, STARTUP_FAILURE
+from uvicorn.supervisors import Multiprocess
+
+
+def listening_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
+    """A TCP socket listening on host:port with SO_REUSEADDR and TCP_NODELAY; IPv6 when host has a ':'.
+
+    TCP_NODELAY on the listening socket is inherited by every socket accepted from it (Linux), and the
+    explicit IPPROTO_TCP makes asyncio set it on each accepted socket as well: either way no response
+    waits on Nagle's algorithm. The family rule is uvicorn's, so `--host` means what it means to uvicorn.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument("--app", default="api:app", help="the ASGI app as module:attribute (default api:app)")
+    parser.add_argument("--app-dir", help="directory to import --app from (default: this one)")
+    parser.add_argument("--log-level", default="info", choices=sorted(LOG_LEVELS), help="(default info)")
+    parser.add_argument("--no-access-log", action="store_true", help="do not log each request")
+    parser.add_argument("--timeout-keep-alive", type=int, default=5,
+                        help="seconds an idle keep-alive connection is kept open (default 5)")
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    if args.app_dir:
+        sys.path.insert(0, args.app_dir)  # spawned workers inherit sys.path
+
+    config = uvicorn.Config(args.app, host=args.host, port=args.port, workers=args.workers,
+                            log_level=args.log_level, access_log=not args.no_access_log,
+                            timeout_keep_alive=args.timeout_keep_alive)  # also configures logging
+    log = logging.getLogger("uvicorn.error")
+    try:
+        sock = listening_socket(args.host, args.port)
+    except OSError as exc:
+        log.error("cannot listen on %s port %d: %s", args.host, args.port, exc)
+        return STARTUP_FAILURE
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    log.info("Uvicorn running on http://%s:%d (Press CTRL+C to quit)", host, sock.getsockname()[1])
+    try:
+        if config.workers == 1:
+            uvicorn.Server(config).run(sockets=[sock])
+            return 0
+        supervisor = Multiprocess(config, sockets=[sock])
+        supervisor.run()
+        # uvicorn's supervisor stops when a worker cannot start, but exits 0; say so to systemd and the like.
+        return STARTUP_FAILURE if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes) else 0
+    except KeyboardInterrupt:  # SIGINT re-raised by a single worker after its graceful shutdown
+        return 0
+    finally:
+        sock.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

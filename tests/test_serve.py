@@ -1,0 +1,82 @@
+"""serve.py: the API's listening socket bound with TCP_NODELAY, served by uvicorn with any number of workers."""
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from core.config import ROOT
+from serve import listening_socket
+from tests.conftest import TEST_KEY
+from tests.servers import ApiServer, cli
+
+
+def test_the_listening_socket_has_nodelay_and_reuseaddr():
+    with listening_socket("127.0.0.1", 0) as sock:
+        assert (sock.family, sock.proto) == (socket.AF_INET, socket.IPPROTO_TCP)
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) != 0
+
+
+def test_a_connection_accepted_from_it_has_nodelay():
+    with listening_socket("127.0.0.1", 0) as sock, socket.create_connection(sock.getsockname(), timeout=5):
+        accepted, _ = sock.accept()  # a plain accept: no asyncio setting the option afterwards
+        with accepted:
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+def test_an_ipv6_host_gets_an_ipv6_socket():
+    try:
+        sock = listening_socket("::1", 0)
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    with sock:
+        assert sock.family == socket.AF_INET6
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+def test_a_port_in_use_is_a_startup_failure():
+    with listening_socket("127.0.0.1", 0) as taken:
+        done = subprocess.run([sys.executable, "serve.py", "--port", str(taken.getsockname()[1])], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3 and "Address already in use" in done.stderr
+
+
+def workers_of(pid: int) -> list[int]:
+    """The worker processes uvicorn spawned under pid (its children running multiprocessing's spawn_main)."""
+    workers = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if parent == pid and b"spawn_main" in (stat.parent / "cmdline").read_bytes():
+                workers.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            pass  # a process that ended meanwhile
+    return workers
+
+
+# A single server re-raises SIGTERM after its graceful shutdown (as `uvicorn api:app` does); the supervisor of
+# several workers stops them and exits 0.
+@pytest.mark.parametrize("workers, sig, exit_code", [
+    (2, signal.SIGTERM, 0), (2, signal.SIGINT, 0), (1, signal.SIGTERM, -signal.SIGTERM), (1, signal.SIGINT, 0)])
+def test_serve_answers_with_its_workers_and_stops_on_a_signal(tmp_path, workers, sig, exit_code):
+    env = {"OTP_DATABASE_URL": f"sqlite:///{tmp_path / 'otp.db'}", "OTP_SECRET_KEY": TEST_KEY}
+    cli(env, "migrate")
+    with ApiServer(env, workers=workers, serve=True) as server:
+        assert server.process is not None
+        spawned = workers_of(server.process.pid)
+        assert len(spawned) == (workers if workers > 1 else 0)
+        for _ in range(10):  # a new connection each time
+            assert httpx.get(f"{server.url}/health", timeout=30).status_code == 200
+        with httpx.Client(base_url=server.url, timeout=30) as client:  # one keep-alive connection
+            assert [client.get("/health").status_code for _ in range(10)] == [200] * 10
+        server.process.send_signal(sig)
+        assert server.process.wait(timeout=60) == exit_code
+    assert not [pid for pid in spawned if Path(f"/proc/{pid}").exists()]
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", server.port), timeout=5).close()
