@@ -267,7 +267,8 @@ def profile_http(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="otp-profile-http-"))
     db_path = tmp / "otp.db"
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTP_")}
-    env.update(OTP_DATABASE_URL=f"sqlite:///{db_path}", OTP_SECRET_KEY_FILE=str(tmp / "key"), OTP_ENV="development")
+    env.update(OTP_DATABASE_URL=f"sqlite:///{db_path}", OTP_SECRET_KEY_FILE=str(tmp / "key"), OTP_ENV="development",
+               OTP_DESTINATION_LIMIT="0", OTP_IP_LIMIT="0", OTP_PREFIX_LIMIT="0")  # as bench/engine.py
     key, secret = bench.create_api_client(env)
     auth = {"Authorization": "Basic " + base64.b64encode(f"{key}:{secret}".encode()).decode()}
     out = tmp / "server.pyisession"
