@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     prefix_window_minutes: int = 10  # ...per this many minutes: SMS pumping walks through a range
     # Daily send budget per channel, e.g. "SMS=100000,PHONE=5000"; past it the channel is refused (safe mode).
     channel_budgets: str = ""
+    # What a phone channel in safe mode does (its budget above, or the action's own, is spent): "refuse" it, or
+    # "email_only": drop it and send the code by email when the request has an email destination (refused
+    # when it has none). An action may override it on the OTP configuration page.
+    safe_mode: Literal["refuse", "email_only"] = "refuse"
     # Countries (ISO codes, comma-separated) a channel may send to; empty allows all.
     countries_sms: str = ""
     countries_phone: str = ""

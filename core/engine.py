@@ -28,6 +28,7 @@ from core.otpconfig import OtpConfig, effective_limit
 from core.ratelimit import bump, local_day, seconds_until_next_day, window_start
 from core.requests import ChannelTarget, parse_generate, parse_validate
 from core.runtime import Runtime
+from core.safemode import budgets_for, refusal_message, reports_warnings, reroute, trip_detail
 from core.sql import Prepared
 from core.templates import RenderError, sample_variables, template_variables
 
@@ -138,7 +139,12 @@ def _window(now: datetime, minutes: int) -> tuple[str, int]:
 
 def _count_sends(conn: Connection, rt: Runtime, config: OtpConfig, *,
                  sends: list[tuple[ChannelTarget, Gateway | None]], now: datetime) -> None:
-    """The limits on what is sent (per destination, per channel budget): counted for every send, a failover's too."""
+    """The limits on what is sent (per destination, per channel budget): counted for every send, a failover's too.
+
+    Each send counts against its channel's service-wide budget and the action's own (core.safemode.budgets_for).
+    The send that spends a budget records the budget_trip security event, once per trip (rolled back with the
+    request if another limit refuses it); the sends refused after it are limit events.
+    """
     s = rt.settings
     destination_limit = effective_limit(config, s, "destination_limit")
     if destination_limit:
@@ -149,13 +155,16 @@ def _count_sends(conn: Connection, rt: Runtime, config: OtpConfig, *,
                     limit=destination_limit) is None:
                 raise _Refused("destination", f"at most {destination_limit} codes per {minutes} minutes "
                                "to one destination", wait)
-    for channel in dict.fromkeys(t.channel.value for t, _g in sends):
-        budget = s.budget_for(channel)
-        if budget is not None and bump(conn, scope="budget", user_key=channel, period=local_day(now, s.tz),
-                                       limit=budget) is None:
-            raise _Refused("budget", f"the daily {channel} budget of {budget} is spent: the channel is in "
-                           "safe mode until tomorrow", seconds_until_next_day(now, s.tz),
-                           event=("budget_trip", channel))
+    for channel in dict.fromkeys(t.channel for t, _g in sends):
+        for scope, budget in budgets_for(s, config, channel):
+            count = bump(conn, scope=scope, user_key=channel.value, period=local_day(now, s.tz),
+                         limit=budget) if budget > 0 else None
+            if count is None:
+                raise _Refused("budget", refusal_message(s, config, scope, channel, budget),
+                               seconds_until_next_day(now, s.tz))
+            if count == budget:
+                _security_event(conn, "budget_trip", user_key="", action=config.action.value, now=now,
+                                detail=trip_detail(scope, channel))
 
 
 def _count_requester(conn: Connection, rt: Runtime, config: OtpConfig, *,
@@ -369,6 +378,7 @@ async def _fail_over(rt: Runtime, config: OtpConfig, *, request_id: int, code_id
     return reports
 
 
+@reports_warnings  # the 7004 warnings of core.safemode.reroute
 async def generate(rt: Runtime, payload: object, *, client_id: int | None = None,
                    client_ip: str | None = None) -> GenerateResult:
     """Issue (or re-send) a code and send it over every planned channel at once.
@@ -381,6 +391,7 @@ async def generate(rt: Runtime, payload: object, *, client_id: int | None = None
     config = rt.config_for(request.action)
     plan = failover_plan(request.entity, config) if request.channels is None else []
     targets = plan[:1] if plan else plan_channels(request, config)
+    targets = reroute(rt, config, request, targets)  # phone channels in email-only safe mode go by EMAIL
     templates = resolve_all(plan or targets, request.action, rt.active_templates(), request)
     user_key = request.entity.user_key
     test_number = rt.settings.is_test_number(request.entity.value)

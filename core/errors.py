@@ -63,3 +63,6 @@ class OtpError(Exception):
 INVALID_BODY = 7000
 # Not in Capillary's table: the destination's country is not allowed for the channel.
 COUNTRY_NOT_ALLOWED = 7003
+# Not in Capillary's table, a warning: a phone channel is in safe mode (its daily budget is spent) and the code
+# went by email instead.
+SAFE_MODE_EMAIL = 7004

@@ -41,6 +41,11 @@ class ActionConfigBase(SQLModel):
     ip_limit: int | None = None
     ip_window_minutes: int | None = None
     client_limit: int | None = None
+    # Daily send budgets of this action per channel, e.g. "SMS=2000,PHONE=100", counted in addition to the
+    # service-wide OTP_CHANNEL_BUDGETS; empty: none of its own.
+    channel_budgets: str = ""
+    # What a phone channel in safe mode does for this action: "refuse" or "email_only"; None: OTP_SAFE_MODE.
+    safe_mode: str | None = Field(default=None, max_length=10)
 
 
 class ActionConfig(ActionConfigBase, table=True):

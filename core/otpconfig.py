@@ -15,6 +15,7 @@ MAX_ATTEMPTS_PER_CODE = 10
 LIMIT_OVERRIDES = ("destination_limit", "destination_window_minutes", "prefix_limit", "prefix_window_minutes",
                    "ip_limit", "ip_window_minutes", "client_limit")
 MAX_CONSECUTIVE_FAILURES = 100
+SAFE_MODES = ("refuse", "email_only")
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,13 @@ class OtpConfig:
     ip_limit: int | None = None
     ip_window_minutes: int | None = None
     client_limit: int | None = None
+    # The action's own daily budgets per channel (besides OTP_CHANNEL_BUDGETS), and its safe mode (None: the
+    # service-wide OTP_SAFE_MODE).
+    channel_budgets: tuple[tuple[Channel, int], ...] = ()
+    safe_mode: str | None = None
+
+    def budget_for(self, channel: Channel) -> int | None:
+        return next((amount for c, amount in self.channel_budgets if c is channel), None)
 
     @classmethod
     def from_row(cls, row: ActionConfig | dict) -> "OtpConfig":
@@ -58,12 +66,42 @@ class OtpConfig:
             max_consecutive_failures=get("max_consecutive_failures"), lock_minutes=get("lock_minutes"),
             max_sends_per_code=get("max_sends_per_code"), gateways=get("gateways") or "",
             failover=tuple(_channels(get("failover") or "")), failover_seconds=get("failover_seconds"),
+            channel_budgets=tuple(parse_channel_budgets(get("channel_budgets") or "")[0].items()),
+            safe_mode=get("safe_mode") or None,
             **{name: get(name) for name in LIMIT_OVERRIDES})
 
 
 def _channels(text: str) -> list[Channel]:
     found = (Channel.parse(part) for part in text.split(",") if part.strip())
     return [c for c in found if c is not None]
+
+
+def parse_channel_budgets(text: str) -> tuple[dict[Channel, int], list[str]]:
+    """An action's budgets ("SMS=2000, PHONE=100") by channel, and every problem with the text."""
+    budgets: dict[Channel, int] = {}
+    problems: list[str] = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, sep, amount = part.partition("=")
+        channel, amount = Channel.parse(name), amount.strip()
+        if not sep or channel is None:
+            problems.append(f"channel budget {part!r}: write CHANNEL=daily sends, e.g. SMS=2000")
+        elif not (amount.isascii() and amount.isdigit()) or int(amount) < 1:
+            problems.append(f"the {channel.value} budget must be a whole number of at least 1")
+        elif channel in budgets:
+            problems.append(f"the {channel.value} budget is given twice")
+        else:
+            budgets[channel] = int(amount)
+    return budgets, problems
+
+
+def format_channel_budgets(budgets: "dict[Channel, int] | tuple[tuple[Channel, int], ...]") -> str:
+    pairs = budgets.items() if isinstance(budgets, dict) else budgets
+    return ",".join(f"{channel.value}={amount}" for channel, amount in pairs)
+
+
+def effective_safe_mode(config: OtpConfig, settings: object) -> str:
+    """What a phone channel in safe mode does for this action: its own choice, else OTP_SAFE_MODE."""
+    return config.safe_mode or str(getattr(settings, "safe_mode"))
 
 
 def seed_action_configs(conn: Connection) -> int:
@@ -107,6 +145,9 @@ def check_action_config(update: ActionConfigUpdate, *, service_daily_limit: int)
         value = getattr(update, name)
         if value is not None and (value < 0 or (name.endswith("_minutes") and value < 1)):
             problems.append(f"{name.replace('_', ' ')} must be {'at least 1' if name.endswith('_minutes') else '0 (off) or more'}")
+    problems.extend(parse_channel_budgets(update.channel_budgets)[1])
+    if update.safe_mode not in (None, "", *SAFE_MODES):
+        problems.append(f"the safe mode must be one of {', '.join(SAFE_MODES)} (or empty for the service-wide one)")
     if update.failover_seconds < 1:
         problems.append("the failover wait must be at least 1 second")
     for name in names + [p.strip() for p in (update.channel_policy + "," + update.failover).split(",") if p.strip()]:
@@ -133,6 +174,8 @@ def update_action_config(session: Session, *, action: Action, update: ActionConf
     row.channels = ",".join(c.value for c in _channels(update.channels))
     row.channel_policy = ",".join(c.value for c in _channels(update.channel_policy))
     row.failover = ",".join(c.value for c in _channels(update.failover))
+    row.channel_budgets = format_channel_budgets(parse_channel_budgets(update.channel_budgets)[0])
+    row.safe_mode = update.safe_mode or None
     row.updated_at = utcnow()
     row.updated_by = actor
     session.add(row)

@@ -17,7 +17,7 @@ from core.clock import FrozenClock
 from core.config import Settings
 from core.db import make_engine
 from core.models import ActionConfigUpdate
-from core.otpconfig import LIMIT_OVERRIDES, update_action_config
+from core.otpconfig import LIMIT_OVERRIDES, format_channel_budgets, update_action_config
 from core.runtime import Runtime, prepare_database
 
 PG_URL = os.environ.get("OTP_TEST_DATABASE_URL", "")
@@ -129,6 +129,7 @@ def configure(rt: Runtime, action, **changes) -> None:
                   max_consecutive_failures=current.max_consecutive_failures, lock_minutes=current.lock_minutes,
                   max_sends_per_code=current.max_sends_per_code, gateways=current.gateways,
                   failover=",".join(c.value for c in current.failover), failover_seconds=current.failover_seconds,
+                  channel_budgets=format_channel_budgets(current.channel_budgets), safe_mode=current.safe_mode,
                   **{name: getattr(current, name) for name in LIMIT_OVERRIDES})
     values.update(changes)
     with rt.session() as session:
