@@ -8,8 +8,10 @@ from sqlalchemy import func, select, text
 
 from core.enums import Channel
 from core.models import OtpCode, OtpRequest, OutboxMessage, UsageCounter
+from core.otpconfig import OtpConfig, effective_safe_mode, format_channel_budgets
 from core.ratelimit import local_day
 from core.runtime import Runtime
+from core.safemode import SERVICE_SCOPE, action_scope
 
 
 @dataclass(frozen=True)
@@ -47,16 +49,69 @@ def service_status(rt: Runtime) -> ServiceStatus:
                          rt.settings.daily_limit, rt.settings.default_region, gateways, *counts)
 
 
-def safe_mode_channels(rt: Runtime) -> list[tuple[str, int, int]]:
-    """Channels whose daily budget is spent today (channel, sent, budget): they refuse until midnight."""
-    budgets = {c.value: rt.settings.budget_for(c.value) for c in Channel}
-    budgets = {c: b for c, b in budgets.items() if b is not None}
+MODE_LABELS = {"refuse": "refused", "email_only": "email only"}
+
+
+@dataclass(frozen=True)
+class SafeModeAlert:
+    """A channel whose daily budget (service-wide, or one action's) is spent today: in safe mode until midnight."""
+    channel: str
+    action: str | None  # None: the service-wide budget
+    mode: str  # refuse or email_only (EMAIL itself is always refused: there is no other way to send it)
+    sent: int
+    budget: int
+    # Service-wide alerts: the actions whose own safe mode differs from OTP_SAFE_MODE, with theirs (a label).
+    differing: tuple[tuple[str, str], ...] = ()
+
+    def text(self, time_zone: str) -> str:
+        whose = f"the daily {self.channel} budget" + (f" of {self.action}" if self.action else "")
+        who = f"{self.channel} for {self.action}" if self.action else self.channel
+        if self.mode == "email_only":
+            what = (f"{who} is email only until midnight ({time_zone}): codes go by EMAIL when the request has an "
+                    "email address, other requests are refused.")
+        else:
+            what = f"{who} is refused until midnight ({time_zone})."
+        shown = f"Safe mode: {whose} is spent ({self.sent:,} of {self.budget:,}); {what}"
+        if self.differing:
+            shown += " Actions with their own safe mode: " + ", ".join(
+                f"{action} ({label})" for action, label in self.differing) + "."
+        return shown
+
+
+def safe_mode_channels(rt: Runtime) -> list[SafeModeAlert]:
+    """Every daily budget spent today, service-wide ones first, then each action's, with what its channel does.
+
+    Reads nothing when no budget is configured.
+    """
+    configs = sorted(rt.active_configs().values(), key=lambda c: c.action.value)
+    # (counter scope, channel, budget, the action's configuration or None for a service-wide budget)
+    budgets = [(SERVICE_SCOPE, channel, amount, None) for channel in Channel
+               if (amount := rt.settings.budget_for(channel.value)) is not None]
+    budgets += [(action_scope(config.action.value), channel, amount, config)
+                for config in configs for channel, amount in config.channel_budgets]
     if not budgets:
         return []
     with rt.read_db.connect() as conn:
-        used = dict(conn.execute(select(UsageCounter.user_key, UsageCounter.count).where(
-            UsageCounter.scope == "budget", UsageCounter.period == local_day(rt.clock(), rt.settings.tz))).all())
-    return [(c, used.get(c, 0), b) for c, b in sorted(budgets.items()) if used.get(c, 0) >= b]
+        used = {(r.scope, r.user_key): r.count for r in conn.execute(
+            select(UsageCounter.scope, UsageCounter.user_key, UsageCounter.count).where(
+                UsageCounter.scope.in_(sorted({b[0] for b in budgets})),
+                UsageCounter.period == local_day(rt.clock(), rt.settings.tz)))}
+
+    def mode(channel: Channel, config: OtpConfig | None) -> str:
+        if not channel.needs_phone:
+            return "refuse"  # email has no channel to fall back on
+        return effective_safe_mode(config, rt.settings) if config else rt.settings.safe_mode
+
+    alerts = []
+    for scope, channel, budget, config in budgets:
+        sent = used.get((scope, channel.value), 0)
+        if sent < budget:
+            continue
+        differing = () if config else tuple((c.action.value, MODE_LABELS[mode(channel, c)]) for c in configs
+                                            if mode(channel, c) != mode(channel, None))
+        alerts.append(SafeModeAlert(channel.value, config.action.value if config else None, mode(channel, config),
+                                    sent, budget, differing))
+    return alerts
 
 
 def configuration_table(rt: Runtime) -> list[dict]:
@@ -72,8 +127,7 @@ def configuration_table(rt: Runtime) -> list[dict]:
             "daily cap": c.daily_cap, "validate limit": f"{c.validate_limit} / {c.validate_window_minutes} min",
             "attempts per code": c.attempts_per_code, "failures before lock": c.max_consecutive_failures,
             "lock (min)": c.lock_minutes, "sends per code": c.max_sends_per_code,
+            "channel budgets": format_channel_budgets(c.channel_budgets),
+            "safe mode": c.safe_mode or f"{rt.settings.safe_mode} (service-wide)",
         })
     return rows
-
-
-

@@ -5,7 +5,7 @@ from console_state import gate, runtime
 from core.console_ops import save_action_config
 from core.enums import Action, Channel
 from core.models import ActionConfigUpdate
-from core.otpconfig import MAX_ATTEMPTS_PER_CODE, MAX_CONSECUTIVE_FAILURES
+from core.otpconfig import MAX_ATTEMPTS_PER_CODE, MAX_CONSECUTIVE_FAILURES, SAFE_MODES, format_channel_budgets
 
 rt = runtime()
 identity = gate("config.edit")
@@ -60,6 +60,16 @@ with st.form(f"cfg_{action.value}"):
                                              "" if getattr(c, name) is None else str(getattr(c, name)),
                                              key=f"cfg_{name}")
         overrides[name] = text.strip()
+    a, b = st.columns(2)
+    budgets = a.text_input("Daily channel budgets of this action, besides the service-wide ones (e.g. SMS=2000,"
+                           f"PHONE=100; service: {rt.settings.channel_budgets or 'none'})",
+                           format_channel_budgets(c.channel_budgets), key="cfg_channel_budgets")
+    service_mode = f"service-wide ({rt.settings.safe_mode})"
+    safe_mode = b.selectbox("When a phone channel's budget is spent (safe mode)", [service_mode, *SAFE_MODES],
+                            index=1 + SAFE_MODES.index(c.safe_mode) if c.safe_mode in SAFE_MODES else 0,
+                            help="refuse: the request is refused (429). email_only: the code goes by EMAIL instead "
+                                 "when the request has an email address, else it is refused.",
+                            key="cfg_safe_mode")
     reason = st.text_input("Why this change (kept in the audit log)", key="cfg_reason")
     saved = st.form_submit_button("Save configuration", type="primary", key="cfg_save")
 
@@ -74,6 +84,7 @@ if saved:
         validate_limit=int(validate_limit), validate_window_minutes=int(window), attempts_per_code=int(attempts),
         max_consecutive_failures=int(failures), lock_minutes=int(lock), max_sends_per_code=int(sends),
         gateways=gateways.strip(), failover=",".join(failover), failover_seconds=int(failover_seconds),
+        channel_budgets=budgets.strip(), safe_mode=None if safe_mode == service_mode else safe_mode,
         **{name: int(text) if text else None for name, text in overrides.items()})
     try:
         save_action_config(rt, actor=identity, action=action, update=update, reason=reason)

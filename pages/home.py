@@ -15,9 +15,8 @@ if status.database_ok:
 else:
     st.error(f"Database unreachable ({status.database_error}): {status.database}")
 
-for channel, sent, budget in safe_mode_channels(rt):
-    st.error(f"Safe mode: the daily {channel} budget is spent ({sent:,} of {budget:,}); {channel} is refused "
-             f"until midnight ({status.time_zone}).")
+for alert in safe_mode_channels(rt):
+    st.error(alert.text(status.time_zone))
 
 left, middle, right, last = st.columns(4)
 left.metric("Environment", status.environment)

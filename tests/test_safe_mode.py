@@ -1,5 +1,5 @@
 """Channel budgets per action and the safe mode, on SQLite and PostgreSQL: counting, email-only rerouting,
-the budget_trip event and the configuration."""
+the budget_trip event, the home page alert, the configuration page and the rate-limit dashboard."""
 from __future__ import annotations
 
 import pytest
@@ -282,3 +282,115 @@ def test_configuration_is_validated(build):
     with rt.db.connect() as conn:
         assert conn.execute(text("SELECT channel_budgets FROM action_config WHERE action = 'COUPON'")).scalar() \
             == "SMS=2000,PHONE=5"
+
+
+def test_configuration_table_shows_budgets_and_safe_mode(build):
+    from core.status import configuration_table
+    rt = build(safe_mode="email_only")
+    configure(rt, Action.REGISTRATION, channel_budgets="SMS=2000", safe_mode="refuse")
+    rows = {r["action"]: r for r in configuration_table(rt)}
+    assert rows["REGISTRATION"]["channel budgets"] == "SMS=2000" and rows["REGISTRATION"]["safe mode"] == "refuse"
+    assert rows["COUPON"]["channel budgets"] == "" and rows["COUPON"]["safe mode"] == "email_only (service-wide)"
+
+
+def test_safe_mode_alerts_service_wide_and_per_action(build):
+    from core.status import safe_mode_channels
+    rt = build(channel_budgets="SMS=1,PHONE=9,EMAIL=1", safe_mode="email_only")
+    configure(rt, Action.POINTS, safe_mode="refuse")
+    configure(rt, Action.REGISTRATION, channel_budgets="PHONE=1")
+    assert safe_mode_channels(rt) == []
+    gen(rt, "+919812345671", channels=[sms("+919812345671"), email("a@b.com")])
+    gen(rt, "+919812345672", "REGISTRATION", channels=[{"type": "PHONE", "value": "+919812345672"}])
+    alerts = safe_mode_channels(rt)
+    assert [(a.channel, a.action, a.mode, a.sent, a.budget) for a in alerts] == [
+        ("SMS", None, "email_only", 1, 1), ("EMAIL", None, "refuse", 1, 1), ("PHONE", "REGISTRATION", "email_only", 1, 1)]
+    assert alerts[0].text("UTC") == (
+        "Safe mode: the daily SMS budget is spent (1 of 1); SMS is email only until midnight (UTC): codes go by EMAIL "
+        "when the request has an email address, other requests are refused. Actions with their own safe mode: "
+        "POINTS (refused).")
+    assert alerts[1].text("UTC") == "Safe mode: the daily EMAIL budget is spent (1 of 1); EMAIL is refused until " \
+        "midnight (UTC)."
+    assert alerts[2].text("UTC").startswith("Safe mode: the daily PHONE budget of REGISTRATION is spent (1 of 1); "
+                                            "PHONE for REGISTRATION is email only")
+
+
+# The console ------------------------------------------------------------------------------------------------
+@pytest.fixture
+def console(team):
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from console_state import SESSION_KEY
+    from core.config import ROOT
+    from core.staff import ConsoleSession
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+    def open_as(rt: Runtime, role: str) -> AppTest:
+        at = AppTest.from_file(str(ROOT / "console.py"), default_timeout=30)
+        at.session_state["runtime"] = rt
+        at.session_state[SESSION_KEY] = ConsoleSession.start(team[role], 30)
+        return at.run()
+    return open_as
+
+
+def test_home_page_alert_names_the_mode_and_the_action(build, console):
+    rt = build(channel_budgets="SMS=1", safe_mode="email_only")
+    configure(rt, Action.REGISTRATION, channel_budgets="PHONE=1", safe_mode="refuse")
+    gen(rt, "+919812345671")
+    gen(rt, "+919812345672", "REGISTRATION", channels=[{"type": "PHONE", "value": "+919812345672"}])
+    at = console(rt, "viewer")
+    assert not at.exception
+    shown = [e.value for e in at.error]
+    assert any(s.startswith("Safe mode: the daily SMS budget is spent (1 of 1); SMS is email only") and
+               "REGISTRATION (refused)" in s for s in shown)
+    assert any(s.startswith("Safe mode: the daily PHONE budget of REGISTRATION is spent (1 of 1); PHONE for "
+                            "REGISTRATION is refused") for s in shown)
+    table = next(d.value for d in at.dataframe if "channel budgets" in d.value.columns)
+    assert list(table.loc[table["action"] == "REGISTRATION", "channel budgets"]) == ["PHONE=1"]
+
+
+def test_home_page_has_no_alert_while_budgets_last(build, console):
+    rt = build(channel_budgets="SMS=2")
+    gen(rt)
+    assert not [e for e in console(rt, "viewer").error if "Safe mode" in e.value]
+
+
+def test_config_page_sets_budgets_and_safe_mode_validated_and_audited(build, console):
+    rt = build()
+    at = console(rt, "admin")
+    at.switch_page("pages/config.py").run()
+    at.selectbox(key="cfg_action").select("REGISTRATION").run()
+    at.text_input(key="cfg_channel_budgets").input("SMS=lots")
+    at.button(key="cfg_save").click().run()
+    assert any("the SMS budget must be a whole number" in e.value for e in at.error)
+    assert rt.config_for(Action.REGISTRATION).channel_budgets == ()
+    at.text_input(key="cfg_channel_budgets").input("SMS=2000, phone=50")
+    at.selectbox(key="cfg_safe_mode").select("email_only")
+    at.text_input(key="cfg_reason").input("pumping on REGISTRATION")
+    at.button(key="cfg_save").click().run()
+    assert any("Saved the configuration of REGISTRATION" in s.value for s in at.success)
+    config = rt.config_for(Action.REGISTRATION)
+    assert [(c.value, n) for c, n in config.channel_budgets] == [("SMS", 2000), ("PHONE", 50)]
+    assert config.safe_mode == "email_only"
+    with rt.db.connect() as conn:
+        detail, reason = conn.execute(text("SELECT detail, reason FROM audit_log WHERE action = 'config.update' "
+                                           "AND target = 'config:REGISTRATION'")).one()
+    assert '"channel_budgets"' in detail and '"safe_mode"' in detail and reason == "pumping on REGISTRATION"
+    at.selectbox(key="cfg_safe_mode").select("service-wide (refuse)")
+    at.button(key="cfg_save").click().run()
+    assert rt.config_for(Action.REGISTRATION).safe_mode is None
+
+
+def test_rate_limit_dashboard_lists_budget_trips(build, console):
+    rt = build(channel_budgets="SMS=1")
+    configure(rt, Action.REGISTRATION, channel_budgets="EMAIL=1")
+    gen(rt)
+    run(generate(rt, {"entityType": "EMAIL", "entityValue": EMAIL, "action": "REGISTRATION"}))
+    at = console(rt, "viewer")
+    at.switch_page("pages/dash_limits.py").run()
+    assert not at.exception
+    table = next(d.value for d in at.dataframe if "event" in d.value.columns)
+    assert sorted(zip(table["event"], table["action"], table["detail"])) == [
+        ("budget_trip", "COUPON", "SMS"), ("budget_trip", "REGISTRATION", "EMAIL, REGISTRATION budget")]
+    assert [m.value for m in at.metric if m.label == "budget trip"] == ["2"]
