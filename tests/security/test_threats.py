@@ -198,6 +198,28 @@ def test_t12_channel_budget_trips_safe_mode(defended):
     assert scalar(rt, "SELECT count(*) FROM limit_event WHERE limit_type = 'budget'") == 1
 
 
+def test_t12_an_actions_budget_keeps_a_pumped_action_from_spending_the_others(defended):
+    rt = defended(channel_budgets="SMS=100")
+    configure(rt, Action.REGISTRATION, channel_budgets="SMS=2")
+    gen(rt, body={"entityValue": "+919812345671", "action": "REGISTRATION"})
+    gen(rt, body={"entityValue": "+919712345672", "action": "REGISTRATION"})
+    refused = refusal(gen, rt, body={"entityValue": "+919612345673", "action": "REGISTRATION"})
+    assert refused.problems[0].reason == "budget"
+    gen(rt, body={"entityValue": "+919512345674"})  # COUPON still has the service-wide budget
+    assert scalar(rt, "SELECT count FROM usage_counter WHERE scope = 'budget' AND user_key = 'SMS'") == 3
+
+
+def test_t12_email_only_safe_mode_sends_no_phone_message_past_the_budget(defended):
+    rt = defended(channel_budgets="SMS=2", safe_mode="email_only")
+    for i in range(5):  # a pumping run naming an SMS channel for many email identities
+        result = gen(rt, body={"entityType": "EMAIL", "entityValue": f"user{i}@example.com",
+                               "channels": [{"type": "SMS", "value": f"+9198{i}2345678"}]})
+        assert [w.code for w in result.warnings] == ([] if i < 2 else [E.SAFE_MODE_EMAIL])
+    assert [m["channel"] for m in outbox(rt)] == ["SMS", "SMS", "EMAIL", "EMAIL", "EMAIL"]
+    assert refusal(gen, rt, body={"entityValue": "+919412345679"}).problems[0].reason == "budget"  # no email
+    assert scalar(rt, "SELECT count(*) FROM security_event WHERE kind = 'budget_trip'") == 1
+
+
 # T13 premium-rate and far-away destinations ----------------------------------------------------------
 def test_t13_country_allow_list(defended):
     rt = defended(countries_sms="IN", countries_phone="IN")
