@@ -221,7 +221,8 @@ def test_requests_pay_no_read_when_they_cannot_be_rerouted(build, settings):
     rt = build(**settings)
     seen = counter_reads(rt)
     gen(rt, channels=[sms(), email()])
-    assert selects_of_counters(seen) == [] and seen  # statements ran, none of them a read of the counters
+    # The read reroute would make goes through SQLAlchemy, so the listener sees it (the next test counts it).
+    assert selects_of_counters(seen) == []
 
 
 def test_email_only_reads_the_counters_once_before_the_transaction(build):
