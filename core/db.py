@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 from alembic import command
@@ -24,6 +25,16 @@ class _NoResultRows(logging.Filter):
 
 
 logging.getLogger("sqlalchemy.engine.Engine").addFilter(_NoResultRows())
+
+
+class _WriteGuard(threading.local):
+    """Per thread and SQLite engine, the connection holding an open group commit (core.groupcommit)."""
+
+    def __init__(self) -> None:
+        self.owners: dict[Engine, object] = {}
+
+
+write_guard = _WriteGuard()
 
 
 def make_engine(url: str) -> Engine:
@@ -62,7 +73,14 @@ def _tune_sqlite(engine: Engine) -> None:
     def _on_begin(connection) -> None:  # type: ignore[no-untyped-def]
         # IMMEDIATE takes the write lock up front, so two writers never deadlock upgrading read locks.
         # Straight to the driver: SQLAlchemy's execution path for this one statement costs more than BEGIN.
-        statement = "BEGIN" if connection.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE"
+        read_only = connection.get_execution_options().get(READ_ONLY)
+        owner = write_guard.owners.get(engine)
+        if owner is not None and owner is not connection and not read_only:
+            # This thread holds the write lock in a group commit that commits on its next loop turn: a
+            # second writer here would wait for its own thread until busy_timeout. Fail loudly instead.
+            raise RuntimeError("a write transaction was opened beside this thread's open group commit; "
+                               "use Writer.run or Writer.within (core.groupcommit)")
+        statement = "BEGIN" if read_only else "BEGIN IMMEDIATE"
         connection.connection.driver_connection.execute(statement)
 
 

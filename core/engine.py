@@ -14,7 +14,7 @@ from sqlalchemy import Connection, bindparam, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from core import errors as E
-from core.codes import CodeSendsExhausted, IssuedCode, LiveCodeRace, check_code, issue_or_resend, locked_until, \
+from core.codes import CheckOutcome, CodeSendsExhausted, IssuedCode, LiveCodeRace, check_code, issue_or_resend, locked_until, \
     record_failure, reset_failures
 from core.dispatch import dispatch
 from core.gateways import Gateway, is_local
@@ -107,15 +107,17 @@ def _storage_error(exc: Exception) -> OtpError:
     return OtpError.single(E.STORAGE_FAILURE, "unable to generate OTP at the moment: storage is unavailable", 503)
 
 
-def _record_refusal(rt: Runtime, refused: _Refused, *, user_key: str, action: str, client_id: int | None,
-                    now: datetime) -> OtpError:
+async def _record_refusal(rt: Runtime, refused: _Refused, *, user_key: str, action: str, client_id: int | None,
+                          now: datetime) -> OtpError:
+    def record(conn: Connection) -> None:
+        conn.execute(_INSERT_LIMIT_EVENT, {"created_at": now, "user_key": user_key, "action": action,
+                                           "limit_type": refused.limit_type, "client_id": client_id})
+        if refused.event:
+            _security_event(conn, refused.event[0], user_key=user_key, action=action, detail=refused.event[1],
+                            now=now)
+
     try:
-        with rt.db.begin() as conn:
-            conn.execute(_INSERT_LIMIT_EVENT, {"created_at": now, "user_key": user_key, "action": action,
-                                               "limit_type": refused.limit_type, "client_id": client_id})
-            if refused.event:
-                _security_event(conn, refused.event[0], user_key=user_key, action=action, detail=refused.event[1],
-                                now=now)
+        await rt.writer.run(record)
     except DBAPIError as exc:  # the refusal stands even if it cannot be recorded
         log.warning("could not record a %s refusal: %s", refused.limit_type, type(exc).__name__)
     log.info("refused %s for %s (%s)", action, mask(user_key), refused.limit_type)
@@ -323,25 +325,28 @@ async def _deliver(rt: Runtime, config: OtpConfig, sends: list[_Send], code: str
     reports: list[DeliveryReport] = []
     finished = rt.clock()
     deadline = finished + timedelta(seconds=config.failover_seconds) if await_receipt else None
+    rows = []
+    for send in sends:
+        result = results.get(send.delivery_id)
+        status = result.status if result else "failed"
+        error = result.error if result else f"template failed to render: {render_failures[send.delivery_id]}"
+        rows.append({"p_id": send.delivery_id, "p_status": status, "p_error": error,
+                     "p_message_id": result.provider_message_id if result else None,
+                     "p_http_status": result.http_status if result else None,
+                     "p_latency": result.latency_ms if result else None,
+                     "p_attempts": result.attempts if result else 0, "p_updated": finished,
+                     "p_deadline": deadline if status == "sent" else None})
+        reports.append(DeliveryReport(send.delivery_id, send.target.channel.value, send.target.destination,
+                                      _gateway_label(send.gateway), status, error))
+
+    def record(conn: Connection) -> None:
+        conn.execute(_RECORD_DELIVERY, rows)
+        for result in results.values():
+            if result.record is not None:
+                result.record(conn)
+
     try:
-        with rt.db.begin() as conn:
-            rows = []
-            for send in sends:
-                result = results.get(send.delivery_id)
-                status = result.status if result else "failed"
-                error = result.error if result else f"template failed to render: {render_failures[send.delivery_id]}"
-                rows.append({"p_id": send.delivery_id, "p_status": status, "p_error": error,
-                             "p_message_id": result.provider_message_id if result else None,
-                             "p_http_status": result.http_status if result else None,
-                             "p_latency": result.latency_ms if result else None,
-                             "p_attempts": result.attempts if result else 0, "p_updated": finished,
-                             "p_deadline": deadline if status == "sent" else None})
-                reports.append(DeliveryReport(send.delivery_id, send.target.channel.value, send.target.destination,
-                                              _gateway_label(send.gateway), status, error))
-            conn.execute(_RECORD_DELIVERY, rows)
-            for result in results.values():
-                if result.record is not None:
-                    result.record(conn)
+        await rt.writer.run(record)
     except DBAPIError as exc:  # the messages went out; losing their status must not turn into an error
         log.error("could not record delivery results: %s", type(exc).__name__)
     return reports
@@ -360,14 +365,18 @@ async def _fail_over(rt: Runtime, config: OtpConfig, *, request_id: int, code_id
         target = plan[step]
         gateway = _gateway_for(rt, config, target.channel, test_number)
         now = rt.clock()
+
+        def queue(conn: Connection) -> int:
+            if not test_number:
+                _count_sends(conn, rt, config, sends=[(target, gateway)], now=now)
+            return _insert_delivery(conn, request_id=request_id, code_id=code_id, target=target, gateway=gateway,
+                                    step=step, now=now)
+
         try:
-            with rt.db.begin() as conn:
-                if not test_number:
-                    _count_sends(conn, rt, config, sends=[(target, gateway)], now=now)
-                delivery_id = _insert_delivery(conn, request_id=request_id, code_id=code_id, target=target,
-                                               gateway=gateway, step=step, now=now)
+            delivery_id = await rt.writer.run(queue)
         except _Refused as refused:
-            _record_refusal(rt, refused, user_key=user_key, action=config.action.value, client_id=None, now=now)
+            await _record_refusal(rt, refused, user_key=user_key, action=config.action.value, client_id=None,
+                                  now=now)
             break
         log.info("failover of request %s to %s (step %s)", request_id, target.channel.value, step)
         report = (await _deliver(rt, config, [_Send(delivery_id, target, gateway, templates[target.channel])], code,
@@ -403,23 +412,23 @@ async def generate(rt: Runtime, payload: object, *, client_id: int | None = None
     local = all(is_local(g) for g in gateways)
     now = rt.clock()
 
+    def issue(conn: Connection) -> tuple[IssuedCode, int, list[DeliveryReport], list[_Send]]:
+        issued, request_id = _issue(conn, rt, user_key=user_key, entity=request.entity, config=config, sends=sends,
+                                    client_id=client_id, client_ip=client_ip, now=now, test_number=test_number)
+        if local:
+            return issued, request_id, _send_within(conn, rt, config, request_id=request_id, issued=issued,
+                                                    sends=sends, templates=templates, now=now), []
+        return issued, request_id, [], [
+            _Send(_insert_delivery(conn, request_id=request_id, code_id=issued.code_id, target=t, gateway=g,
+                                   step=0, now=now), t, g, templates[t.channel]) for t, g in sends]
+
     for attempt in range(2):
         try:
-            with rt.db.begin() as conn:
-                issued, request_id = _issue(
-                    conn, rt, user_key=user_key, entity=request.entity, config=config, sends=sends,
-                    client_id=client_id, client_ip=client_ip, now=now, test_number=test_number)
-                if local:
-                    reports = _send_within(conn, rt, config, request_id=request_id, issued=issued, sends=sends,
-                                           templates=templates, now=now)
-                else:
-                    queued = [_Send(_insert_delivery(conn, request_id=request_id, code_id=issued.code_id,
-                                                     target=t, gateway=g, step=0, now=now), t, g, templates[t.channel])
-                              for t, g in sends]
+            issued, request_id, reports, queued = await rt.writer.run(issue)
             break
         except _Refused as refused:
-            raise _record_refusal(rt, refused, user_key=user_key, action=config.action.value,
-                                  client_id=client_id, now=now) from None
+            raise await _record_refusal(rt, refused, user_key=user_key, action=config.action.value,
+                                        client_id=client_id, now=now) from None
         except (IntegrityError, LiveCodeRace):
             # Two first requests raced to insert the live code (possible on PostgreSQL only); the
             # loser rolled back and now finds the winner's code to re-send.
@@ -456,16 +465,22 @@ async def fail_over_delivery(rt: Runtime, delivery_id: int) -> list[DeliveryRepo
     is not sent again.
     """
     now = rt.clock()
-    with rt.db.begin() as conn:
+
+    def claim(conn: Connection):  # type: ignore[no-untyped-def]
         claimed = conn.execute(update(Delivery).where(Delivery.id == delivery_id, Delivery.receipt_deadline.is_not(None))
                                .values(receipt_deadline=None)
                                .returning(Delivery.request_id, Delivery.code_id, Delivery.failover_step)).first()
         if claimed is None:
-            return []
+            return None, None, None
         origin = conn.execute(select(OtpRequest.action, OtpRequest.user_key).where(
             OtpRequest.id == claimed.request_id)).first()
         code_row = conn.execute(select(OtpCode.code_enc, OtpCode.state, OtpCode.expires_at, OtpCode.entity_type)
                                 .where(OtpCode.id == claimed.code_id)).first()
+        return claimed, origin, code_row
+
+    claimed, origin, code_row = await rt.writer.run(claim)
+    if claimed is None:
+        return []
     if origin is None or code_row is None or code_row.state != "active" or code_row.expires_at <= now \
             or code_row.code_enc is None:
         return []
@@ -520,31 +535,36 @@ async def validate(rt: Runtime, payload: object, *, client_id: int | None = None
     submitted = request.code.upper() if config.alphanumeric else request.code
     now = rt.clock()
     exempt = rt.settings.is_test_number(request.entity.value)
+
+    def check(conn: Connection) -> CheckOutcome:
+        period, wait = _window(now, config.validate_window_minutes)
+        if not exempt and bump(conn, scope=f"validate:{action}", user_key=user_key, period=period,
+                               limit=config.validate_limit) is None:
+            raise _Refused("validate", f"at most {config.validate_limit} validations per "
+                           f"{config.validate_window_minutes} minutes", wait)
+        lock = None if exempt else locked_until(conn, user_key=user_key, action=action, now=now)
+        if lock is not None:
+            raise _Refused("lock", "too many failed validations; this user is locked for this action",
+                           _seconds_until(lock, now))
+        outcome = check_code(conn, rt.keys, user_key=user_key, config=config, submitted=submitted, now=now)
+        if outcome.outcome == "ok":
+            reset_failures(conn, user_key=user_key, action=action)
+        elif outcome.outcome in ("wrong", "burned"):
+            failures = record_failure(conn, user_key=user_key, config=config, now=now)
+            if failures == config.max_consecutive_failures:
+                _security_event(conn, "lock", user_key=user_key, action=action, now=now,
+                                detail=f"{failures} consecutive failures")
+        if outcome.outcome in ("burned", "replayed"):
+            _security_event(conn, f"{outcome.outcome}_code", user_key=user_key, action=action, now=now)
+        conn.execute(_INSERT_VALIDATION, {"created_at": now, "user_key": user_key, "action": action,
+                                          "code_id": outcome.code_id, "outcome": outcome.outcome})
+        return outcome
+
     try:
-        with rt.db.begin() as conn:
-            period, wait = _window(now, config.validate_window_minutes)
-            if not exempt and bump(conn, scope=f"validate:{action}", user_key=user_key, period=period,
-                                   limit=config.validate_limit) is None:
-                raise _Refused("validate", f"at most {config.validate_limit} validations per "
-                               f"{config.validate_window_minutes} minutes", wait)
-            lock = None if exempt else locked_until(conn, user_key=user_key, action=action, now=now)
-            if lock is not None:
-                raise _Refused("lock", "too many failed validations; this user is locked for this action",
-                               _seconds_until(lock, now))
-            outcome = check_code(conn, rt.keys, user_key=user_key, config=config, submitted=submitted, now=now)
-            if outcome.outcome == "ok":
-                reset_failures(conn, user_key=user_key, action=action)
-            elif outcome.outcome in ("wrong", "burned"):
-                failures = record_failure(conn, user_key=user_key, config=config, now=now)
-                if failures == config.max_consecutive_failures:
-                    _security_event(conn, "lock", user_key=user_key, action=action, now=now,
-                                    detail=f"{failures} consecutive failures")
-            if outcome.outcome in ("burned", "replayed"):
-                _security_event(conn, f"{outcome.outcome}_code", user_key=user_key, action=action, now=now)
-            conn.execute(_INSERT_VALIDATION, {"created_at": now, "user_key": user_key, "action": action,
-                                              "code_id": outcome.code_id, "outcome": outcome.outcome})
+        outcome = await rt.writer.run(check)
     except _Refused as refused:
-        raise _record_refusal(rt, refused, user_key=user_key, action=action, client_id=client_id, now=now) from None
+        raise await _record_refusal(rt, refused, user_key=user_key, action=action, client_id=client_id,
+                                    now=now) from None
     except DBAPIError as exc:
         raise _storage_error(exc) from None
     log.info("validation for %s action %s: %s", mask(request.entity.value), action, outcome.outcome)

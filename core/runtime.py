@@ -14,6 +14,7 @@ from core.enums import Action, Channel
 from core.gateway_configs import GatewayRow, build_gateway, load_gateway_rows, parse_assignments
 from core.gateways import Gateway
 from core.gateways.outbox import OutboxGateway
+from core.groupcommit import Writer
 from core.otpconfig import OtpConfig, load_action_configs, seed_action_configs
 from core.template_versions import ActiveTemplates, load_active_templates
 
@@ -45,6 +46,7 @@ class Runtime:
         if prepare:
             prepare_database(self.db)
         self.read_db = self.db.execution_options(**{READ_ONLY: True})
+        self.writer = Writer(self.db)  # every engine write goes through it (group commit on SQLite)
         master = load_master_key(self.settings)
         self.keys = CodeKeys.from_master(master)
         self.box = SecretBox.from_master(master)
@@ -91,10 +93,10 @@ class Runtime:
     def config_for(self, action: Action) -> OtpConfig:
         configs = self._configs.get()
         if action not in configs:  # a row deleted by hand: re-seed rather than fail every request
-            with self.db.begin() as conn:
+            with self.writer.within() as conn:
                 seed_action_configs(conn)
+                configs = load_action_configs(conn)
             self._configs.invalidate()
-            configs = self._configs.get()
         return configs[action]
 
     def active_configs(self) -> dict[Action, OtpConfig]:

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from sqlalchemy import inspect, text
 
+from collections import Counter
+
+from core.crypto import ALPHANUMERIC, DIGITS, new_code
 from core.engine import generate, run, validate
 from core.enums import Action
 from tests.conftest import code_sent_to, configure
@@ -87,3 +90,17 @@ def test_message_repr_hides_the_code():
     from core.gateways import OutgoingMessage
     message = OutgoingMessage(1, Channel.WHATSAPP, PHONE, code="ABCDEF123456")
     assert "ABCDEF123456" not in repr(message)
+
+
+def test_codes_are_uniform_in_every_position_leading_zeros_included():
+    """One draw over all codes must give every character at every position the same chance (no lost zeros)."""
+    for alphanumeric, alphabet, length in ((False, DIGITS, 6), (True, ALPHANUMERIC, 4)):
+        draws = 2000 * len(alphabet)
+        counts = Counter()
+        for _ in range(draws):
+            code = new_code(length, alphanumeric)
+            assert len(code) == length and set(code) <= set(alphabet)
+            counts.update(enumerate(code))
+        expected = draws / len(alphabet)  # 2000 per position and character: a standard deviation of ~44
+        assert set(counts) == {(p, c) for p in range(length) for c in alphabet}
+        assert all(abs(n - expected) < 0.2 * expected for n in counts.values()), min(counts.values())

@@ -1,0 +1,159 @@
+"""Group commit (core.groupcommit): on SQLite the engine writes of one event-loop turn share one commit."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from sqlalchemy import event, text
+
+from core import errors as E
+from core.engine import generate, run, validate
+from core.enums import Action
+from core.errors import OtpError
+from core.db import make_engine
+from core.groupcommit import Writer
+from tests.conftest import code_sent_to, configure
+
+BODY = {"entityType": "MOBILE", "action": "COUPON"}
+
+
+def _phone(i: int) -> str:
+    return f"+9199770{i:05d}"
+
+
+def _commits(rt) -> list[int]:
+    count = [0]
+    event.listen(rt.db, "commit", lambda _conn: count.__setitem__(0, count[0] + 1))
+    return count
+
+
+def _count(rt, sql: str) -> int:
+    with rt.read_db.connect() as conn:
+        return conn.execute(text(sql)).scalar_one()
+
+
+def test_one_turn_of_generates_is_one_commit_on_sqlite_and_one_each_on_postgresql(rt, db_url):
+    commits = _commits(rt)
+
+    async def burst():
+        return await asyncio.gather(*(generate(rt, {**BODY, "entityValue": _phone(i)}) for i in range(20)))
+
+    results = run(burst())
+    assert len({r.request_id for r in results}) == 20
+    # Every request answered after its writes were durable: a new connection sees all of them.
+    assert _count(rt, "SELECT count(*) FROM otp_request") == 20
+    assert _count(rt, "SELECT count(*) FROM outbox_message") == 20
+    assert commits[0] == (1 if db_url.startswith("sqlite") else 20)
+
+
+def test_a_refusal_in_a_shared_commit_undoes_only_its_own_writes(rt):
+    # The action's cap refuses after the service-wide daily count was bumped: that bump must be undone.
+    configure(rt, Action.COUPON, daily_cap=1)
+    first = run(generate(rt, {**BODY, "entityValue": _phone(1)}))
+
+    async def burst():
+        return await asyncio.gather(
+            generate(rt, {**BODY, "entityValue": _phone(1)}),  # over the daily limit: refused
+            generate(rt, {**BODY, "entityValue": _phone(2)}),
+            generate(rt, {**BODY, "entityValue": _phone(3)}),
+            return_exceptions=True)
+
+    refused, second, third = run(burst())
+    assert isinstance(refused, OtpError) and refused.problems[0].code == E.RATE_LIMITED
+    assert not isinstance(second, Exception) and not isinstance(third, Exception)
+    assert _count(rt, "SELECT count(*) FROM otp_request") == 3  # first, second, third; none for the refusal
+    assert _count(rt, "SELECT count(*) FROM limit_event WHERE limit_type = 'action_daily'") == 1
+    assert _count(rt, "SELECT max(count) FROM usage_counter WHERE scope = 'daily:*'") == 1  # never 2
+    assert first.request_id < second.request_id
+
+
+def test_generate_and_validate_in_one_turn_each_see_the_others_writes_in_order(rt):
+    run(generate(rt, {**BODY, "entityValue": _phone(5)}))
+    code = code_sent_to(rt, _phone(5))
+    wrong = "0" * len(code) if code != "0" * len(code) else "1" * len(code)
+
+    async def burst():
+        return await asyncio.gather(
+            validate(rt, {**BODY, "entityValue": _phone(5), "code": wrong}),
+            validate(rt, {**BODY, "entityValue": _phone(5), "code": code}),
+            validate(rt, {**BODY, "entityValue": _phone(5), "code": code}))
+
+    outcomes = [r.valid for r in run(burst())]
+    assert outcomes == [False, True, False]  # single use holds inside one shared transaction
+    assert _count(rt, "SELECT failed_attempts FROM otp_code") == 1
+
+
+def test_a_second_writer_on_the_loop_thread_fails_at_once_instead_of_waiting_for_itself(rt, db_url):
+    if not db_url.startswith("sqlite"):
+        pytest.skip("group commit is SQLite's only")
+
+    async def scenario():
+        writer = rt.writer
+        joined = asyncio.ensure_future(writer.run(lambda conn: conn.execute(text(
+            "INSERT INTO limit_event (created_at, user_key, action, limit_type) "
+            "VALUES ('2026-11-27 10:00:00.000000', 'u', 'COUPON', 'test')"))))
+        await asyncio.sleep(0)  # the batch is open now, its commit scheduled for the next turn
+        with pytest.raises(RuntimeError, match="group commit"):
+            with rt.db.begin() as conn:
+                conn.execute(text("DELETE FROM limit_event"))
+        with writer.within() as conn:  # the supported way for synchronous code: joins the batch
+            conn.execute(text("UPDATE limit_event SET limit_type = 'joined'"))
+        await joined
+
+    run(scenario())
+    assert _count(rt, "SELECT count(*) FROM limit_event WHERE limit_type = 'joined'") == 1
+
+
+def test_a_cancelled_member_does_not_cancel_the_others_commit(rt, db_url):
+    if not db_url.startswith("sqlite"):
+        pytest.skip("group commit is SQLite's only: elsewhere a generate never waits for a shared commit")
+    async def scenario():
+        tasks = [asyncio.ensure_future(generate(rt, {**BODY, "entityValue": _phone(20 + i)})) for i in range(3)]
+        await asyncio.sleep(0)  # every task has run its writes and waits for the commit
+        tasks[0].cancel()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results = run(scenario())
+    assert isinstance(results[0], asyncio.CancelledError)
+    assert [type(r).__name__ for r in results[1:]] == ["GenerateResult", "GenerateResult"]
+    # The cancelled request's writes were already in the shared transaction: they commit too, whole.
+    assert _count(rt, "SELECT count(*) FROM otp_request") == 3
+    assert _count(rt, "SELECT count(*) FROM delivery") == 3
+
+
+def test_a_failed_commit_fails_every_member_and_keeps_nothing(tmp_path):
+    """A commit that fails (the disk, a constraint checked at commit) must reach every request that shared it."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")  # the service's set-up: foreign keys on
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE parent (id INTEGER PRIMARY KEY)"))
+        conn.execute(text("CREATE TABLE child (id INTEGER PRIMARY KEY, parent_id INTEGER "
+                          "REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)"))
+    writer = Writer(engine, group=True)
+
+    async def scenario():
+        good = writer.run(lambda conn: conn.execute(text("INSERT INTO parent (id) VALUES (1)")))
+        bad = writer.run(lambda conn: conn.execute(text("INSERT INTO child (parent_id) VALUES (99)")))
+        return await asyncio.gather(good, bad, return_exceptions=True)
+
+    results = asyncio.run(scenario())
+    assert all(isinstance(r, Exception) and "FOREIGN KEY" in str(r) for r in results), results
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM parent")).scalar_one() == 0
+    engine.dispose()
+
+
+def test_configuration_reseeded_on_the_loop_thread_joins_the_open_batch(rt, db_url):
+    if not db_url.startswith("sqlite"):
+        pytest.skip("group commit is SQLite's only")
+    configure(rt, Action.POINTS, validity_minutes=7)
+    with rt.db.begin() as conn:
+        conn.execute(text("DELETE FROM action_config WHERE action = 'POINTS'"))
+    rt.configuration_changed()
+
+    async def burst():
+        return await asyncio.gather(generate(rt, {**BODY, "entityValue": _phone(40)}),
+                                    generate(rt, {**BODY, "action": "POINTS", "entityValue": _phone(41)}))
+
+    coupon, points = run(burst())  # the POINTS row is re-seeded while COUPON's batch is open
+    assert points.request_id and coupon.request_id
+    assert _count(rt, "SELECT count(*) FROM action_config WHERE action = 'POINTS'") == 1
