@@ -5,6 +5,7 @@ Each operation holds a database transaction only around its SQL; gateways are ca
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 from dataclasses import dataclass, field, replace
@@ -26,7 +27,7 @@ from core.messages import ResolvedTemplate, failover_plan, plan_channels, render
 from core.models import Delivery, LimitEvent, OtpCode, OtpRequest, OtpValidation, SecurityEvent, UsageCounter
 from core.otpconfig import OtpConfig, effective_limit
 from core.ratelimit import bump, local_day, seconds_until_next_day, window_start
-from core.requests import ChannelTarget, parse_generate, parse_validate
+from core.requests import ChannelTarget, GenerateRequest, parse_generate, parse_validate, template_fields
 from core.runtime import Runtime
 from core.safemode import budgets_for, refusal_message, reports_warnings, reroute, trip_detail
 from core.sql import Prepared
@@ -217,7 +218,7 @@ def _check_countries(rt: Runtime, targets: list[ChannelTarget]) -> None:
 
 def _issue(conn: Connection, rt: Runtime, *, user_key: str, entity: NormalisedEntity, config: OtpConfig,
            sends: list[tuple[ChannelTarget, Gateway | None]], client_id: int | None, client_ip: str | None,
-           now: datetime, test_number: bool) -> tuple[IssuedCode, int]:
+           now: datetime, test_number: bool, body_templates: str | None = None) -> tuple[IssuedCode, int]:
     """The write transaction of a generate up to its deliveries: count, issue or re-send, record the request."""
     tz = rt.settings.tz
     day = local_day(now, tz)
@@ -239,9 +240,11 @@ def _issue(conn: Connection, rt: Runtime, *, user_key: str, entity: NormalisedEn
     except CodeSendsExhausted as exc:
         raise _Refused("code_sends", f"this code was already sent {config.max_sends_per_code} times; "
                        "a new one can be requested when it expires", _seconds_until(exc.expires_at, now)) from None
-    request_id = _INSERT_REQUEST.scalar(conn, {
-        "created_at": now, "code_id": issued.code_id, "user_key": user_key, "action": config.action.value,
-        "kind": "resent" if issued.resent else "issued", "client_id": client_id})
+    row = {"created_at": now, "code_id": issued.code_id, "user_key": user_key, "action": config.action.value,
+           "kind": "resent" if issued.resent else "issued", "client_id": client_id}
+    if body_templates is not None:
+        row["body_templates"] = body_templates
+    request_id = _INSERT_REQUEST.scalar(conn, row)
     return issued, request_id  # type: ignore[return-value]
 
 
@@ -408,13 +411,17 @@ async def generate(rt: Runtime, payload: object, *, client_id: int | None = None
         _check_countries(rt, plan or targets)
     gateways = [_gateway_for(rt, config, t.channel, test_number) for t in targets]
     sends = list(zip(targets, gateways))
+    # A later failover step (the poller's) must send with this request's own templates.
+    kept = template_fields(request) if len(plan) > 1 else None
+    body_templates = json.dumps(kept) if kept else None
     # Local gateways (the outbox) send inside the issuing transaction: one transaction per generate.
     local = all(is_local(g) for g in gateways)
     now = rt.clock()
 
     def issue(conn: Connection) -> tuple[IssuedCode, int, list[DeliveryReport], list[_Send]]:
         issued, request_id = _issue(conn, rt, user_key=user_key, entity=request.entity, config=config, sends=sends,
-                                    client_id=client_id, client_ip=client_ip, now=now, test_number=test_number)
+                                    client_id=client_id, client_ip=client_ip, now=now, test_number=test_number,
+                                    body_templates=body_templates)
         if local:
             return issued, request_id, _send_within(conn, rt, config, request_id=request_id, issued=issued,
                                                     sends=sends, templates=templates, now=now), []
@@ -472,7 +479,7 @@ async def fail_over_delivery(rt: Runtime, delivery_id: int) -> list[DeliveryRepo
                                .returning(Delivery.request_id, Delivery.code_id, Delivery.failover_step)).first()
         if claimed is None:
             return None, None, None
-        origin = conn.execute(select(OtpRequest.action, OtpRequest.user_key).where(
+        origin = conn.execute(select(OtpRequest.action, OtpRequest.user_key, OtpRequest.body_templates).where(
             OtpRequest.id == claimed.request_id)).first()
         code_row = conn.execute(select(OtpCode.code_enc, OtpCode.state, OtpCode.expires_at, OtpCode.entity_type)
                                 .where(OtpCode.id == claimed.code_id)).first()
@@ -493,7 +500,9 @@ async def fail_over_delivery(rt: Runtime, delivery_id: int) -> list[DeliveryRepo
         return []
     code = rt.keys.decrypt_code(origin.user_key, action.value, code_row.code_enc)
     try:
-        templates = resolve_all(plan, action, rt.active_templates(), None)
+        body = GenerateRequest(entity, action, None, **json.loads(origin.body_templates)) \
+            if origin.body_templates else None
+        templates = resolve_all(plan, action, rt.active_templates(), body)
     except OtpError as exc:
         log.warning("failover of request %s impossible: %s", claimed.request_id, exc.problems[0].message)
         return []

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, Index, LargeBinary, UniqueConstraint, text
+from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from core.clock import utcnow
@@ -95,6 +95,9 @@ class OtpRequest(SQLModel, table=True):
     action: str = Field(max_length=40)
     kind: str = Field(max_length=10)  # issued, resent
     client_id: int | None = None
+    # The request body's own templates (JSON of core.requests.TEMPLATE_FIELDS), kept only when a failover
+    # plan may send a later step after the request has returned (0009). Templates only: never the code.
+    body_templates: str | None = Field(default=None, sa_type=Text)
 
 
 class Delivery(SQLModel, table=True):

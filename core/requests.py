@@ -34,6 +34,16 @@ class GenerateRequest:
     zalo_template_id: str | None = None
 
 
+# The GenerateRequest fields a client may send its own template in (the first level of the three).
+TEMPLATE_FIELDS = ("sms_template", "email_subject", "email_body", "whatsapp_template_name", "whatsapp_language",
+                   "zalo_template_id")
+
+
+def template_fields(request: GenerateRequest) -> dict[str, str]:
+    """The request body's own templates, by field: what a later failover step must send with."""
+    return {name: getattr(request, name) for name in TEMPLATE_FIELDS if getattr(request, name) is not None}
+
+
 @dataclass(frozen=True)
 class ValidateRequest:
     entity: NormalisedEntity

@@ -396,6 +396,19 @@ def test_failover_when_no_receipt_arrives_in_time(rt, admin, provider, clock):
     assert outbox(rt)[0]["body"].endswith(f"{stored_code(rt)}.")
 
 
+def test_a_late_failover_sends_with_the_request_body_template(rt, admin, provider, clock):
+    """The poller's step runs after the request returned: it must still use the template the body carried."""
+    provider.script = [Answer(body={"messages": [{"id": "wamid.9"}]})]
+    _failover_setup(rt, admin, provider, seconds=30)
+    gen(rt, template="Shop code {{ validation_code }}, from the body")
+    with rt.read_db.connect() as conn:
+        kept = conn.execute(text("SELECT body_templates FROM otp_request")).scalar_one()
+    assert json.loads(kept) == {"sms_template": "Shop code {{ validation_code }}, from the body"}
+    clock.advance(seconds=31)
+    assert run(run_due_failovers(rt)) == 1
+    assert outbox(rt)[0]["body"] == f"Shop code {stored_code(rt)}, from the body"
+
+
 def test_no_failover_after_a_delivered_receipt(rt, admin, provider, clock):
     provider.script = [Answer(body={"messages": [{"id": "wamid.8"}]})]
     _failover_setup(rt, admin, provider)
