@@ -133,7 +133,6 @@ def issue_or_resend(conn: Connection, keys: CodeKeys, *, user_key: str, entity_t
 class CheckOutcome:
     outcome: str  # ok, wrong, burned, expired, none, used_elsewhere, replayed
     code_id: int | None = None
-    attempts_left: int | None = None
 
 
 def check_code(conn: Connection, keys: CodeKeys, *, user_key: str, config: OtpConfig, submitted: str,
@@ -158,8 +157,8 @@ def check_code(conn: Connection, keys: CodeKeys, *, user_key: str, config: OtpCo
     if after is None:
         return CheckOutcome("used_elsewhere", row.id)
     if after.state == "burned":
-        return CheckOutcome("burned", row.id, 0)
-    return CheckOutcome("wrong", row.id, config.attempts_per_code - after.failed_attempts)
+        return CheckOutcome("burned", row.id)
+    return CheckOutcome("wrong", row.id)
 
 
 def locked_until(conn: Connection, *, user_key: str, action: str, now: datetime) -> datetime | None:

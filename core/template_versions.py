@@ -131,11 +131,6 @@ def list_versions(session: Session, *, action: Action, channel: Channel) -> list
     return [TemplateVersionPublic.model_validate(r) for r in rows]
 
 
-def get_version(session: Session, version_id: int) -> TemplateVersionPublic | None:
-    row = session.get(TemplateVersion, version_id)
-    return TemplateVersionPublic.model_validate(row) if row else None
-
-
 def save_draft(session: Session, *, actor: StaffIdentity, fields: TemplateVersionCreate,
                config: OtpConfig) -> TemplateVersionPublic:
     """A new immutable draft version; a draft may lack its placeholder, but never holds an unsafe construct."""
