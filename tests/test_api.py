@@ -679,3 +679,18 @@ def test_real_uvicorn_server_end_to_end(tmp_path):
             assert conn.execute("SELECT count(*) FROM outbox_message").fetchone()[0] == 1
     finally:
         stop(server)
+
+
+def test_a_server_start_freezes_the_start_up_heap(tmp_path):
+    """Start-up objects stay out of full collections (api._freeze_startup_heap); in a child process, since a
+    freeze is for the life of the process."""
+    script = ("import gc; from fastapi.testclient import TestClient; import api\n"
+              "with TestClient(api.create_app()) as client:\n"
+              "    assert client.get('/health').status_code == 200\n"
+              "    print(gc.get_freeze_count())\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTP_")}
+    env.update(OTP_DATABASE_URL=f"sqlite:///{tmp_path / 'otp.db'}", OTP_SECRET_KEY_FILE=str(tmp_path / "key"))
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout.split()[-1]) > 50_000  # the modules, the engine and the runtime
