@@ -18,6 +18,7 @@ own transaction.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -121,3 +122,14 @@ class Writer:
                 batch.done.cancel()
         finally:
             batch.conn.close()
+
+
+_writers: weakref.WeakKeyDictionary[Engine, Writer] = weakref.WeakKeyDictionary()
+
+
+def writer_for(engine: Engine) -> Writer:
+    """The one Writer of an engine: runtimes sharing a database (the demo traffic's) share its batches."""
+    writer = _writers.get(engine)
+    if writer is None:
+        writer = _writers[engine] = Writer(engine)
+    return writer

@@ -14,7 +14,7 @@ from core.enums import Action, Channel
 from core.gateway_configs import GatewayRow, build_gateway, load_gateway_rows, parse_assignments
 from core.gateways import Gateway
 from core.gateways.outbox import OutboxGateway
-from core.groupcommit import Writer
+from core.groupcommit import writer_for
 from core.otpconfig import OtpConfig, load_action_configs, seed_action_configs
 from core.template_versions import ActiveTemplates, load_active_templates
 
@@ -46,7 +46,7 @@ class Runtime:
         if prepare:
             prepare_database(self.db)
         self.read_db = self.db.execution_options(**{READ_ONLY: True})
-        self.writer = Writer(self.db)  # every engine write goes through it (group commit on SQLite)
+        self.writer = writer_for(self.db)  # every engine write goes through it (group commit on SQLite)
         master = load_master_key(self.settings)
         self.keys = CodeKeys.from_master(master)
         self.box = SecretBox.from_master(master)

@@ -12,6 +12,7 @@ from core.enums import Action
 from core.errors import OtpError
 from core.db import make_engine
 from core.groupcommit import Writer
+from core.runtime import Runtime
 from tests.conftest import code_sent_to, configure
 
 BODY = {"entityType": "MOBILE", "action": "COUPON"}
@@ -157,3 +158,16 @@ def test_configuration_reseeded_on_the_loop_thread_joins_the_open_batch(rt, db_u
     coupon, points = run(burst())  # the POINTS row is re-seeded while COUPON's batch is open
     assert points.request_id and coupon.request_id
     assert _count(rt, "SELECT count(*) FROM action_config WHERE action = 'POINTS'") == 1
+
+
+def test_two_runtimes_on_one_database_share_its_batches(rt):
+    """The demo traffic runs a runtime of its own on the console's engine: their writes must not collide."""
+    other = Runtime(rt.settings, engine=rt.db, clock=rt.clock, prepare=False)
+    assert other.writer is rt.writer
+
+    async def burst():
+        return await asyncio.gather(generate(rt, {**BODY, "entityValue": _phone(50)}),
+                                    generate(other, {**BODY, "entityValue": _phone(51)}))
+
+    run(burst())
+    assert _count(rt, "SELECT count(*) FROM otp_request") == 2
