@@ -29,7 +29,7 @@ from core.otpconfig import OtpConfig, effective_limit
 from core.ratelimit import bump, local_day, seconds_until_next_day, window_start
 from core.requests import ChannelTarget, GenerateRequest, parse_generate, parse_validate, template_fields
 from core.runtime import Runtime
-from core.safemode import budgets_for, refusal_message, reports_warnings, reroute, trip_detail
+from core.safemode import budgets_for, refusal_message, reroute, trip_detail
 from core.sql import Prepared
 from core.templates import RenderError, sample_variables, template_variables
 
@@ -390,7 +390,6 @@ async def _fail_over(rt: Runtime, config: OtpConfig, *, request_id: int, code_id
     return reports
 
 
-@reports_warnings  # the 7004 warnings of core.safemode.reroute
 async def generate(rt: Runtime, payload: object, *, client_id: int | None = None,
                    client_ip: str | None = None) -> GenerateResult:
     """Issue (or re-send) a code and send it over every planned channel at once.
@@ -403,7 +402,7 @@ async def generate(rt: Runtime, payload: object, *, client_id: int | None = None
     config = rt.config_for(request.action)
     plan = failover_plan(request.entity, config) if request.channels is None else []
     targets = plan[:1] if plan else plan_channels(request, config)
-    targets = reroute(rt, config, request, targets)  # phone channels in email-only safe mode go by EMAIL
+    targets, rerouted = reroute(rt, config, request, targets)  # email-only safe mode: phone channels go by EMAIL
     templates = resolve_all(plan or targets, request.action, rt.active_templates(), request)
     user_key = request.entity.user_key
     test_number = rt.settings.is_test_number(request.entity.value)
@@ -457,9 +456,12 @@ async def generate(rt: Runtime, payload: object, *, client_id: int | None = None
     warnings = [Problem(E.GATEWAY_ERROR, f"{r.channel} to {mask(r.destination)} failed: {_public_reason(r)}")
                 for r in failed]
     if reports and len(failed) == len(reports):
-        raise OtpError(warnings, 502)
+        error = OtpError(warnings, 502)
+        error.warnings.extend(rerouted)  # the email was tried and failed: say why the phone channel was not
+        raise error
     if issued.resent:
         warnings.insert(0, Problem(E.RESENT_SAME_CODE, "the code sent earlier is still valid and was sent again"))
+    warnings += rerouted
     return GenerateResult(1 if issued.resent else request_id, issued.resent, warnings, reports,
                           request_id, issued.code_id)
 

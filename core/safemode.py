@@ -15,8 +15,6 @@ boundary is refused by the bump, never sent over budget.
 """
 from __future__ import annotations
 
-import functools
-from contextvars import ContextVar
 from datetime import datetime
 
 from sqlalchemy import select, tuple_
@@ -63,29 +61,6 @@ def refusal_message(settings: Settings, config: OtpConfig, scope: str, channel: 
     return message
 
 
-# The 7004 warnings of the generate running in this context; set by reports_warnings, filled by reroute.
-_warnings: ContextVar[list[Problem] | None] = ContextVar("otp_safe_mode_warnings", default=None)
-
-
-def reports_warnings(generate):  # type: ignore[no-untyped-def]
-    """Wrap engine.generate so that the warnings reroute records reach its result (or its 502 envelope)."""
-    @functools.wraps(generate)
-    async def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
-        found: list[Problem] = []
-        token = _warnings.set(found)
-        try:
-            result = await generate(*args, **kwargs)
-        except OtpError as exc:
-            if exc.http_status == 502:  # the email was tried and failed: say why the phone channel was not
-                exc.warnings.extend(found)
-            raise
-        finally:
-            _warnings.reset(token)
-        result.warnings.extend(found)
-        return result
-    return wrapper
-
-
 def _email_destination(request: GenerateRequest, config: OtpConfig,
                        targets: list[ChannelTarget]) -> ChannelTarget | None:
     for target in targets:
@@ -111,31 +86,30 @@ def spent_channels(rt: Runtime, config: OtpConfig, channels: list[Channel], now:
 
 
 def reroute(rt: Runtime, config: OtpConfig, request: GenerateRequest,
-            targets: list[ChannelTarget]) -> list[ChannelTarget]:
-    """The targets with every phone channel in email-only safe mode replaced by the request's email destination.
+            targets: list[ChannelTarget]) -> tuple[list[ChannelTarget], list[Problem]]:
+    """The targets with every phone channel in email-only safe mode replaced by the request's email destination,
+    and a 7004 warning per dropped channel for the response.
 
     Unchanged (and nothing read) unless the action's safe mode is email_only, a phone channel of the request
     has a budget, and the request has an email destination; test numbers are exempt from budgets.
     """
     if effective_safe_mode(config, rt.settings) != "email_only":
-        return targets
+        return targets, []
     phones = [t.channel for t in targets if t.channel.needs_phone
               and budgets_for(rt.settings, config, t.channel)]
     email = _email_destination(request, config, targets) if phones else None
     if email is None or rt.settings.is_test_number(request.entity.value):
-        return targets
+        return targets, []
     spent = spent_channels(rt, config, list(dict.fromkeys(phones)), rt.clock())
     if not spent:
-        return targets
+        return targets, []
     kept: list[ChannelTarget] = []
     for target in targets:
         if target.channel not in spent:
             kept.append(target)
         elif email not in kept and email not in targets:
             kept.append(email)  # in the place of the first dropped channel
-    pending = _warnings.get()
-    if pending is not None:
-        pending.extend(Problem(E.SAFE_MODE_EMAIL, f"{channel.value} is in safe mode (its daily budget is spent): "
-                               "the code was sent by EMAIL instead") for channel in dict.fromkeys(
-                                   t.channel for t in targets if t.channel in spent))
-    return kept
+    warnings = [Problem(E.SAFE_MODE_EMAIL, f"{channel.value} is in safe mode (its daily budget is spent): "
+                        "the code was sent by EMAIL instead")
+                for channel in dict.fromkeys(t.channel for t in targets if t.channel in spent)]
+    return kept, warnings
