@@ -5,6 +5,7 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -39,6 +40,7 @@ class FakeProvider:
     def __init__(self) -> None:
         self.requests: list[Seen] = []
         self.script: list[Answer] = [Answer()]
+        self.on_request: Callable[[], None] | None = None  # run in the server's thread before it answers
         provider = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -50,6 +52,8 @@ class FakeProvider:
                 body = self.rfile.read(length)
                 provider.requests.append(Seen("POST", self.path, {k.lower(): v for k, v in self.headers.items()}, body))
                 answer = provider.script.pop(0) if len(provider.script) > 1 else provider.script[0]
+                if provider.on_request is not None:
+                    provider.on_request()
                 if answer.delay:
                     time.sleep(answer.delay)
                 payload = answer.raw if answer.raw is not None else json.dumps(answer.body).encode()

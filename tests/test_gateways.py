@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import email
 import json
+import sqlite3
 import time
 from email import policy
 
+import psycopg
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
@@ -119,6 +121,34 @@ def test_webhook_sms_shape(rt, admin, provider):
     assert seen.headers["x-account"] == "42" and seen.headers["idempotency-key"].startswith("otp-delivery-")
     assert seen.json() == {"msisdn": PHONE, "message": f"Hi user.Your otp for validation is {stored_code(rt)}."}
     assert deliveries(rt)[0]["provider_message_id"] == "msg-1"
+
+
+def _transactions_open(rt, db_url) -> int:
+    """Write transactions open on the database right now, seen from outside the service's connections."""
+    if db_url.startswith("sqlite"):
+        probe = sqlite3.connect(db_url.removeprefix("sqlite:///"), timeout=0, isolation_level=None)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.execute("ROLLBACK")
+            return 0
+        except sqlite3.OperationalError:  # database is locked: someone holds the write lock
+            return 1
+        finally:
+            probe.close()
+    with psycopg.connect(db_url.replace("postgresql+psycopg://", "postgresql://").split("?")[0]) as probe:
+        return probe.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                             "AND state LIKE 'idle in transaction%' AND pid <> pg_backend_pid()").fetchone()[0]
+
+
+def test_no_transaction_is_open_while_a_network_gateway_sends(rt, admin, provider, db_url):
+    seen: list[int] = []
+    provider.on_request = lambda: seen.append(_transactions_open(rt, db_url))
+    twilio(rt, admin, provider)
+    with rt.db.begin() as conn:  # the probe does see an open write transaction
+        conn.execute(text("UPDATE usage_counter SET count = count"))
+        assert _transactions_open(rt, db_url) == 1
+    gen(rt)
+    assert seen == [0] and deliveries(rt)[0]["status"] == "sent"
 
 
 def test_twilio_voice_reads_digits(rt, admin, provider):
