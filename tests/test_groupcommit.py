@@ -16,6 +16,8 @@ from core.runtime import Runtime
 from tests.conftest import code_sent_to, configure
 
 BODY = {"entityType": "MOBILE", "action": "COUPON"}
+# Group commit is SQLite's only (PostgreSQL keeps a transaction per request): these run on SQLite alone.
+SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 
 def _phone(i: int) -> str:
@@ -84,10 +86,8 @@ def test_generate_and_validate_in_one_turn_each_see_the_others_writes_in_order(r
     assert _count(rt, "SELECT failed_attempts FROM otp_code") == 1
 
 
+@SQLITE_ONLY
 def test_a_second_writer_on_the_loop_thread_fails_at_once_instead_of_waiting_for_itself(rt, db_url):
-    if not db_url.startswith("sqlite"):
-        pytest.skip("group commit is SQLite's only")
-
     async def scenario():
         writer = rt.writer
         joined = asyncio.ensure_future(writer.run(lambda conn: conn.execute(text(
@@ -105,9 +105,8 @@ def test_a_second_writer_on_the_loop_thread_fails_at_once_instead_of_waiting_for
     assert _count(rt, "SELECT count(*) FROM limit_event WHERE limit_type = 'joined'") == 1
 
 
+@SQLITE_ONLY
 def test_a_cancelled_member_does_not_cancel_the_others_commit(rt, db_url):
-    if not db_url.startswith("sqlite"):
-        pytest.skip("group commit is SQLite's only: elsewhere a generate never waits for a shared commit")
     async def scenario():
         tasks = [asyncio.ensure_future(generate(rt, {**BODY, "entityValue": _phone(20 + i)})) for i in range(3)]
         await asyncio.sleep(0)  # every task has run its writes and waits for the commit
@@ -143,9 +142,8 @@ def test_a_failed_commit_fails_every_member_and_keeps_nothing(tmp_path):
     engine.dispose()
 
 
+@SQLITE_ONLY
 def test_configuration_reseeded_on_the_loop_thread_joins_the_open_batch(rt, db_url):
-    if not db_url.startswith("sqlite"):
-        pytest.skip("group commit is SQLite's only")
     configure(rt, Action.POINTS, validity_minutes=7)
     with rt.db.begin() as conn:
         conn.execute(text("DELETE FROM action_config WHERE action = 'POINTS'"))
