@@ -49,13 +49,18 @@ class Writer:
     async def run(self, work: Callable[[Connection], T]) -> T:
         """work's result once its writes are committed; its exception, with its writes undone, if it raises."""
         if not self._group:
-            with self._engine.begin() as conn:
-                return work(conn)
+            # Each unit its own transaction, in a worker thread: a worker's requests then overlap their round
+            # trips and commit flushes instead of queueing behind one another on the event loop.
+            return await asyncio.to_thread(self._transaction, work)
         batch = self._join()
         result = self._in_savepoint(batch.conn, work)
         batch.members += 1
         await asyncio.shield(batch.done)  # one request cancelled must not cancel the others' commit
         return result
+
+    def _transaction(self, work: Callable[[Connection], T]) -> T:
+        with self._engine.begin() as conn:
+            return work(conn)
 
     @contextmanager
     def within(self) -> Iterator[Connection]:
