@@ -1,6 +1,8 @@
 """Generate and validate: the two operations of the service, shared by the API and the console.
 
-Each operation holds a database transaction only around its SQL; gateways are called after commit.
+Each operation holds a database transaction only around its SQL, and every write goes through rt.writer
+(core.groupcommit). Network gateways are called after commit, with no transaction open; the development
+outbox, whose send is itself a write to our database, sends inside the issuing transaction (is_local).
 """
 from __future__ import annotations
 
@@ -15,8 +17,8 @@ from sqlalchemy import Connection, bindparam, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from core import errors as E
-from core.codes import CheckOutcome, CodeSendsExhausted, IssuedCode, LiveCodeRace, check_code, issue_or_resend, locked_until, \
-    record_failure, reset_failures
+from core.codes import CheckOutcome, CodeSendsExhausted, IssuedCode, LiveCodeRace, check_code, issue_or_resend, \
+    locked_until, record_failure, reset_failures
 from core.dispatch import dispatch
 from core.gateways import Gateway, is_local
 from core.gateways.http import close_shared_client
