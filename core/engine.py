@@ -31,7 +31,7 @@ from core.otpconfig import OtpConfig, effective_limit
 from core.ratelimit import bump, local_day, seconds_until_next_day, window_start
 from core.requests import ChannelTarget, GenerateRequest, parse_generate, parse_validate, template_fields
 from core.runtime import Runtime
-from core.safemode import budgets_for, refusal_message, reroute, trip_detail
+from core.safemode import budgets_for, refusal_message, reroute, spent_channels, trip_detail
 from core.sql import Prepared
 from core.templates import RenderError, sample_variables, template_variables
 
@@ -601,10 +601,11 @@ def dry_run(rt: Runtime, payload: object) -> DryRun:
     """Check and render a generate request with a sample code, and report the limits it would meet."""
     request = parse_generate(payload, rt.settings)
     config = rt.config_for(request.action)
-    targets = plan_channels(request, config)
+    targets, rerouted = reroute(rt, config, request, plan_channels(request, config))
     templates = resolve_all(targets, request.action, rt.active_templates(), request)
     now = rt.clock()
     user_key = request.entity.user_key
+    spent = spent_channels(rt, config, [t.channel for t in targets], now)
     with rt.read_db.connect() as conn:
         used = conn.execute(select(func.coalesce(func.max(UsageCounter.count), 0)).where(
             UsageCounter.scope == "daily:*", UsageCounter.user_key == user_key,
@@ -614,7 +615,9 @@ def dry_run(rt: Runtime, payload: object) -> DryRun:
             OtpCode.expires_at > now)).scalar()
     variables = sample_variables(action=config.action.value, code_length=config.code_length,
                                  validity_minutes=config.validity_minutes, brand=rt.settings.brand)
-    problems: list[Problem] = []
+    problems: list[Problem] = list(rerouted)  # 7004: a phone channel in email-only safe mode goes by EMAIL
+    problems += [Problem(E.RATE_LIMITED, f"the daily {c.value} budget is spent: the channel is in safe mode "
+                         "and would be refused") for c in dict.fromkeys(t.channel for t in targets) if c in spent]
     if used >= rt.settings.daily_limit:
         problems.append(Problem(E.RATE_LIMITED, f"the daily limit of {rt.settings.daily_limit} is reached"))
     if live is not None and live >= config.max_sends_per_code:

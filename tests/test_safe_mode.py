@@ -7,7 +7,7 @@ from sqlalchemy import event, text
 
 from core import errors as E
 from core import safemode
-from core.engine import generate, run, validate
+from core.engine import dry_run, generate, run, validate
 from core.enums import Action
 from core.errors import OtpError
 from core.runtime import Runtime
@@ -109,6 +109,20 @@ def test_email_only_drops_the_spent_phone_channel_for_the_requests_email_channel
     assert counters(rt) == {("budget", "SMS"): 1}  # the dropped channel was not counted
     assert run(validate(rt, {"entityType": "MOBILE", "entityValue": PHONE, "action": "COUPON",
                              "code": code_sent_to(rt, EMAIL)})).valid
+
+
+def test_the_dry_run_shows_what_safe_mode_would_do(build):
+    rt = build(channel_budgets="SMS=1")
+    gen(rt, "+919812345671")
+    payload = {"entityType": "MOBILE", "entityValue": PHONE, "action": "COUPON", "channels": [sms(), email()]}
+    refusing = dry_run(rt, payload)
+    assert [(p.code, p.message) for p in refusing.problems] == [
+        (E.RATE_LIMITED, "the daily SMS budget is spent: the channel is in safe mode and would be refused")]
+    rt.settings.safe_mode = "email_only"
+    rerouting = dry_run(rt, payload)
+    assert [p.code for p in rerouting.problems] == [E.SAFE_MODE_EMAIL]
+    assert [m.channel.value for m in rerouting.messages] == ["EMAIL"]
+    assert counters(rt) == {("budget", "SMS"): 1} and len(outbox(rt)) == 1  # nothing sent or counted
 
 
 def test_email_only_sends_to_an_email_entity_with_the_email_template(build):
