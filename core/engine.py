@@ -149,18 +149,20 @@ def _count_sends(conn: Connection, rt: Runtime, config: OtpConfig, *,
     Each send counts against its channel's service-wide budget and the action's own (core.safemode.budgets_for).
     The send that spends a budget records the budget_trip security event, once per trip (rolled back with the
     request if another limit refuses it); the sends refused after it are limit events.
+    Counters shared between requests are taken in one canonical (sorted) order, so that on PostgreSQL two
+    transactions never wait for each other's rows in a cycle (a deadlock, whichever order the channels came in).
     """
     s = rt.settings
     destination_limit = effective_limit(config, s, "destination_limit")
     if destination_limit:
         minutes = effective_limit(config, s, "destination_window_minutes")
         period, wait = _window(now, minutes)
-        for target, _gateway in sends:
+        for target in sorted({t for t, _g in sends}, key=lambda t: (t.channel.value, t.destination)):
             if bump(conn, scope=f"dest:{target.channel.value}", user_key=target.destination, period=period,
                     limit=destination_limit) is None:
                 raise _Refused("destination", f"at most {destination_limit} codes per {minutes} minutes "
                                "to one destination", wait)
-    for channel in dict.fromkeys(t.channel for t, _g in sends):
+    for channel in sorted({t.channel for t, _g in sends}, key=lambda c: c.value):
         for scope, budget in budgets_for(s, config, channel):
             count = bump(conn, scope=scope, user_key=channel.value, period=local_day(now, s.tz),
                          limit=budget) if budget > 0 else None

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from core.db import is_sqlite, write_guard
 
@@ -36,15 +37,23 @@ class _Batch:
     conn: Connection
     done: asyncio.Future
     members: int = 0
+    broken: BaseException | None = None  # an error after which SQLite had ended the transaction itself
 
 
 class Writer:
     """Runs units of write work: work(conn) is synchronous and must not await."""
 
     def __init__(self, engine: Engine, *, group: bool | None = None) -> None:
-        self._engine = engine
+        self._engine_ref = weakref.ref(engine)  # the registry below must not keep an engine alive
         self._group = is_sqlite(engine) if group is None else group
         self._open: dict[asyncio.AbstractEventLoop, _Batch] = {}
+
+    @property
+    def _engine(self) -> Engine:
+        engine = self._engine_ref()
+        if engine is None:
+            raise RuntimeError("the engine of this Writer was disposed of")
+        return engine
 
     async def run(self, work: Callable[[Connection], T]) -> T:
         """work's result once its writes are committed; its exception, with its writes undone, if it raises."""
@@ -53,32 +62,43 @@ class Writer:
             # trips and commit flushes instead of queueing behind one another on the event loop.
             return await asyncio.to_thread(self._transaction, work)
         batch = self._join()
-        result = self._in_savepoint(batch.conn, work)
+        with self._savepoint(batch, "work") as conn:
+            result = work(conn)
         batch.members += 1
         await asyncio.shield(batch.done)  # one request cancelled must not cancel the others' commit
         return result
 
     def _transaction(self, work: Callable[[Connection], T]) -> T:
-        with self._engine.begin() as conn:
-            return work(conn)
+        """One transaction; retried (twice at most) when PostgreSQL chose it as a deadlock or serialisation victim.
+
+        The engine takes shared rows (counters) in one canonical order, so this should not happen; if it does, the
+        victim was rolled back whole and running it again is the standard remedy.
+        """
+        for attempt in range(3):
+            try:
+                with self._engine.begin() as conn:
+                    return work(conn)
+            except DBAPIError as exc:
+                if attempt == 2 or getattr(exc.orig, "sqlstate", None) not in _RETRYABLE:
+                    raise
+        raise AssertionError("unreachable")
 
     @contextmanager
     def within(self) -> Iterator[Connection]:
         """A connection for synchronous writes on this thread: the open batch's (committed with it), if any."""
-        owner = write_guard.owners.get(self._engine)
-        if owner is None:
+        batch = self._current()
+        if batch is None:
             with self._engine.begin() as conn:
                 yield conn
             return
-        driver = owner.connection.driver_connection
-        driver.execute("SAVEPOINT within")
+        with self._savepoint(batch, "within") as conn:
+            yield conn
+
+    def _current(self) -> _Batch | None:
         try:
-            yield owner
-        except BaseException:
-            driver.execute("ROLLBACK TO within")
-            driver.execute("RELEASE within")
-            raise
-        driver.execute("RELEASE within")
+            return self._open.get(asyncio.get_running_loop())
+        except RuntimeError:  # no loop running on this thread: no batch either
+            return None
 
     def _join(self) -> _Batch:
         loop = asyncio.get_running_loop()
@@ -95,23 +115,59 @@ class Writer:
             loop.call_soon(self._commit, loop, batch)  # runs after every task already scheduled this turn
         return batch
 
-    @staticmethod
-    def _in_savepoint(conn: Connection, work: Callable[[Connection], T]) -> T:
-        driver = conn.connection.driver_connection
-        driver.execute("SAVEPOINT work")
+    @contextmanager
+    def _savepoint(self, batch: _Batch, name: str) -> Iterator[Connection]:
+        """The batch's connection inside a SAVEPOINT: released on success, rolled back to on an error.
+
+        Some errors (a full disk, an I/O error, an interrupt) make SQLite roll back the whole transaction, not
+        only the savepoint. The batch is then broken: whoever joined it fails at commit time (their writes are
+        gone), and later work opens a new batch rather than running outside any transaction.
+        """
+        driver = batch.conn.connection.driver_connection
         try:
-            result = work(conn)
-        except BaseException:
-            driver.execute("ROLLBACK TO work")
-            driver.execute("RELEASE work")
+            driver.execute(f"SAVEPOINT {name}")
+        except Exception as exc:
+            raise self._break(batch, exc) from exc
+        try:
+            yield batch.conn
+        except BaseException as exc:
+            try:
+                driver.execute(f"ROLLBACK TO {name}")
+                driver.execute(f"RELEASE {name}")
+                undone = driver.in_transaction
+            except Exception:
+                undone = False
+            if not undone:
+                self._break(batch, exc)
             raise
-        driver.execute("RELEASE work")
-        return result
+        try:
+            driver.execute(f"RELEASE {name}")
+        except Exception as exc:
+            raise self._break(batch, exc) from exc
+
+    def _break(self, batch: _Batch, cause: BaseException) -> DBAPIError:
+        """Take a batch whose transaction is gone out of service; the error its members will see."""
+        if batch.broken is None:
+            batch.broken = cause if isinstance(cause, DBAPIError) else OperationalError(
+                "group commit", None, cause if isinstance(cause, Exception) else RuntimeError(str(cause)))
+        self._release(batch)
+        return batch.broken  # type: ignore[return-value]
+
+    def _release(self, batch: _Batch) -> None:
+        """Stop handing this batch to new work (it may already have been replaced by a newer one)."""
+        for loop, current in list(self._open.items()):
+            if current is batch:
+                del self._open[loop]
+        if write_guard.owners.get(self._engine) is batch.conn:
+            del write_guard.owners[self._engine]
 
     def _commit(self, loop: asyncio.AbstractEventLoop, batch: _Batch) -> None:
-        del self._open[loop]
-        write_guard.owners.pop(self._engine, None)
+        self._release(batch)
         try:
+            if batch.broken is not None:
+                raise batch.broken
+            if not batch.conn.connection.driver_connection.in_transaction:  # ended under us: nothing to commit
+                raise OperationalError("COMMIT", None, RuntimeError("the batch's transaction had ended"))
             batch.conn.commit()
             batch.done.set_result(None)
         except Exception as exc:
@@ -129,6 +185,8 @@ class Writer:
             batch.conn.close()
 
 
+# PostgreSQL's deadlock_detected and serialization_failure: the transaction was rolled back and may be re-run.
+_RETRYABLE = frozenset({"40P01", "40001"})
 _writers: weakref.WeakKeyDictionary[Engine, Writer] = weakref.WeakKeyDictionary()
 
 

@@ -5,6 +5,7 @@ import asyncio
 
 import pytest
 from sqlalchemy import event, text
+from sqlalchemy.exc import DBAPIError
 
 from core import errors as E
 from core.engine import generate, run, validate
@@ -169,3 +170,33 @@ def test_two_runtimes_on_one_database_share_its_batches(rt):
 
     run(burst())
     assert _count(rt, "SELECT count(*) FROM otp_request") == 2
+
+
+def test_an_error_that_ends_sqlites_transaction_fails_the_batch_it_broke_and_spares_later_work(tmp_path):
+    """A full disk makes SQLite roll back the whole transaction, not one savepoint: whoever had joined the batch
+    must fail (their writes are gone), and work after it must get a new batch, not run outside any transaction."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'full.db'}")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE u (x INTEGER)"))
+        conn.execute(text("CREATE TABLE big (x BLOB)"))
+        pages = conn.execute(text("PRAGMA page_count")).scalar_one()
+    event.listen(engine, "connect", lambda dbapi, _record: dbapi.execute(f"PRAGMA max_page_count={pages + 10}"))
+    engine.dispose()
+    writer = Writer(engine, group=True)
+
+    def insert(value):
+        return lambda conn: conn.execute(text("INSERT INTO u VALUES (:x)"), {"x": value})
+
+    async def scenario():
+        return await asyncio.gather(
+            writer.run(insert(1)),
+            writer.run(lambda conn: conn.execute(text("INSERT INTO big VALUES (:b)"), {"b": b"x" * 400_000})),
+            writer.run(insert(3)), return_exceptions=True)
+
+    first, full, later = asyncio.run(scenario())
+    assert isinstance(full, DBAPIError) and "full" in str(full)
+    assert isinstance(first, DBAPIError)  # joined the broken batch: its write is gone, and it says so
+    assert not isinstance(later, Exception)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT x FROM u")).scalars().all() == [3]
+    engine.dispose()
