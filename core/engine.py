@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import math
+import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -254,11 +255,11 @@ def _issue(conn: Connection, rt: Runtime, *, user_key: str, entity: NormalisedEn
 
 def _insert_delivery(conn: Connection, *, request_id: int, code_id: int, target: ChannelTarget,
                      gateway: Gateway | None, step: int, now: datetime, status: str = "queued",
-                     error: str | None = None, attempts: int = 0) -> int:
+                     error: str | None = None, attempts: int = 0, latency_ms: float | None = None) -> int:
     return _INSERT_DELIVERY.scalar(conn, {  # type: ignore[return-value]
         "request_id": request_id, "code_id": code_id, "channel": target.channel.value,
         "destination": target.destination, "gateway": _gateway_label(gateway), "status": status, "error": error,
-        "attempts": attempts, "created_at": now, "updated_at": now, "failover_step": step})
+        "attempts": attempts, "latency_ms": latency_ms, "created_at": now, "updated_at": now, "failover_step": step})
 
 
 def _variables(rt: Runtime, config: OtpConfig, code: str) -> dict[str, object]:
@@ -277,6 +278,7 @@ def _send_within(conn: Connection, rt: Runtime, config: OtpConfig, *, request_id
     variables = _variables(rt, config, issued.code)
     reports = []
     for target, gateway in sends:
+        started = time.perf_counter()
         try:
             message = render_message(templates[target.channel], delivery_id=0, destination=target.destination,
                                      code=issued.code, variables=variables)
@@ -286,7 +288,8 @@ def _send_within(conn: Connection, rt: Runtime, config: OtpConfig, *, request_id
         status = "failed" if message is None else "delivered"
         delivery_id = _insert_delivery(conn, request_id=request_id, code_id=issued.code_id, target=target,
                                        gateway=gateway, step=0, now=now, status=status, error=error,
-                                       attempts=0 if message is None else 1)
+                                       attempts=0 if message is None else 1,
+                                       latency_ms=None if message is None else (time.perf_counter() - started) * 1000)
         if message is not None:
             gateway.send_within(conn, replace(message, delivery_id=delivery_id))  # type: ignore[union-attr]
         reports.append(DeliveryReport(delivery_id, target.channel.value, target.destination,

@@ -64,16 +64,18 @@ class SimulatedGateway:
         if self.rng.random() < self.fail_rate:
             return SendResult(status="failed", error=self.rng.choice(ERRORS), http_status=503,
                               latency_ms=round(latency * 3, 1))
+        record = None
         if self.inner is not None:
             result = await self.inner.send(message)
             if result.status == "failed":
                 return result
-            provider_id = result.provider_message_id
+            provider_id, record = result.provider_message_id or f"sim-{message.delivery_id}", result.record
         else:
             provider_id = f"sim-{message.delivery_id}"
         self.inbox[message.destination] = message.code
         status = "sent" if self.rng.random() < 0.03 else "delivered"  # a few receipts never arrive
-        return SendResult(status=status, provider_message_id=provider_id, latency_ms=round(latency, 1))
+        return SendResult(status=status, provider_message_id=provider_id, latency_ms=round(latency, 1),
+                          record=record)  # the outbox keeps its message in the recording transaction
 
 
 @dataclass

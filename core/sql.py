@@ -40,7 +40,7 @@ class Prepared:
 
     def __init__(self, build: Callable[[Callable], Executable]) -> None:
         self._build = build  # called with the dialect's insert (see per_dialect)
-        self._compiled: dict[tuple[str, tuple[str, ...]], tuple[str, Callable[[dict], object]]] = {}
+        self._compiled: dict[tuple[str, str, tuple[str, ...]], tuple[str, Callable[[dict], object]]] = {}
 
     def _compile(self, conn: Connection, keys: tuple[str, ...]) -> tuple[str, Callable[[dict], object]]:
         dialect = conn.dialect
@@ -62,10 +62,10 @@ class Prepared:
 
     def execute(self, conn: Connection, params: dict):  # type: ignore[no-untyped-def]
         """Run with params; returns the driver cursor (its rows are plain tuples)."""
-        key = (conn.dialect.name, tuple(params))
+        key = (conn.dialect.name, conn.dialect.driver, tuple(params))  # the driver decides the paramstyle
         entry = self._compiled.get(key)
         if entry is None:
-            entry = self._compiled[key] = self._compile(conn, key[1])
+            entry = self._compiled[key] = self._compile(conn, key[2])
         sql, arguments = entry
         args = arguments(params)
         cursor = conn.connection.driver_connection.cursor()

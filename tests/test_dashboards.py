@@ -488,3 +488,12 @@ def test_home_button_simulates_for_editors_only(rt, team):
         assert conn.execute(text("SELECT count(*) FROM otp_request")).scalar() > 50
         # The simulated gateways keep no readable code.
         assert conn.execute(text("SELECT count(*) FROM outbox_message")).scalar() == 0
+
+
+def test_demo_traffic_can_keep_its_messages_in_the_outbox(rt):
+    """keep_outbox: the simulated gateways pass the outbox's recording through, so each delivered message is kept."""
+    report = simulate(rt, days=1, users=50, per_day=10, seed=11, small=True, end=rt.clock(), keep_outbox=True)
+    with rt.read_db.connect() as conn:
+        kept = conn.execute(text("SELECT count(*) FROM outbox_message")).scalar_one()
+        sent = conn.execute(text("SELECT count(*) FROM delivery WHERE status IN ('sent', 'delivered')")).scalar_one()
+    assert report.generates > 0 and kept == sent > 0

@@ -392,3 +392,15 @@ def test_alphanumeric_codes_compare_case_insensitively(rt):
     code = code_sent_to(rt, PHONE)
     assert len(code) == 12 and code.isalnum() and code == code.upper()
     assert val(rt, code.lower()).valid
+
+
+def test_an_outbox_delivery_is_recorded_like_any_other(rt):
+    """The outbox sends inside the issuing transaction; its delivery row still says how and how fast it went."""
+    result = run(generate(rt, {"entityType": "MOBILE", "entityValue": PHONE, "action": "COUPON",
+                               "channels": [{"type": "SMS", "value": PHONE}]}))
+    with rt.read_db.connect() as conn:
+        row = conn.execute(text("SELECT status, attempts, latency_ms, gateway, request_id FROM delivery")).one()
+        message = conn.execute(text("SELECT delivery_id, recipient FROM outbox_message")).one()
+    assert (row.status, row.attempts, row.gateway, row.request_id) == ("delivered", 1, "outbox", result.request_id)
+    assert row.latency_ms is not None and 0 <= row.latency_ms < 10_000
+    assert message.recipient == PHONE and message.delivery_id == result.deliveries[0].delivery_id
