@@ -467,7 +467,7 @@ async def generate(rt: Runtime, payload: object, *, client_id: int | None = None
         error.warnings.extend(rerouted)  # the email was tried and failed: say why the phone channel was not
         raise error
     if issued.resent:
-        warnings.insert(0, Problem(E.RESENT_SAME_CODE, "the code sent earlier is still valid and was sent again"))
+        warnings.insert(0, Problem(E.RESENT_SAME_CODE, "the code issued earlier is still valid and was sent again"))
     warnings += rerouted
     return GenerateResult(1 if issued.resent else request_id, issued.resent, warnings, reports,
                           request_id, issued.code_id)
