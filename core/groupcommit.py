@@ -5,15 +5,16 @@ every page touched, the lock hand-over) costs several times that. Under concurre
 their write in the same turn of the event loop, so they share one transaction (group commit): each runs its
 statements inside its own SAVEPOINT (a refusal rolls back only its own work, as its own transaction would),
 the transaction commits once at the start of the next turn, and every request waits for that commit before
-it answers, so nothing is reported done before it is durable. The batch is synchronous work only, never
-held across an await, so no gateway call or other I/O happens while it is open.
+it answers, so nothing is reported done before it is durable. A unit of work is synchronous and never awaits,
+and the batch commits on the next turn whatever else is pending: how long the transaction stays open never
+depends on a gateway (another request's send may be in flight meanwhile, outside any transaction of its own).
 
 While a batch is open, another write transaction opened on the same thread would wait for a lock its own
 thread holds; core.db refuses that at once (write_guard) instead of hanging. Engine writes therefore all go
 through Writer.run (async code) or Writer.within (synchronous code on the loop's thread).
 
-PostgreSQL takes concurrent transactions from several workers without a file lock: there, each call is its
-own transaction.
+PostgreSQL takes concurrent transactions without a file lock: there, each call is its own transaction, run in
+a worker thread so that a worker's requests overlap their round trips.
 """
 from __future__ import annotations
 
