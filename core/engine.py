@@ -21,7 +21,7 @@ from core import errors as E
 from core.codes import CheckOutcome, CodeSendsExhausted, IssuedCode, LiveCodeRace, check_code, issue_or_resend, \
     locked_until, record_failure, reset_failures
 from core.dispatch import dispatch
-from core.gateways import Gateway, is_local
+from core.gateways import Gateway, OutgoingMessage, is_local
 from core.gateways.http import close_shared_client
 from core.entities import NormalisedEntity, mask, region_of
 from core.enums import Action, Channel, EntityType
@@ -267,6 +267,16 @@ def _variables(rt: Runtime, config: OtpConfig, code: str) -> dict[str, object]:
                               brand=rt.settings.brand)
 
 
+def _render(template: ResolvedTemplate, *, delivery_id: int, destination: str, code: str,
+            variables: dict[str, object]) -> tuple[OutgoingMessage | None, str | None]:
+    """The message, or None and the delivery's error text when the template cannot be rendered."""
+    try:
+        return render_message(template, delivery_id=delivery_id, destination=destination, code=code,
+                              variables=variables), None
+    except RenderError as exc:
+        return None, f"template failed to render: {str(exc)[:1000]}"
+
+
 def _send_within(conn: Connection, rt: Runtime, config: OtpConfig, *, request_id: int, issued: IssuedCode,
                  sends: list[tuple[ChannelTarget, Gateway | None]], templates: dict[Channel, ResolvedTemplate],
                  now: datetime) -> list[DeliveryReport]:
@@ -279,12 +289,8 @@ def _send_within(conn: Connection, rt: Runtime, config: OtpConfig, *, request_id
     reports = []
     for target, gateway in sends:
         started = time.perf_counter()
-        try:
-            message = render_message(templates[target.channel], delivery_id=0, destination=target.destination,
-                                     code=issued.code, variables=variables)
-            error = None
-        except RenderError as exc:
-            message, error = None, f"template failed to render: {str(exc)[:1000]}"
+        message, error = _render(templates[target.channel], delivery_id=0, destination=target.destination,
+                                 code=issued.code, variables=variables)
         status = "failed" if message is None else "delivered"
         delivery_id = _insert_delivery(conn, request_id=request_id, code_id=issued.code_id, target=target,
                                        gateway=gateway, step=0, now=now, status=status, error=error,
@@ -324,12 +330,12 @@ async def _deliver(rt: Runtime, config: OtpConfig, sends: list[_Send], code: str
     variables = _variables(rt, config, code)
     pairs, render_failures = [], {}
     for send in sends:
-        try:
-            pairs.append((send.gateway, render_message(send.template, delivery_id=send.delivery_id,
-                                                       destination=send.target.destination, code=code,
-                                                       variables=variables)))
-        except RenderError as exc:
-            render_failures[send.delivery_id] = str(exc)[:1000]
+        message, error = _render(send.template, delivery_id=send.delivery_id, destination=send.target.destination,
+                                 code=code, variables=variables)
+        if message is None:
+            render_failures[send.delivery_id] = error
+        else:
+            pairs.append((send.gateway, message))
     results = dict(zip((m.delivery_id for _g, m in pairs), await dispatch(pairs, rt.settings.gateway_timeout_seconds)))
 
     reports: list[DeliveryReport] = []
@@ -339,7 +345,7 @@ async def _deliver(rt: Runtime, config: OtpConfig, sends: list[_Send], code: str
     for send in sends:
         result = results.get(send.delivery_id)
         status = result.status if result else "failed"
-        error = result.error if result else f"template failed to render: {render_failures[send.delivery_id]}"
+        error = result.error if result else render_failures[send.delivery_id]
         rows.append({"p_id": send.delivery_id, "p_status": status, "p_error": error,
                      "p_message_id": result.provider_message_id if result else None,
                      "p_http_status": result.http_status if result else None,
