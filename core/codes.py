@@ -14,7 +14,7 @@ from sqlalchemy import Connection, bindparam, case, select, text, update
 from core.crypto import CodeKeys, equal, new_code
 from core.models import FailureCounter, OtpCode
 from core.otpconfig import OtpConfig
-from core.sql import Prepared, per_dialect
+from core.sql import Prepared
 
 _code = OtpCode.__table__
 _failures = FailureCounter.__table__
@@ -77,6 +77,9 @@ def _record_failure_statement(insert):  # type: ignore[no-untyped-def]
         set_={"consecutive": _failures.c.consecutive + 1,
               "locked_until": case((reached, lock_at), else_=_failures.c.locked_until)},
     ).returning(_failures.c.consecutive)
+
+
+_RECORD_FAILURE = Prepared(_record_failure_statement)
 
 
 class LiveCodeRace(Exception):
@@ -169,11 +172,10 @@ def locked_until(conn: Connection, *, user_key: str, action: str, now: datetime)
 def record_failure(conn: Connection, *, user_key: str, config: OtpConfig, now: datetime) -> int:
     """Count one more consecutive failure across codes; lock the user and action at the ceiling."""
     lock_at = now + timedelta(minutes=config.lock_minutes)
-    statement = per_dialect(conn, "record_failure", _record_failure_statement)
-    return conn.execute(statement, {
+    return _RECORD_FAILURE.scalar(conn, {  # type: ignore[return-value]
         "p_user": user_key, "p_action": config.action.value, "p_ceiling": config.max_consecutive_failures,
         "p_lock_at": lock_at, "p_first_lock": lock_at if config.max_consecutive_failures <= 1 else None,
-    }).scalar_one()
+    })
 
 
 def reset_failures(conn: Connection, *, user_key: str, action: str) -> None:

@@ -2,7 +2,7 @@
 
 SQLAlchemy caches compiled SQL, but a statement object built anew each time must still be constructed and
 have its cache key computed; a module-level statement with bind parameters skips both. Upserts differ by
-dialect in SQLAlchemy's API (not in the SQL), so they are built once per dialect.
+dialect in SQLAlchemy's API (not in the SQL), so Prepared builds them once per dialect.
 """
 from __future__ import annotations
 
@@ -13,18 +13,6 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import Executable
-
-_built: dict[tuple[str, str], Executable] = {}
-
-
-def per_dialect(conn: Connection, name: str, build: Callable[[Callable], Executable]) -> Executable:
-    """The statement called name for conn's dialect, built once by build(insert) with that dialect's insert."""
-    key = (conn.dialect.name, name)
-    statement = _built.get(key)
-    if statement is None:
-        statement = _built[key] = build(sqlite_insert if conn.dialect.name == "sqlite" else pg_insert)
-    return statement
-
 
 class Prepared:
     """A statement compiled once per dialect and run straight on the driver's cursor.
@@ -39,7 +27,7 @@ class Prepared:
     """
 
     def __init__(self, build: Callable[[Callable], Executable]) -> None:
-        self._build = build  # called with the dialect's insert (see per_dialect)
+        self._build = build  # called with the dialect's insert: upserts differ by dialect in SQLAlchemy's API
         self._compiled: dict[tuple[str, str, tuple[str, ...]], tuple[str, Callable[[dict], object]]] = {}
 
     def _compile(self, conn: Connection, keys: tuple[str, ...]) -> tuple[str, Callable[[dict], object]]:
