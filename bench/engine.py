@@ -46,26 +46,10 @@ for _path in (str(ROOT), str(BENCH)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-from loadgen import LoadResult, Server, http_request, run_load  # noqa: E402
+from loadgen import CODE_IN_MESSAGE, LIMITS_OFF, LoadResult, Numbers, Server, http_request, run_load  # noqa: E402
 
 GOAL = 0.25
-PREFIX = "+9199000"  # +91 99000 xxxxx: valid Indian mobiles, 100 000 of them
 ACTION = "COUPON"
-_CODE = re.compile(r"(?:is:? |parameter: |otp: )([0-9A-Za-z]+)")
-
-
-class Numbers:
-    """Hands out each phone number once, so every generate is a first request for a new user."""
-
-    def __init__(self) -> None:
-        self._next = 0
-
-    def take(self, count: int) -> list[str]:
-        if self._next + count > 100_000:
-            raise SystemExit("out of distinct phone numbers: lower --requests or --rounds")
-        taken = [f"{PREFIX}{i:05d}" for i in range(self._next, self._next + count)]
-        self._next += count
-        return taken
 
 
 def generate_body(number: str) -> dict:
@@ -84,7 +68,7 @@ def codes_sent(db_path: Path, numbers: list[str]) -> dict[str, str]:
     with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30) as conn:
         for recipient, body in conn.execute("SELECT recipient, body FROM outbox_message ORDER BY id"):
             if recipient in wanted:
-                match = _CODE.search(body)
+                match = CODE_IN_MESSAGE.search(body)
                 if match:
                     found[recipient] = match.group(1)
     return found
@@ -193,9 +177,7 @@ class HttpBench:
         self.db_path = tmp / "otp.db"
         env = {k: v for k, v in os.environ.items() if not k.startswith("OTP_")}
         env.update(OTP_DATABASE_URL=f"sqlite:///{self.db_path}", OTP_SECRET_KEY_FILE=str(tmp / "key"),
-                   OTP_ENV="development", PYTHONDONTWRITEBYTECODE="1",
-                   # One load generator on one address: the abuse limits would refuse it, not measure it.
-                   OTP_DESTINATION_LIMIT="0", OTP_IP_LIMIT="0", OTP_PREFIX_LIMIT="0")
+                   OTP_ENV="development", PYTHONDONTWRITEBYTECODE="1", **LIMITS_OFF)
         key, secret = create_api_client(env)
         self.auth = {"Authorization": "Basic " + base64.b64encode(f"{key}:{secret}".encode()).decode()}
         extra = args.uvicorn_args.split() if args.uvicorn_args else []
@@ -321,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
           f"after {args.warmup} warm-up, {args.concurrency} in flight over "
           f"HTTP, {args.client} load generator, timeout {args.timeout:g} s; one new user per generate")
 
-    numbers = Numbers()
+    numbers = Numbers("--requests or --rounds")
     engine_bench = http_bench = None
     all_rates: list[dict[str, float]] = []
     try:

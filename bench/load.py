@@ -54,27 +54,12 @@ for _path in (str(ROOT), str(BENCH)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-from loadgen import HOST, LoadResult, Server, free_port, http_request, process_cpu_seconds, run_load  # noqa: E402
+from loadgen import (  # noqa: E402
+    CODE_IN_MESSAGE, HOST, LIMITS_OFF, LoadResult, Numbers, Server, free_port, http_request, process_cpu_seconds, run_load)
 
-PREFIX = "+9199000"  # +91 99000 xxxxx: valid Indian mobiles, 100 000 of them
 ACTION = "COUPON"
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-CODE_IN_MESSAGE = re.compile(r"(?:is:? |parameter: |otp: )([0-9A-Za-z]+)")
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-
-
-class Numbers:
-    """Hands out each phone number once across the whole run."""
-
-    def __init__(self) -> None:
-        self._next = 0
-
-    def take(self, count: int) -> list[str]:
-        if self._next + count > 100_000:
-            raise SystemExit("out of distinct phone numbers: lower --requests or --warmup")
-        taken = [f"{PREFIX}{i:05d}" for i in range(self._next, self._next + count)]
-        self._next += count
-        return taken
 
 
 def _json(value: object) -> bytes:
@@ -164,8 +149,7 @@ class Bench:
         env = {k: v for k, v in os.environ.items() if not k.startswith("OTP_")}
         env.update(OTP_DATABASE_URL=setup.database_url, OTP_ENV="development",
                    OTP_SECRET_KEY=base64.b64encode(os.urandom(32)).decode(),
-                   OTP_DESTINATION_LIMIT="0", OTP_IP_LIMIT="0", OTP_PREFIX_LIMIT="0",
-                   OTP_AUTH_CACHE_SECONDS="600", PYTHONDONTWRITEBYTECODE="1")
+                   **LIMITS_OFF, OTP_AUTH_CACHE_SECONDS="600", PYTHONDONTWRITEBYTECODE="1")
         key, secret = create_api_client(env)  # also applies the migrations
         self.auth = {"Authorization": "Basic " + base64.b64encode(f"{key}:{secret}".encode()).decode()}
         workers = ["--workers", str(setup.workers)]  # the last --workers wins over loadgen's "--workers 1"
@@ -364,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {args.requests} requests per phase ({args.requests * args.empty_factor} for the empty floor) after "
           f"{args.warmup} warm-up, {args.concurrency} in flight, timeout {args.timeout:g} s per phase")
 
-    numbers = Numbers()
+    numbers = Numbers("--requests or --warmup")
     rows: list[Row] = []
     failed = False
     started = time.monotonic()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -18,7 +19,26 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 HOST = "127.0.0.1"
+PHONE_PREFIX = "+9199000"  # +91 99000 xxxxx: valid Indian mobiles, 100 000 of them
+# The code in an outbox message body (SMS, voice, WhatsApp and Zalo renderings), to validate what was sent.
+CODE_IN_MESSAGE = re.compile(r"(?:is:? |parameter: |otp: )([0-9A-Za-z]+)")
+# One load generator on one address: the abuse limits would refuse it, not measure it.
+LIMITS_OFF = {"OTP_DESTINATION_LIMIT": "0", "OTP_IP_LIMIT": "0", "OTP_PREFIX_LIMIT": "0"}
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+class Numbers:
+    """Hands out each phone number once, so every generate is a first request for a new user."""
+
+    def __init__(self, lower: str) -> None:
+        self._next, self._lower = 0, lower  # lower: the options to lower when the numbers run out
+
+    def take(self, count: int) -> list[str]:
+        if self._next + count > 100_000:
+            raise SystemExit(f"out of distinct phone numbers: lower {self._lower}")
+        taken = [f"{PHONE_PREFIX}{i:05d}" for i in range(self._next, self._next + count)]
+        self._next += count
+        return taken
 
 
 def free_port() -> int:

@@ -34,7 +34,7 @@ for _path in (str(ROOT), str(BENCH)):
         sys.path.insert(0, _path)
 
 import engine as bench  # noqa: E402  (bench/engine.py)
-from loadgen import Server, http_request, run_load  # noqa: E402
+from loadgen import LIMITS_OFF, Numbers, Server, http_request, run_load  # noqa: E402
 
 CORE = str(ROOT / "core") + "/"
 API = str(ROOT / "api.py")
@@ -206,7 +206,7 @@ def profile_engine(args: argparse.Namespace) -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="otp-profile-"))
     eb = bench.EngineBench(tmp)
-    numbers = bench.Numbers()
+    numbers = Numbers("--requests")
     eb.generate(numbers.take(args.warmup), args.timeout)
     plain = eb.generate(numbers.take(args.requests), args.timeout)
     print(f"engine generate without a profiler: {plain.rate:.0f}/s ({plain.elapsed / plain.done * 1000:.2f} ms each)")
@@ -268,7 +268,7 @@ def profile_http(args: argparse.Namespace) -> None:
     db_path = tmp / "otp.db"
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTP_")}
     env.update(OTP_DATABASE_URL=f"sqlite:///{db_path}", OTP_SECRET_KEY_FILE=str(tmp / "key"), OTP_ENV="development",
-               OTP_DESTINATION_LIMIT="0", OTP_IP_LIMIT="0", OTP_PREFIX_LIMIT="0")  # as bench/engine.py
+               **LIMITS_OFF)
     key, secret = bench.create_api_client(env)
     auth = {"Authorization": "Basic " + base64.b64encode(f"{key}:{secret}".encode()).decode()}
     out = tmp / "server.pyisession"
@@ -288,7 +288,7 @@ def profile_http(args: argparse.Namespace) -> None:
     server = Server(args.api_app, cwd=ROOT, env=env, log_path=tmp / "api.log", launcher=launcher)
     try:
         server.wait_ready(http_request("GET", "/health", server.port))
-        numbers = bench.Numbers()
+        numbers = Numbers("--requests")
         build = lambda n: http_request("POST", "/v2/otp/generate", server.port,  # noqa: E731
                                        bench._json(bench.generate_body(n)), auth)
         run_load(server.port, [build(n) for n in numbers.take(args.warmup)], concurrency=args.concurrency,
