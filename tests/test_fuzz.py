@@ -51,7 +51,7 @@ from core.models import ApiClientCreate
 from core.receipts import twilio_signature, webhook_signature
 from core.requests import GenerateRequest, ValidateRequest, parse_generate, parse_validate
 from core.staff import StaffIdentity, create_first_admin
-from core.templates import RenderError, render, sample_variables
+from core.templates import render, sample_variables
 
 SETTINGS = Settings(env="test")
 # Every code a refusal may carry (README, core/errors.py); the validator itself uses a subset.
@@ -459,7 +459,15 @@ def test_deeply_nested_template_is_refused_not_crashed(field, opener, closer):
         body["template"] = source
     else:
         body["emailTemplate"] = {"body": "{{ validation_code }}", field.split(".")[1]: source}
-    check(parse_generate, body)
+    assert check(parse_generate, body) is None, NESTING_BUG
+    assert _refusal_codes(body) == [E.TEMPLATE_PROBLEM], NESTING_BUG
+
+
+def _refusal_codes(body: dict) -> list[int]:
+    """The codes parse_generate refuses body with (it must refuse it)."""
+    with pytest.raises(OtpError) as info:
+        parse_generate(body, SETTINGS)
+    return [p.code for p in info.value.problems]
 
 
 def _strings(request) -> list[str]:  # type: ignore[no-untyped-def]
@@ -490,16 +498,33 @@ def test_accepted_text_is_valid_unicode(field, value):
             item.encode("utf-8")
 
 
-def test_accepted_template_renders_or_is_refused():
-    source = "{{ validation_code" + "|e" * 900 + " }}"  # 1,821 characters: under the 2,000 limit for SMS
+@pytest.mark.parametrize(("field", "code"), [
+    ("template", E.TEMPLATE_PROBLEM), ("emailTemplate.subject", E.TEMPLATE_PROBLEM),
+    ("emailTemplate.body", E.TEMPLATE_PROBLEM), ("whatsappTemplateName", E.WHATSAPP_TEMPLATE_MISSING),
+    ("whatsappTemplateLanguage", E.WHATSAPP_TEMPLATE_MISSING), ("zaloTemplateIdentifier", E.ZALO_TEMPLATE_MISSING)])
+def test_lone_surrogates_are_refused_in_every_text_field(field, code):
+    value = "Your code {{ validation_code }} \ud800"
+    body: dict = {"entityType": "EMAIL", "entityValue": "someone@example.com", "action": "COUPON"}
+    if field.startswith("emailTemplate."):
+        body["emailTemplate"] = {"body": "{{ validation_code }}", field.split(".")[1]: value}
+    else:
+        body[field] = value
+    assert _refusal_codes(body) == [code], SURROGATE_BUG
+
+
+@pytest.mark.parametrize("filters", [13, 150, 900])
+def test_long_filter_chains_are_refused_when_parsed(filters):
+    source = "{{ validation_code" + "|e" * filters + " }}"  # 900: 1,821 characters, under the SMS limit
     body = {"entityType": "MOBILE", "entityValue": "+919900012345", "action": "COUPON", "template": source}
-    request = check(parse_generate, body)
-    if request is not None:
-        variables = sample_variables(action="COUPON", code_length=6, validity_minutes=10, brand="b")
-        try:
-            render(request.sms_template, variables)
-        except RenderError:
-            pass  # refused at render time is acceptable; any other exception is not
+    assert _refusal_codes(body) == [E.TEMPLATE_PROBLEM], FILTER_CHAIN_BUG
+
+
+def test_a_short_filter_chain_is_accepted_and_renders():
+    source = "{{ validation_code" + "|e" * 10 + " }}"
+    body = {"entityType": "MOBILE", "entityValue": "+919900012345", "action": "COUPON", "template": source}
+    request = parse_generate(body, SETTINGS)
+    variables = sample_variables(action="COUPON", code_length=6, validity_minutes=10, brand="b")
+    assert render(request.sms_template, variables) == str(variables["validation_code"])
 
 
 # --- bugs found: the same bodies over HTTP --------------------------------------------------------
@@ -572,7 +597,7 @@ def test_receipt_statuses_are_declared(api):
     declared = api.get("/openapi.json").json()["paths"][RECEIPTS_PATH]["post"]["responses"]
     answered = api.post("/v2/otp/receipts/no-such-gateway", content=b"{}").status_code
     assert answered == 404
-    assert {"404", "409"} <= set(declared), sorted(declared)
+    assert {"404", "409"} <= set(declared), RECEIPT_STATUS_BUG
 
 
 # --- the receipts endpoint fed garbage ------------------------------------------------------------
@@ -687,5 +712,6 @@ SIGNED_MALFORMED = [
 @pytest.mark.parametrize(("gateway", "body", "stamp"), SIGNED_MALFORMED)
 def test_signed_malformed_receipt_answers_4xx(api, rt, receipt_gateways, gateway, body, stamp):
     body, headers = _signed(gateway, body, stamp)
-    assert_refused(api.post(f"/v2/otp/receipts/{gateway}", content=body, headers=headers), context=gateway)
+    assert_refused(api.post(f"/v2/otp/receipts/{gateway}", content=body, headers=headers),
+                   context=f"{gateway}: {SIGNED_RECEIPT_BUG}")
     assert receipts_unchanged(rt)
