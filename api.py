@@ -22,6 +22,7 @@ from core.clients import PERMISSION_OTP_WRITE, ClientIdentity
 from core.errors import OtpError
 from core.gateways.http import close_shared_client
 from core.net import client_ip
+from core.config import Settings, settings_or_exit
 from core.runtime import Runtime
 
 log = logging.getLogger("otp.api")
@@ -186,11 +187,12 @@ def _freeze_startup_heap() -> None:
     gc.freeze()
 
 
-def create_app(runtime: Runtime | None = None) -> FastAPI:
+def create_app(runtime: Runtime | None = None, settings: Settings | None = None) -> FastAPI:
+    """The API over runtime (a test's), or over a Runtime built at start-up from settings (a server's)."""
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
         if not hasattr(app.state, "runtime"):  # a server process (a test passes its own runtime)
-            app.state.runtime = Runtime()
+            app.state.runtime = Runtime(settings)
             _freeze_startup_heap()
         poller = asyncio.create_task(_fail_over_forever(app.state.runtime))
         yield
@@ -282,4 +284,5 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     return app
 
 
-app = create_app()
+# Settings are checked when the server imports this module: a bad one stops it with one line naming it.
+app = create_app(settings=settings_or_exit())

@@ -1,22 +1,39 @@
 """The operations console: the frame that sets up shared state once and lists every page for the role."""
 from __future__ import annotations
 
+import sys
+
 import streamlit as st
 
 from console_state import can, current_session, runtime, sign_out
+from core.config import Settings, checked_settings
 from core.runtime import Runtime
 from core.staff import needs_first_admin
 
 
 @st.cache_resource
-def get_runtime() -> Runtime:
+def get_settings_once() -> tuple[Settings | None, list[str]]:
+    """The settings, read and checked once per console process; a bad one is reported once on stderr."""
+    settings, problems = checked_settings()
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+    return settings, problems
+
+
+@st.cache_resource
+def get_runtime(_settings: Settings) -> Runtime:
     """One runtime per console process; pages never cache a database session."""
-    return Runtime()
+    return Runtime(_settings)
 
 
 st.set_page_config(page_title="OTP console", page_icon=":material/lock:", layout="wide")
 if "runtime" not in st.session_state:  # tests hand in their own runtime
-    st.session_state["runtime"] = get_runtime()
+    settings, problems = get_settings_once()
+    if settings is None:  # the console serves nothing but the lines that name the bad settings
+        st.error("The console cannot start: fix these settings and restart it.\n\n" +
+                 "\n".join(f"- `{line.removeprefix('bad setting: ')}`" for line in problems))
+        st.stop()
+    st.session_state["runtime"] = get_runtime(settings)
 
 with runtime().session() as db:
     first_start = needs_first_admin(db)

@@ -21,6 +21,8 @@ import uvicorn
 from uvicorn.config import LOG_LEVELS, STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
+from core.config import settings_or_exit
+
 
 def listening_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
     """A TCP socket listening on host:port with SO_REUSEADDR and TCP_NODELAY; IPv6 when host has a ':'.
@@ -58,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--workers must be at least 1")
     if args.app_dir:
         sys.path.insert(0, args.app_dir)  # spawned workers inherit sys.path
+    settings_or_exit()  # a bad setting stops the launcher with one line, before it binds or forks
 
     config = uvicorn.Config(args.app, host=args.host, port=args.port, workers=args.workers,
                             log_level=args.log_level, access_log=not args.no_access_log,

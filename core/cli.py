@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from core.config import settings_or_exit
 from core.clients import create_client, list_clients, revoke_client
 from core.models import ApiClientCreate
 from core.runtime import Runtime
@@ -22,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     groups.add_parser("migrate", help="apply database migrations and seed the default configuration")
     args = parser.parse_args(argv)
 
-    runtime = Runtime()
+    runtime = Runtime(settings_or_exit())
     if args.group == "migrate":
         print("database is up to date")
         return 0

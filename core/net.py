@@ -2,32 +2,26 @@
 from __future__ import annotations
 
 import ipaddress
-from functools import lru_cache
+from collections.abc import Sequence
+
+from core.config import IpNetwork
 
 
-@lru_cache(maxsize=64)
-def _networks(trusted: str) -> tuple:
-    networks = []
-    for part in trusted.split(","):
-        if part.strip():
-            networks.append(ipaddress.ip_network(part.strip(), strict=False))
-    return tuple(networks)
-
-
-def _is_trusted(address: str, trusted: str) -> bool:
+def _is_trusted(address: str, trusted: Sequence[IpNetwork]) -> bool:
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return False
-    return any(ip in network for network in _networks(trusted))
+    return any(ip in network for network in trusted)
 
 
-def client_ip(peer: str, forwarded_for: str | None, trusted: str) -> str:
+def client_ip(peer: str, forwarded_for: str | None, trusted: Sequence[IpNetwork]) -> str:
     """The address limits are keyed on.
 
-    Only when the peer is a trusted proxy is X-Forwarded-For read, from the right, skipping further trusted
-    proxies: the first untrusted address is the client. Anything a client writes to the left of that is
-    ignored, so rotating a spoofed header changes nothing.
+    trusted is OTP_TRUSTED_PROXIES, already parsed into networks (core.config). Only when the peer is a
+    trusted proxy is X-Forwarded-For read, from the right, skipping further trusted proxies: the first
+    untrusted address is the client. Anything a client writes to the left of that is ignored, so rotating a
+    spoofed header changes nothing.
     """
     if not forwarded_for or not _is_trusted(peer, trusted):
         return peer

@@ -8,6 +8,7 @@ from sqlmodel import Session
 
 from core import audit
 from core.clock import utcnow
+from core.config import parse_channel_budgets
 from core.enums import Action, Channel
 from core.models import ActionConfig, ActionConfigUpdate
 
@@ -74,24 +75,6 @@ class OtpConfig:
 def _channels(text: str) -> list[Channel]:
     found = (Channel.parse(part) for part in text.split(",") if part.strip())
     return [c for c in found if c is not None]
-
-
-def parse_channel_budgets(text: str) -> tuple[dict[Channel, int], list[str]]:
-    """An action's budgets ("SMS=2000, PHONE=100") by channel, and every problem with the text."""
-    budgets: dict[Channel, int] = {}
-    problems: list[str] = []
-    for part in (p.strip() for p in text.split(",") if p.strip()):
-        name, sep, amount = part.partition("=")
-        channel, amount = Channel.parse(name), amount.strip()
-        if not sep or channel is None:
-            problems.append(f"channel budget {part!r}: write CHANNEL=daily sends, e.g. SMS=2000")
-        elif not (amount.isascii() and amount.isdigit()) or int(amount) < 1:
-            problems.append(f"the {channel.value} budget must be a whole number of at least 1")
-        elif channel in budgets:
-            problems.append(f"the {channel.value} budget is given twice")
-        else:
-            budgets[channel] = int(amount)
-    return budgets, problems
 
 
 def format_channel_budgets(budgets: "dict[Channel, int] | tuple[tuple[Channel, int], ...]") -> str:

@@ -62,7 +62,7 @@ with st.form(f"cfg_{action.value}"):
         overrides[name] = text.strip()
     a, b = st.columns(2)
     budgets = a.text_input("Daily channel budgets of this action, besides the service-wide ones (e.g. SMS=2000,"
-                           f"PHONE=100; service: {rt.settings.channel_budgets or 'none'})",
+                           f"PHONE=100; service: {format_channel_budgets(rt.settings.channel_budgets) or 'none'})",
                            format_channel_budgets(c.channel_budgets), key="cfg_channel_budgets")
     service_mode = f"service-wide ({rt.settings.safe_mode})"
     safe_mode = b.selectbox("When a phone channel's budget is spent (safe mode)", [service_mode, *SAFE_MODES],
