@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     # hash is paid once per client and not once per request.
     auth_cache_seconds: float = 60.0
     gateway_timeout_seconds: float = 10.0
+    # Seconds a write waits for SQLite's write lock while another connection (the console, another worker, a
+    # receipt) holds it; past it the request answers 503/606 instead of waiting on. Unused on PostgreSQL.
+    write_lock_timeout_seconds: float = 5.0
     # Console: minutes of inactivity before a signed-in session ends, and the pause after a failed sign-in.
     console_session_minutes: float = 30.0
     login_failure_delay_seconds: float = 0.5
@@ -112,6 +115,13 @@ class Settings(BaseSettings):
     def _positive_limit(cls, value: int) -> int:
         if value < 1:
             raise ValueError("daily_limit must be at least 1")
+        return value
+
+    @field_validator("write_lock_timeout_seconds")
+    @classmethod
+    def _positive_lock_timeout(cls, value: float) -> float:
+        if not 0 < value <= 3600:  # also refuses NaN and infinity: SQLite takes whole milliseconds
+            raise ValueError("write_lock_timeout_seconds must be more than 0 and at most 3600 seconds")
         return value
 
     @model_validator(mode="after")

@@ -10,9 +10,11 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
-from core.config import ROOT
+from core.config import ROOT, get_settings
 
 MIGRATIONS_DIR = ROOT / "migrations"
+# SQLite's synchronous pragma on every connection; bench/sync_app.py changes it to compare the modes.
+SQLITE_SYNCHRONOUS = "NORMAL"
 # Execution option marking a connection whose transactions only read, so SQLite need not take the write lock.
 READ_ONLY = "otp_read_only"
 
@@ -37,17 +39,22 @@ class _WriteGuard(threading.local):
 write_guard = _WriteGuard()
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, write_lock_timeout: float | None = None) -> Engine:
     """An engine whose write transactions serialise correctly on SQLite and run as usual on PostgreSQL.
 
     hide_parameters keeps bound values (an outbox body holds the code) out of SQL logs at every level.
+    write_lock_timeout (default: the OTP_WRITE_LOCK_TIMEOUT_SECONDS setting) is SQLite's busy timeout: how long
+    a connection waits for the write lock another one holds before it fails with "database is locked". The
+    group commit (core.groupcommit) waits that same time, but without blocking the event loop.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+        if write_lock_timeout is None:
+            write_lock_timeout = get_settings().write_lock_timeout_seconds
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": write_lock_timeout},
                                pool_size=20, max_overflow=40, hide_parameters=True)
         _tune_sqlite(engine)
         return engine
@@ -61,11 +68,10 @@ def _tune_sqlite(engine: Engine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA synchronous={SQLITE_SYNCHRONOUS}")
         # A checkpoint every 4000 pages (16 MiB of WAL) instead of 1000: a generate writes ~24 pages, and
         # each checkpoint copies the hot pages back once however often they changed (bench/engine.py).
         cursor.execute("PRAGMA wal_autocheckpoint=4000")
-        cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
