@@ -4,10 +4,19 @@ A generate's SQL takes SQLite a few tens of microseconds; its COMMIT (BEGIN IMME
 every page touched, the lock hand-over) costs several times that. Under concurrent load many requests reach
 their write in the same turn of the event loop, so they share one transaction (group commit): each runs its
 statements inside its own SAVEPOINT (a refusal rolls back only its own work, as its own transaction would),
-the transaction commits once at the start of the next turn, and every request waits for that commit before
-it answers, so nothing is reported done before it is durable. A unit of work is synchronous and never awaits,
-and the batch commits on the next turn whatever else is pending: how long the transaction stays open never
-depends on a gateway (another request's send may be in flight meanwhile, outside any transaction of its own).
+the transaction commits once, from the start of the next turn, in a worker thread (the loop goes on reading
+and parsing requests meanwhile; new writes wait for that commit, then open the next batch), and every request
+waits for that commit before it answers, so nothing is reported done before it is durable. A unit of work is
+synchronous and never awaits, and the batch commits on the next turn whatever else is pending: how long the
+transaction stays open never depends on a gateway (another request's send may be in flight meanwhile, outside
+any transaction of its own).
+
+What "durable" means: an answer waits for COMMIT to return, and core.db runs SQLite with synchronous=FULL, where
+COMMIT returns only after the write-ahead log is fsynced. So once a request has its answer, its writes (a code
+marked used, a counter bumped) survive a crash of the process or of the machine, power loss included, on
+storage that honours fsync. A request answered 503/606 (a failed commit, the write lock not had in time) has
+kept nothing. On PostgreSQL each request's COMMIT returns after its WAL flush (synchronous_commit=on, the
+default), which promises the same.
 
 While a batch is open, another write transaction opened on the same thread would wait for a lock its own
 thread holds; core.db refuses that at once (write_guard) instead of hanging. Engine writes therefore all go
@@ -27,6 +36,7 @@ a worker thread so that a worker's requests overlap their round trips.
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import weakref
 from collections.abc import Callable, Iterator
@@ -67,6 +77,7 @@ class Writer:
         self._group = is_sqlite(engine) if group is None else group
         self._open: dict[asyncio.AbstractEventLoop, _Batch] = {}
         self._waits: dict[asyncio.AbstractEventLoop, _LockWait] = {}
+        self._committing: dict[asyncio.AbstractEventLoop, asyncio.Future] = {}  # a batch's COMMIT in its thread
         self._patience_ms: int | None = None  # the connections' busy timeout: how long a write may wait
 
     @property
@@ -130,6 +141,10 @@ class Writer:
                 return batch
             wait = self._waits.get(loop)
             if wait is None:
+                committing = self._committing.get(loop)
+                if committing is not None:  # this loop's previous batch holds the lock until its commit ends
+                    await asyncio.wait([committing])  # (a waiter cancelled here does not cancel the commit)
+                    continue
                 conn = self._begin_now()
                 if conn is not None:
                     batch = self._start(loop, conn)
@@ -257,27 +272,48 @@ class Writer:
             del write_guard.owners[self._engine]
 
     def _commit(self, loop: asyncio.AbstractEventLoop, batch: _Batch) -> None:
+        """Commit the batch in a worker thread, its members answered when that ends.
+
+        With synchronous=FULL a COMMIT waits for an fsync (milliseconds): on the loop, that would be time
+        in which no request is read, parsed or answered. Work arriving meanwhile waits for this commit (it
+        holds the write lock) and then opens the next batch at once (_join).
+        """
         self._release(batch)
+        committing = loop.run_in_executor(None, self._finish, batch)
+        self._committing[loop] = committing
+        committing.add_done_callback(functools.partial(self._committed, loop, batch))
+
+    @staticmethod
+    def _finish(batch: _Batch) -> None:
+        """COMMIT the batch's transaction and return its connection to the pool; raise what went wrong."""
         try:
             if batch.broken is not None:
                 raise batch.broken
             if not batch.conn.connection.driver_connection.in_transaction:  # ended under us: nothing to commit
                 raise OperationalError("COMMIT", None, RuntimeError("the batch's transaction had ended"))
             batch.conn.commit()
-            batch.done.set_result(None)
-        except Exception as exc:
+        except Exception:
             # SQLite keeps the transaction open after a failed COMMIT (a deferred constraint, a full disk):
             # end it here, or the pooled connection would carry it into its next use.
             try:
                 batch.conn.connection.driver_connection.rollback()
             except Exception:  # the connection may be gone altogether; close() below discards it
                 pass
-            if batch.members:
-                batch.done.set_exception(exc)
-            else:  # nobody waits (every member's work raised): nothing was lost
-                batch.done.cancel()
+            raise
         finally:
             batch.conn.close()
+
+    def _committed(self, loop: asyncio.AbstractEventLoop, batch: _Batch, committing: asyncio.Future) -> None:
+        """On the loop, once _finish has ended: answer the batch's members."""
+        if self._committing.get(loop) is committing:
+            del self._committing[loop]
+        failure = committing.exception()
+        if failure is None:
+            batch.done.set_result(None)
+        elif batch.members:
+            batch.done.set_exception(failure)
+        else:  # nobody waits (every member's work raised): nothing was lost
+            batch.done.cancel()
 
 
 # PostgreSQL's deadlock_detected and serialization_failure: the transaction was rolled back and may be re-run.

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 
 import pytest
 from sqlalchemy import event, text
@@ -286,3 +287,37 @@ def test_a_lock_held_past_the_bound_fails_every_waiter_after_the_bound_and_keeps
         assert conn.execute(text("SELECT x FROM u")).scalars().all() == [9]
     engine.dispose()
 
+
+
+def test_a_commit_runs_off_the_loop_and_writes_arriving_meanwhile_share_the_next_one(tmp_path):
+    """With synchronous=FULL a COMMIT waits for an fsync: the loop must go on meanwhile, and the writes that
+    arrive during it wait for it (it holds the write lock) and then commit together."""
+    engine = _table_u(tmp_path, lock_timeout=30)
+    writer = Writer(engine, group=True)
+    commit_may_end, commits = threading.Event(), []
+
+    def slow_commit(_conn) -> None:  # type: ignore[no-untyped-def]
+        commits.append(threading.current_thread() is threading.main_thread())
+        if len(commits) == 1:
+            commit_may_end.wait(10)  # the first commit lasts until the test has seen the loop turn
+
+    event.listen(engine, "commit", slow_commit)
+
+    async def scenario() -> tuple[bool, bool]:
+        first = asyncio.gather(*(writer.run(_insert(i)) for i in range(3)))
+        while not commits:  # the first batch's commit has begun
+            await asyncio.sleep(0.001)
+        second = asyncio.gather(*(writer.run(_insert(10 + i)) for i in range(3)))
+        for _ in range(5):
+            await asyncio.sleep(0)  # the loop turns while the first commit is still going on
+        first_waited, second_waited = not first.done(), not second.done()
+        commit_may_end.set()
+        await asyncio.gather(first, second)
+        return first_waited, second_waited
+
+    first_waited, second_waited = asyncio.run(scenario())
+    assert first_waited and second_waited
+    assert commits == [False, False]  # two commits, neither on the loop's thread
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM u")).scalar_one() == 6
+    engine.dispose()
