@@ -1,6 +1,7 @@
 """Generate throughput side by side: the engine directly, over HTTP, and an empty FastAPI endpoint.
 
     python bench/engine.py [--requests 4000] [--concurrency 48] [--rounds 1] [--client raw|httpx]
+                           [--synchronous FULL,NORMAL]
 
 Everything runs on fresh SQLite files in a temporary directory (never data/), with the outbox gateway,
 one distinct valid Indian mobile (+9199000xxxxx) per generate so that no limit is reached, and servers on
@@ -13,6 +14,10 @@ one distinct valid Indian mobile (+9199000xxxxx) per generate so that no limit i
   HTTP generate     POST /v2/otp/generate on `uvicorn api:app` (one worker), HTTP Basic as an API client
                     made with `python -m core.cli client create bench`
   HTTP validate     POST /v2/otp/validate of the right code (read from the outbox table)
+
+With --synchronous FULL,NORMAL the HTTP generate and validate phases run once per SQLite synchronous mode, each
+on an API server of its own (bench/sync_app.py, its own fresh database), one after the other in each round and
+in the reverse order in the next, and the rates are compared side by side.
 
 Both servers are `python -m uvicorn` subprocesses (one worker, no access log) started once; this process is
 the load generator (bench/loadgen.py: keep-alive connections, --concurrency requests in flight). Each phase
@@ -171,24 +176,46 @@ def _validate_ok(status: int, body: bytes) -> bool:
     return status == 200 and b'"entity":true' in body
 
 
+@dataclass
+class ApiUnderTest:
+    """One API server with its own database and API client: the service as it is, or one synchronous mode."""
+    mode: str  # "" for the service's own set-up
+    server: Server
+    db_path: Path
+    auth: dict[str, str]
+
+    def phase(self, name: str) -> str:
+        return f"{name} {self.mode}" if self.mode else name
+
+
 class HttpBench:
     def __init__(self, tmp: Path, args: argparse.Namespace) -> None:
         self.args = args
-        self.db_path = tmp / "otp.db"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OTP_")}
-        env.update(OTP_DATABASE_URL=f"sqlite:///{self.db_path}", OTP_SECRET_KEY_FILE=str(tmp / "key"),
-                   OTP_ENV="development", PYTHONDONTWRITEBYTECODE="1", **LIMITS_OFF)
-        key, secret = create_api_client(env)
-        self.auth = {"Authorization": "Basic " + base64.b64encode(f"{key}:{secret}".encode()).decode()}
+        base = {k: v for k, v in os.environ.items() if not k.startswith("OTP_")}
+        base.update(OTP_SECRET_KEY_FILE=str(tmp / "key"), OTP_ENV="development", PYTHONDONTWRITEBYTECODE="1",
+                    **LIMITS_OFF)
         extra = args.uvicorn_args.split() if args.uvicorn_args else []
         self.servers: list[Server] = []
+        self.apis: list[ApiUnderTest] = []
         try:
-            self.api = Server(args.api_app, cwd=ROOT, env=env, log_path=tmp / "api.log", extra_args=extra)
-            self.servers.append(self.api)
-            self.empty = Server("empty_app:app", cwd=ROOT, env=env, log_path=tmp / "empty.log", app_dir=BENCH,
+            for mode in args.synchronous or [""]:
+                db_path = tmp / f"otp{'-' + mode.lower() if mode else ''}.db"
+                env = {**base, "OTP_DATABASE_URL": f"sqlite:///{db_path}"}
+                if mode:
+                    env["BENCH_SQLITE_SYNCHRONOUS"] = mode
+                key, secret = create_api_client(env)
+                server = Server("sync_app:app" if mode else args.api_app, cwd=ROOT, env=env, extra_args=extra,
+                                log_path=tmp / f"api{'-' + mode.lower() if mode else ''}.log",
+                                app_dir=BENCH if mode else None)
+                self.servers.append(server)
+                self.apis.append(ApiUnderTest(mode, server, db_path, {
+                    "Authorization": "Basic " + base64.b64encode(f"{key}:{secret}".encode()).decode()}))
+            self.auth = self.apis[0].auth
+            self.empty = Server("empty_app:app", cwd=ROOT, env=base, log_path=tmp / "empty.log", app_dir=BENCH,
                                 extra_args=extra)
             self.servers.append(self.empty)
-            self.api.wait_ready(http_request("GET", "/health", self.api.port))
+            for api in self.apis:
+                api.server.wait_ready(http_request("GET", "/health", api.server.port))
             self.empty.wait_ready(http_request("POST", "/empty", self.empty.port, b"{}"))
         except BaseException:
             self.close()
@@ -212,19 +239,19 @@ class HttpBench:
         return self._load("HTTP POST /empty", self.empty, reqs, lambda s, b: s == 200 and b == b"{}",
                           reqs[:warmup])
 
-    def generate(self, numbers: list[str], warm_numbers: list[str]) -> Row:
-        port = self.api.port
-        build = lambda n: http_request("POST", "/v2/otp/generate", port, _json(generate_body(n)), self.auth)  # noqa: E731
-        return self._load("HTTP generate", self.api, [build(n) for n in numbers], _generate_ok,
+    def generate(self, api: ApiUnderTest, numbers: list[str], warm_numbers: list[str]) -> Row:
+        port = api.server.port
+        build = lambda n: http_request("POST", "/v2/otp/generate", port, _json(generate_body(n)), api.auth)  # noqa: E731
+        return self._load(api.phase("HTTP generate"), api.server, [build(n) for n in numbers], _generate_ok,
                           [build(n) for n in warm_numbers])
 
-    def validate(self, numbers: list[str], warm_numbers: list[str]) -> Row:
-        port = self.api.port
-        codes = codes_sent(self.db_path, numbers + warm_numbers)
+    def validate(self, api: ApiUnderTest, numbers: list[str], warm_numbers: list[str]) -> Row:
+        port = api.server.port
+        codes = codes_sent(api.db_path, numbers + warm_numbers)
         build = lambda n: http_request("POST", "/v2/otp/validate", port, _json(validate_body(n, codes[n])),  # noqa: E731
-                                       self.auth)
-        return self._load("HTTP validate", self.api, [build(n) for n in numbers if n in codes], _validate_ok,
-                          [build(n) for n in warm_numbers if n in codes])
+                                       api.auth)
+        return self._load(api.phase("HTTP validate"), api.server, [build(n) for n in numbers if n in codes],
+                          _validate_ok, [build(n) for n in warm_numbers if n in codes])
 
     def close(self) -> None:
         for server in self.servers:
@@ -237,15 +264,20 @@ def _fmt_cpu(seconds: float | None, elapsed: float) -> str:
     return f"{seconds / elapsed * 100:5.0f}%" if seconds is not None and elapsed > 0 else "    -"
 
 
+def _cpu_per_request(row: Row) -> str:
+    """The server's CPU milliseconds per request: less sensitive than the rate to a machine busy with others."""
+    return f"{row.server_cpu / row.result.done * 1000:.3f}" if row.server_cpu and row.result.done else "-"
+
+
 def print_rows(rows: list[Row]) -> None:
     print(f"  {'phase':<24}{'done':>7}{'ok':>7}{'seconds':>9}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
-          f"{'server CPU':>12}{'driver CPU':>12}")
+          f"{'server CPU':>12}{'driver CPU':>12}{'CPU ms/req':>12}")
     for row in rows:
         r = row.result
         flag = "  TIMED OUT" if r.timed_out else ""
         print(f"  {row.name:<24}{r.done:>7}{r.ok:>7}{r.elapsed:>9.2f}{r.rate:>9.0f}{r.percentile(50):>9.1f}"
               f"{r.percentile(99):>9.1f}{_fmt_cpu(row.server_cpu, r.elapsed):>12}"
-              f"{_fmt_cpu(r.client_cpu, r.elapsed):>12}{flag}")
+              f"{_fmt_cpu(r.client_cpu, r.elapsed):>12}{_cpu_per_request(row):>12}{flag}")
         if r.ok < r.done:
             print(f"      !! {r.done - r.ok} not ok; statuses {r.statuses}; first: {r.first_failure}")
         if row.server_cpu is not None and r.elapsed > 0 and row.server_cpu / r.elapsed < 0.6:
@@ -266,6 +298,28 @@ def print_ratios(rates: dict[str, float], label: str = "") -> None:
           f"{http_gen / rates.get('engine generate', float('nan')) * 100:6.1f} %")
 
 
+def report_rates(rates: dict[str, float], apis: list[ApiUnderTest]) -> None:
+    """The ratios to the empty endpoint for each API server, then each mode's generate rate against the first's."""
+    for api in apis:
+        view = {**rates, "HTTP generate": rates[api.phase("HTTP generate")]}
+        if api.phase("HTTP validate") in rates:
+            view["HTTP validate"] = rates[api.phase("HTTP validate")]
+        print_ratios(view, label=f"[{api.mode}] " if api.mode else "")
+    first = apis[0]
+    for other in apis[1:]:
+        print(f"  HTTP generate {first.mode} / {other.mode} = "
+              f"{rates[first.phase('HTTP generate')] / rates[other.phase('HTTP generate')] * 100:6.1f} %")
+
+
+def compare_modes(all_rates: list[dict[str, float]], apis: list[ApiUnderTest]) -> None:
+    """The spread over rounds of the first mode's generate rate relative to each other mode's."""
+    first = apis[0]
+    for other in apis[1:]:
+        ratios = sorted(r[first.phase("HTTP generate")] / r[other.phase("HTTP generate")] * 100 for r in all_rates)
+        print(f"  HTTP generate {first.mode} / {other.mode} per round: "
+              + ", ".join(f"{x:.1f}" for x in ratios) + f" %  (median {statistics.median(ratios):.1f} %)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=4000, help="measured requests per phase (default 4000)")
@@ -281,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--uvicorn-args", default="", help="extra uvicorn arguments for both servers, quoted")
     parser.add_argument("--api-app", default="api:app",
                         help="module:attribute of the API server (default api:app), to compare a variant")
+    parser.add_argument("--synchronous", type=lambda text: [m.strip().upper() for m in text.split(",") if m.strip()],
+                        help="SQLite synchronous modes to compare over HTTP, e.g. FULL,NORMAL (one API server each)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory and print its path")
     args = parser.parse_args(argv)
     if args.requests < 1 or args.concurrency < 1 or args.rounds < 1:
@@ -318,20 +374,24 @@ def main(argv: list[str] | None = None) -> int:
                 engine_bench.validate(warm, args.timeout)
                 rows.append(Row("engine validate", engine_bench.validate(measured, args.timeout)))
             rows.append(http_bench.empty_post(measured, args.warmup))
-            warm, measured = numbers.take(args.warmup), numbers.take(args.requests)
-            rows.append(http_bench.generate(measured, warm))
-            if not args.no_validate:
-                rows.append(http_bench.validate(measured, warm))
+            # Each mode's server in turn, the order reversed every other round: no mode always runs first.
+            apis = http_bench.apis if round_no % 2 else http_bench.apis[::-1]
+            for api in apis:
+                warm, measured = numbers.take(args.warmup), numbers.take(args.requests)
+                rows.append(http_bench.generate(api, measured, warm))
+                if not args.no_validate:
+                    rows.append(http_bench.validate(api, measured, warm))
             print(f"\nround {round_no}/{args.rounds}")
             print_rows(rows)
             rates = {row.name: row.rate for row in rows}
             all_rates.append(rates)
-            print_ratios(rates)
+            report_rates(rates, http_bench.apis)
         if args.rounds > 1:
             medians = {name: statistics.median(r[name] for r in all_rates) for name in all_rates[0]}
             print(f"\nmedian of {args.rounds} rounds (req/s): "
                   + ", ".join(f"{name} {rate:.0f}" for name, rate in medians.items()))
-            print_ratios(medians)
+            report_rates(medians, http_bench.apis)
+            compare_modes(all_rates, http_bench.apis)
     finally:
         if http_bench is not None:
             http_bench.close()

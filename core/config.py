@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     # hash is paid once per client and not once per request.
     auth_cache_seconds: float = Field(60.0, ge=0, le=3600)
     gateway_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    # Seconds a write waits for SQLite's write lock while another connection (the console, another worker, a
+    # receipt) holds it; past it the request answers 503/606 instead of waiting on. Unused on PostgreSQL.
+    write_lock_timeout_seconds: float = Field(5.0, gt=0, le=3600)
     # Console: minutes of inactivity before a signed-in session ends, and the pause after a failed sign-in.
     console_session_minutes: float = Field(30.0, gt=0, le=7 * 24 * 60)
     login_failure_delay_seconds: float = Field(0.5, ge=0, le=10)

@@ -1,4 +1,13 @@
-"""Database engine set-up: SQLite tuned for concurrent writers, PostgreSQL by URL, migrations at start."""
+"""Database engine set-up: SQLite tuned for concurrent writers, PostgreSQL by URL, migrations at start.
+
+Durability: a COMMIT that has returned survives a crash of the process or of the machine, power loss included
+(on storage that honours fsync). SQLite runs in WAL mode with synchronous=FULL, so every COMMIT fsyncs the
+write-ahead log before it returns. With NORMAL it would return after write() alone and fsync only at checkpoints:
+the database would stay consistent after a power loss, but the last commits could be gone, and a code answered
+as used could be valid again. The group commit (core.groupcommit) shares one fsync among the requests of a
+batch and runs it off the event loop; bench/engine.py --synchronous FULL,NORMAL measures what FULL costs
+(README). PostgreSQL keeps its default synchronous_commit=on, which promises the same.
+"""
 from __future__ import annotations
 
 import logging
@@ -10,9 +19,12 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
-from core.config import ROOT
+from core.config import ROOT, get_settings
 
 MIGRATIONS_DIR = ROOT / "migrations"
+# SQLite's synchronous pragma on every connection: the durability promise above rests on FULL. A constant, not
+# a setting: the service offers no less durable mode (bench/sync_app.py changes it only to compare).
+SQLITE_SYNCHRONOUS = "FULL"
 # Execution option marking a connection whose transactions only read, so SQLite need not take the write lock.
 READ_ONLY = "otp_read_only"
 
@@ -37,17 +49,22 @@ class _WriteGuard(threading.local):
 write_guard = _WriteGuard()
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, write_lock_timeout: float | None = None) -> Engine:
     """An engine whose write transactions serialise correctly on SQLite and run as usual on PostgreSQL.
 
     hide_parameters keeps bound values (an outbox body holds the code) out of SQL logs at every level.
+    write_lock_timeout (default: the OTP_WRITE_LOCK_TIMEOUT_SECONDS setting) is SQLite's busy timeout: how long
+    a connection waits for the write lock another one holds before it fails with "database is locked". The
+    group commit (core.groupcommit) waits that same time, but without blocking the event loop.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+        if write_lock_timeout is None:
+            write_lock_timeout = get_settings().write_lock_timeout_seconds
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": write_lock_timeout},
                                pool_size=20, max_overflow=40, hide_parameters=True)
         _tune_sqlite(engine)
         return engine
@@ -61,11 +78,10 @@ def _tune_sqlite(engine: Engine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA synchronous={SQLITE_SYNCHRONOUS}")
         # A checkpoint every 4000 pages (16 MiB of WAL) instead of 1000: a generate writes ~24 pages, and
         # each checkpoint copies the hot pages back once however often they changed (bench/engine.py).
         cursor.execute("PRAGMA wal_autocheckpoint=4000")
-        cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 

@@ -109,6 +109,10 @@ class Delivery(SQLModel, table=True):
         # The failover poller's due deliveries: only rows awaiting a receipt are in it (0008).
         Index("ix_delivery_due", "receipt_deadline", sqlite_where=text("receipt_deadline IS NOT NULL"),
               postgresql_where=text("receipt_deadline IS NOT NULL")),
+        # A receipt's delivery (core.receipts.delivery_for_receipt); outbox rows have no message id (0012).
+        Index("ix_delivery_receipt", "gateway", "provider_message_id",
+              sqlite_where=text("provider_message_id IS NOT NULL"),
+              postgresql_where=text("provider_message_id IS NOT NULL")),
     )
     id: int | None = Field(default=None, primary_key=True)
     request_id: int = Field(foreign_key="otp_request.id", index=True)

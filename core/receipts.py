@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Select, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from core.crypto import equal
@@ -104,6 +104,16 @@ def _clean(value: str) -> str:
     return value
 
 
+def delivery_for_receipt(gateway_name: str, message_id: str) -> Select:
+    """The query a receipt finds its delivery with: (id, status) by gateway and provider message id.
+
+    It runs in the receipt's write transaction, so it must stay on the index ix_delivery_receipt (migration
+    0012; tests/test_receipts.py checks the plan of this very statement on SQLite and PostgreSQL).
+    """
+    return select(Delivery.id, Delivery.status).where(Delivery.gateway == gateway_name,
+                                                      Delivery.provider_message_id == message_id)
+
+
 def apply_receipt(rt: Runtime, gateway_name: str, *, url: str, headers: dict[str, str], body: bytes) -> ReceiptOutcome:
     """Verify and apply one receipt. Unsigned, replayed or unknown receipts change nothing."""
     row = rt.gateway_rows().get(gateway_name)
@@ -116,8 +126,7 @@ def apply_receipt(rt: Runtime, gateway_name: str, *, url: str, headers: dict[str
     mapped = STATUS_MAP.get(provider_status.strip().lower())
     try:
         with rt.db.begin() as conn:
-            delivery = conn.execute(select(Delivery.id, Delivery.status).where(
-                Delivery.gateway == row.name, Delivery.provider_message_id == message_id)).first()
+            delivery = conn.execute(delivery_for_receipt(row.name, message_id)).first()
             if delivery is None:
                 raise ReceiptRefused(404, "no delivery with that message id")
             conn.execute(insert(DeliveryReceipt).values(

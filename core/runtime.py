@@ -42,7 +42,8 @@ class Runtime:
     def __init__(self, settings: Settings | None = None, *, clock: Clock = utcnow, engine: Engine | None = None,
                  gateways: dict[Channel, Gateway | None] | None = None, prepare: bool = True) -> None:
         self.settings = settings or get_settings()
-        self.db = engine or make_engine(self.settings.database_url)
+        self.db = engine or make_engine(self.settings.database_url,
+                                        write_lock_timeout=self.settings.write_lock_timeout_seconds)
         if prepare:
             prepare_database(self.db)
         self.read_db = self.db.execution_options(**{READ_ONLY: True})

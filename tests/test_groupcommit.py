@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import threading
 
 import pytest
 from sqlalchemy import event, text
@@ -199,4 +201,123 @@ def test_an_error_that_ends_sqlites_transaction_fails_the_batch_it_broke_and_spa
     assert not isinstance(later, Exception)
     with engine.connect() as conn:
         assert conn.execute(text("SELECT x FROM u")).scalars().all() == [3]
+    engine.dispose()
+
+
+class _LockHolder:
+    """Another connection to the same SQLite file holding its write lock until release() (a second writer)."""
+
+    def __init__(self, path) -> None:  # type: ignore[no-untyped-def]
+        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def release(self) -> None:
+        if self.conn.in_transaction:
+            self.conn.execute("COMMIT")
+        self.conn.close()
+
+
+def _insert(value: int):  # type: ignore[no-untyped-def]
+    return lambda conn: conn.execute(text("INSERT INTO u VALUES (:x)"), {"x": value})
+
+
+def _table_u(tmp_path, lock_timeout: float):  # type: ignore[no-untyped-def]
+    engine = make_engine(f"sqlite:///{tmp_path / 'lock.db'}", write_lock_timeout=lock_timeout)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE u (x INTEGER)"))
+    return engine
+
+
+def test_writes_wait_for_a_lock_held_elsewhere_without_blocking_the_loop_and_share_one_commit(tmp_path):
+    engine = _table_u(tmp_path, lock_timeout=30)
+    writer = Writer(engine, group=True)
+    commits = [0]
+    event.listen(engine, "commit", lambda _conn: commits.__setitem__(0, commits[0] + 1))
+    holder = _LockHolder(tmp_path / "lock.db")
+
+    async def scenario() -> tuple[list[float], list]:
+        loop = asyncio.get_running_loop()
+        writes = asyncio.gather(*(writer.run(_insert(i)) for i in range(3)))
+        gaps, last = [], loop.time()
+        while len(gaps) < 20:  # the loop keeps turning while the writes wait for the lock
+            await asyncio.sleep(0.01)
+            gaps.append(loop.time() - last)
+            last = loop.time()
+        assert not writes.done()
+        holder.release()
+        return gaps, await writes
+
+    gaps, _ = asyncio.run(scenario())
+    assert max(gaps) < 0.5, gaps  # a busy wait on the loop would have lasted the whole 30 s busy timeout
+    assert commits[0] == 1  # the three waiters joined the one batch opened when the lock came
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM u")).scalar_one() == 3
+    engine.dispose()
+
+
+def test_a_lock_held_past_the_bound_fails_every_waiter_after_the_bound_and_keeps_nothing(tmp_path):
+    bound = 0.3
+    engine = _table_u(tmp_path, lock_timeout=bound)
+    writer = Writer(engine, group=True)
+    holder = _LockHolder(tmp_path / "lock.db")
+
+    async def scenario() -> tuple[list, float]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        tasks = [asyncio.ensure_future(writer.run(_insert(i))) for i in range(3)]
+        await asyncio.sleep(0)
+        tasks[0].cancel()  # a request gone while waiting: the others still get their answer
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        return outcomes, loop.time() - started
+
+    try:
+        outcomes, waited = asyncio.run(scenario())
+    finally:
+        holder.release()
+    assert isinstance(outcomes[0], asyncio.CancelledError)
+    assert all(isinstance(o, DBAPIError) and "database is locked" in str(o) for o in outcomes[1:]), outcomes
+    assert bound <= waited < bound + 0.5
+    # Nothing was kept and no transaction stayed open: the lock is free at once, and a write goes through.
+    check = sqlite3.connect(tmp_path / "lock.db", isolation_level=None, timeout=0)
+    check.execute("BEGIN IMMEDIATE")
+    check.execute("ROLLBACK")
+    check.close()
+    asyncio.run(writer.run(_insert(9)))
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT x FROM u")).scalars().all() == [9]
+    engine.dispose()
+
+
+
+def test_a_commit_runs_off_the_loop_and_writes_arriving_meanwhile_share_the_next_one(tmp_path):
+    """With synchronous=FULL a COMMIT waits for an fsync: the loop must go on meanwhile, and the writes that
+    arrive during it wait for it (it holds the write lock) and then commit together."""
+    engine = _table_u(tmp_path, lock_timeout=30)
+    writer = Writer(engine, group=True)
+    commit_may_end, commits = threading.Event(), []
+
+    def slow_commit(_conn) -> None:  # type: ignore[no-untyped-def]
+        commits.append(threading.current_thread() is threading.main_thread())
+        if len(commits) == 1:
+            commit_may_end.wait(10)  # the first commit lasts until the test has seen the loop turn
+
+    event.listen(engine, "commit", slow_commit)
+
+    async def scenario() -> tuple[bool, bool]:
+        first = asyncio.gather(*(writer.run(_insert(i)) for i in range(3)))
+        while not commits:  # the first batch's commit has begun
+            await asyncio.sleep(0.001)
+        second = asyncio.gather(*(writer.run(_insert(10 + i)) for i in range(3)))
+        for _ in range(5):
+            await asyncio.sleep(0)  # the loop turns while the first commit is still going on
+        first_waited, second_waited = not first.done(), not second.done()
+        commit_may_end.set()
+        await asyncio.gather(first, second)
+        return first_waited, second_waited
+
+    first_waited, second_waited = asyncio.run(scenario())
+    assert first_waited and second_waited
+    assert commits == [False, False]  # two commits, neither on the loop's thread
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM u")).scalar_one() == 6
     engine.dispose()

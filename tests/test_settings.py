@@ -30,6 +30,7 @@ BAD_VALUES = {
     "cache_seconds": ["-1"],
     "auth_cache_seconds": ["-5"],
     "gateway_timeout_seconds": ["0"],
+    "write_lock_timeout_seconds": ["0", "nan", "inf"],
     "console_session_minutes": ["0"],
     "login_failure_delay_seconds": ["-0.1"],
     "gateway_sms": ["twilio"],
