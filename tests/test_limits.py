@@ -1,0 +1,255 @@
+"""core.limits: a send that reached no one costs nothing, and "why refused" says what the next request meets.
+
+Gateways are real HTTP and SMTP servers on 127.0.0.1 (or a closed port); every count is read back from the
+database, on SQLite and PostgreSQL.
+"""
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from datetime import timedelta
+
+import psycopg
+import pytest
+from sqlalchemy import event, text
+from sqlmodel import select
+
+from core import errors as E
+from core.engine import generate, run, run_due_failovers, validate
+from core.enums import Action
+from core.errors import OtpError
+from core.gateway_configs import save_gateway
+from core.limits import explain_refusal, suited_targets
+from core.models import GatewayConfigBase, Staff, TemplateVersion
+from core.requests import ChannelTarget
+from core.enums import Channel
+from core.runtime import Runtime
+from core.staff import StaffIdentity, create_first_admin
+from tests.conftest import code_sent_to, configure, make_settings
+from tests.fakes import Answer, FakeProvider, free_port
+
+PHONE = "+919955882233"
+EMAIL = "ana@example.com"
+CLIENT, IP = 7, "203.0.113.9"
+FAST = {"backoff_seconds": 0.01, "timeout_seconds": 1.0, "attempts": 2}
+# Every limit small enough that five spent sends would refuse the sixth request.
+TIGHT = dict(daily_limit=6, destination_limit=5, ip_limit=5, prefix_limit=5, client_limit=5,
+             channel_budgets="SMS=5,EMAIL=5,WHATSAPP=5")
+
+
+def runtime(db_url, tmp_path, clock, **settings) -> Runtime:
+    return Runtime(make_settings(db_url, tmp_path, **settings), clock=clock)
+
+
+@pytest.fixture
+def tight(db_url, tmp_path, clock):
+    rt = runtime(db_url, tmp_path, clock, **TIGHT)
+    configure(rt, Action.COUPON, daily_cap=5)
+    yield rt
+    rt.db.dispose()
+
+
+def admin_of(rt) -> StaffIdentity:
+    """The first admin, made on first use."""
+    with rt.session() as db:
+        staff = db.exec(select(Staff)).first() or create_first_admin(db, username="ada", password="correct horse 1")
+        return StaffIdentity(staff.id, staff.username, staff.role)
+
+
+def add_gateway(rt, *, name, channel, provider, endpoint, sender="", options=None, credentials=None):
+    with rt.session() as db:
+        save_gateway(db, rt.box, actor=admin_of(rt), credentials=credentials, config=GatewayConfigBase(
+            name=name, channel=channel, provider=provider, endpoint=endpoint, sender=sender,
+            options=json.dumps({**FAST, **(options or {})}), is_default=True))
+    rt.configuration_changed()
+
+
+def webhook_sms(rt, endpoint: str) -> None:
+    add_gateway(rt, name="hook", channel="SMS", provider="webhook_sms", endpoint=endpoint, sender="ACME",
+                credentials={"token": "t"}, options={"body": {"to": "{to}", "text": "{text}"}})
+
+
+def counters(rt) -> dict[tuple[str, str], int]:
+    with rt.db.connect() as conn:
+        return {(r.scope, r.user_key): r.count for r in conn.execute(text(
+            "SELECT scope, user_key, count FROM usage_counter WHERE scope NOT LIKE 'validate:%'"))}
+
+
+def send_counts(rt) -> list[int]:
+    with rt.db.connect() as conn:
+        return list(conn.execute(text("SELECT send_count FROM otp_code ORDER BY id")).scalars())
+
+
+def gen(rt, **body):
+    return run(generate(rt, {"entityType": "MOBILE", "entityValue": PHONE, "action": "COUPON", **body},
+                        client_id=CLIENT, client_ip=IP))
+
+
+def code_in(seen) -> str:
+    return re.search(r"is (\d+)\.", seen.json()["text"]).group(1)
+
+
+# --- a fault costs the customer nothing -------------------------------------------------------------
+
+@pytest.mark.parametrize("outage", ["answers 500", "port closed"])
+def test_an_outage_spends_nothing_and_the_same_code_goes_out_when_it_ends(tight, outage):
+    rt = tight
+    port = free_port()
+    with FakeProvider(port=port) if outage == "answers 500" else _Nothing() as down:
+        if down is not None:
+            down.script = [Answer(status=500, body={"error": "down"})]
+        webhook_sms(rt, f"http://127.0.0.1:{port}/send")
+        for _ in range(10):  # twice every limit: without the give-back the sixth would be a 429
+            with pytest.raises(OtpError) as failed:
+                gen(rt)
+            assert failed.value.http_status == 502, failed.value
+        tried = [code_in(seen) for seen in down.requests] if down is not None else []
+    assert all(count == 0 for count in counters(rt).values()), counters(rt)
+    assert send_counts(rt) == [0]
+
+    with FakeProvider(port=port) as up:  # the gateway is back, on the same address
+        result = gen(rt)
+    [seen] = up.requests
+    assert result.resent and [w.code for w in result.warnings] == [E.RESENT_SAME_CODE]
+    assert set(tried) <= {code_in(seen)} and len(tried) in (0, 20)  # the code every failed attempt carried
+    # Every counter now equals the one delivered request.
+    assert counters(rt) == {("daily:*", f"MOBILE:{PHONE}"): 1, ("daily:COUPON", f"MOBILE:{PHONE}"): 1,
+                            ("dest:SMS", PHONE): 1, ("budget", "SMS"): 1, ("client", str(CLIENT)): 1,
+                            ("ip", IP): 1, ("prefix", PHONE[:-4]): 1}
+    assert send_counts(rt) == [1]
+    with rt.db.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM limit_event")).scalar() == 0
+
+
+class _Nothing:
+    """No server at all: the port stays closed, so every connection is refused."""
+
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return None
+
+
+def test_a_failed_channel_beside_a_delivered_one_gives_back_its_own_counts(tight):
+    rt = tight
+    with FakeProvider() as sms:
+        webhook_sms(rt, sms.url + "/send")
+        add_gateway(rt, name="mail", channel="EMAIL", provider="smtp", endpoint=f"127.0.0.1:{free_port()}",
+                    sender="otp@example.com", options={"security": "none"})
+        result = gen(rt, channels=[{"type": "SMS", "value": PHONE}, {"type": "EMAIL", "value": EMAIL}])
+    assert [w.code for w in result.warnings] == [E.GATEWAY_ERROR]
+    spent = counters(rt)
+    assert spent[("dest:SMS", PHONE)] == 1 and spent[("budget", "SMS")] == 1
+    assert spent[("dest:EMAIL", EMAIL)] == 0 and spent[("budget", "EMAIL")] == 0
+    assert spent[("daily:*", f"MOBILE:{PHONE}")] == 1 and send_counts(rt) == [1]
+
+
+def _failover(rt, wa_url: str) -> None:
+    add_gateway(rt, name="wa", channel="WHATSAPP", provider="meta_whatsapp", endpoint=wa_url, sender="10987",
+                credentials={"access_token": "EAAG"})
+    with rt.session() as db:
+        db.add(TemplateVersion(action="COUPON", channel="WHATSAPP", version=1, status="approved", is_active=True,
+                               author="a", reviewer="b", whatsapp_name="otp_auth", whatsapp_language="en"))
+        db.commit()
+    configure(rt, Action.COUPON, failover="WHATSAPP,SMS", failover_seconds=30)
+
+
+def test_a_failover_whose_every_step_fails_spends_nothing(tight):
+    rt = tight
+    with FakeProvider() as wa:
+        wa.script = [Answer(status=400, body={"error": {"message": "not a WhatsApp user"}})]
+        _failover(rt, wa.url)
+        webhook_sms(rt, f"http://127.0.0.1:{free_port()}/send")  # the SMS failover step fails too
+        for _ in range(6):
+            with pytest.raises(OtpError) as failed:
+                gen(rt)
+            assert failed.value.http_status == 502
+    assert counters(rt) and all(count == 0 for count in counters(rt).values()), counters(rt)
+    assert send_counts(rt) == [0]
+
+
+def test_a_failed_first_step_gives_back_its_counts_when_the_next_delivers(tight):
+    rt = tight
+    with FakeProvider() as wa, FakeProvider() as sms:
+        wa.script = [Answer(status=400, body={"error": {"message": "not a WhatsApp user"}})]
+        _failover(rt, wa.url)
+        webhook_sms(rt, sms.url + "/send")
+        gen(rt)
+    spent = counters(rt)
+    assert spent[("dest:WHATSAPP", PHONE)] == 0 and spent[("budget", "WHATSAPP")] == 0
+    assert spent[("dest:SMS", PHONE)] == 1 and spent[("budget", "SMS")] == 1
+    assert spent[("daily:*", f"MOBILE:{PHONE}")] == 1 and send_counts(rt) == [1]
+
+
+def test_a_late_failover_step_that_fails_gives_back_its_own_counts(tight, clock):
+    """The poller's step runs after the request answered: its failure gives back that step's counts only."""
+    rt = tight
+    with FakeProvider() as wa:
+        wa.script = [Answer(body={"messages": [{"id": "wamid.1"}]})]
+        _failover(rt, wa.url)
+        webhook_sms(rt, f"http://127.0.0.1:{free_port()}/send")
+        gen(rt)
+        clock.advance(seconds=31)
+        assert run(run_due_failovers(rt)) == 1
+    spent = counters(rt)
+    assert spent[("dest:SMS", PHONE)] == 0 and spent[("budget", "SMS")] == 0
+    assert spent[("dest:WHATSAPP", PHONE)] == 1 and spent[("budget", "WHATSAPP")] == 1
+
+
+# --- a failed write of a delivery's status ----------------------------------------------------------
+
+def _fail_once(rt, db_url, statement_start: str) -> list[str]:
+    """Make the next statement starting with statement_start fail in the driver, once: a real storage fault."""
+    error = sqlite3.OperationalError("disk I/O error") if db_url.startswith("sqlite") \
+        else psycopg.errors.OperationalError("server closed the connection unexpectedly")
+    failed: list[str] = []
+
+    @event.listens_for(rt.db, "before_cursor_execute")
+    def fault(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if not failed and statement.lstrip().upper().startswith(statement_start):
+            failed.append(statement)
+            raise error
+    return failed
+
+
+def test_a_failed_status_write_is_retried_so_the_failover_still_fires(db_url, tmp_path, clock):
+    rt = runtime(db_url, tmp_path, clock)
+    try:
+        with FakeProvider() as wa:
+            wa.script = [Answer(body={"messages": [{"id": "wamid.2"}]})]
+            _failover(rt, wa.url)
+            failed = _fail_once(rt, db_url, "UPDATE DELIVERY")
+            gen(rt)
+        assert failed, "the fault did not fire"
+        with rt.db.connect() as conn:
+            row = conn.execute(text("SELECT status, receipt_deadline FROM delivery")).one()
+        assert row.status == "sent" and row.receipt_deadline is not None
+        clock.advance(seconds=31)
+        assert run(run_due_failovers(rt)) == 1
+        with rt.db.connect() as conn:
+            assert list(conn.execute(text("SELECT channel, status FROM delivery ORDER BY id"))) == [
+                ("WHATSAPP", "sent"), ("SMS", "delivered")]
+    finally:
+        rt.db.dispose()
+
+
+# --- every lock is a security event -----------------------------------------------------------------
+
+def test_every_lock_is_a_security_event(rt, clock):
+    configure(rt, Action.COUPON, max_consecutive_failures=2, lock_minutes=5, validate_limit=50)
+    payload = {"entityType": "MOBILE", "entityValue": PHONE, "action": "COUPON"}
+    run(generate(rt, payload))
+    wrong = "000000" if code_sent_to(rt, PHONE) != "000000" else "111111"
+    for _ in range(2):
+        run(validate(rt, {**payload, "code": wrong}))
+    with pytest.raises(OtpError):  # locked
+        run(validate(rt, {**payload, "code": wrong}))
+    clock.advance(minutes=6)  # waited out
+    run(validate(rt, {**payload, "code": wrong}))  # the count was not reset: one more failure locks again
+    with pytest.raises(OtpError) as again:
+        run(validate(rt, {**payload, "code": wrong}))
+    assert again.value.problems[0].reason == "lock"
+    with rt.db.connect() as conn:
+        assert list(conn.execute(text("SELECT kind FROM security_event ORDER BY id")).scalars()) == ["lock", "lock"]
