@@ -6,6 +6,7 @@ database, on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import json
+import math
 import re
 import sqlite3
 from datetime import timedelta
@@ -17,13 +18,13 @@ from sqlmodel import select
 
 from core import errors as E
 from core.engine import generate, run, run_due_failovers, validate
-from core.enums import Action
+from core.entities import NormalisedEntity
+from core.enums import Action, Channel, EntityType
 from core.errors import OtpError
 from core.gateway_configs import save_gateway
-from core.limits import explain_refusal, suited_targets
+from core.limits import explain_refusal
 from core.models import GatewayConfigBase, Staff, TemplateVersion
 from core.requests import ChannelTarget
-from core.enums import Channel
 from core.runtime import Runtime
 from core.staff import StaffIdentity, create_first_admin
 from tests.conftest import code_sent_to, configure, make_settings
@@ -253,3 +254,91 @@ def test_every_lock_is_a_security_event(rt, clock):
     assert again.value.problems[0].reason == "lock"
     with rt.db.connect() as conn:
         assert list(conn.execute(text("SELECT kind FROM security_event ORDER BY id")).scalars()) == ["lock", "lock"]
+
+
+# --- why refused: one answer, the engine's ----------------------------------------------------------
+
+OTHER = "+919955880000"  # same prefix as PHONE (the number without its last four digits)
+SMS_TO = [{"type": "SMS", "value": PHONE}]
+# limit type -> (settings, action configuration, what fills it); each case leaves every other limit far away.
+CASES = {
+    "daily": ({"daily_limit": 2}, {}, ["gen", "gen"]),
+    "action_daily": ({}, {"daily_cap": 2}, ["gen", "gen"]),
+    "code_sends": ({}, {"max_sends_per_code": 2}, ["gen", "gen"]),
+    "destination": ({"destination_limit": 2}, {}, ["gen", "gen"]),
+    "budget": ({"channel_budgets": "SMS=2"}, {}, ["gen", "gen"]),
+    "client": ({"client_limit": 2}, {}, ["gen", "gen_other"]),
+    "ip": ({"ip_limit": 2}, {}, ["gen", "gen_other"]),
+    "prefix": ({"prefix_limit": 2}, {}, ["gen", "gen_other"]),
+    "validate": ({}, {"validate_limit": 2}, ["gen", "wrong", "wrong"]),
+    "lock": ({}, {"max_consecutive_failures": 2}, ["gen", "wrong", "wrong"]),
+}
+
+
+@pytest.mark.parametrize("limit_type", list(CASES))
+def test_why_refused_names_the_limit_the_next_request_meets(db_url, tmp_path, clock, limit_type):
+    settings, config, steps = CASES[limit_type]
+    rt = runtime(db_url, tmp_path, clock, **settings)
+    try:
+        if config:
+            configure(rt, Action.COUPON, **config)
+        user = {"entityType": "MOBILE", "entityValue": PHONE, "action": "COUPON"}
+        refuses = "validate" if limit_type in ("validate", "lock") else "generate"
+
+        def explain() -> list:
+            with rt.read_db.connect() as conn:
+                return [r for r in explain_refusal(
+                    conn, rt.settings, rt.config_for(Action.COUPON), entity=NormalisedEntity(EntityType.MOBILE, PHONE),
+                    targets=[ChannelTarget(Channel.SMS, PHONE)], client_id=CLIENT, client_ip=IP, now=clock())
+                    if r.refuses == refuses]
+
+        def next_request() -> None:
+            if refuses == "generate":
+                run(generate(rt, {**user, "channels": SMS_TO}, client_id=CLIENT, client_ip=IP))
+            else:
+                run(validate(rt, {**user, "code": wrong}))
+
+        assert explain() == []
+        wrong = ""
+        for step in steps:
+            if step == "gen":
+                run(generate(rt, {**user, "channels": SMS_TO}, client_id=CLIENT, client_ip=IP))
+                wrong = "000000" if code_sent_to(rt, PHONE) != "000000" else "111111"
+            elif step == "gen_other":  # another user, same API client, address and number prefix
+                run(generate(rt, {**user, "entityValue": OTHER, "channels": [{"type": "SMS", "value": OTHER}]},
+                             client_id=CLIENT, client_ip=IP))
+            else:
+                run(validate(rt, {**user, "code": wrong}))
+        said = explain()
+        with pytest.raises(OtpError) as refused:
+            next_request()
+        assert refused.value.http_status == 429
+        assert said and said[0].limit_type == refused.value.problems[0].reason == limit_type, said
+        assert said[0].used >= said[0].limit
+        assert refused.value.retry_after == max(1, math.ceil((said[0].lifts_at - clock()).total_seconds()))
+    finally:
+        rt.db.dispose()
+
+
+def test_the_limits_panel_shows_a_destination_refusal(db_url, tmp_path, clock):
+    """The issue's case: five codes to one number in ten minutes; the panel said "not blocked" meanwhile."""
+    from tests.test_dashboards import frame_with, signed_in
+    rt = runtime(db_url, tmp_path, clock, destination_limit=5)
+    try:
+        # One code per action: no live code is near its send cap, only the destination is full.
+        for action in ("COUPON", "POINTS", "REGISTRATION", "USERGROUP", "SUBSCRIPTION"):
+            run(generate(rt, {"entityType": "MOBILE", "entityValue": "9955882233", "action": action}))
+        with pytest.raises(OtpError) as refused:  # the console's test send meets it too
+            run(generate(rt, {"entityType": "MOBILE", "entityValue": PHONE, "action": "GENERIC"}))
+        assert refused.value.problems[0].reason == "destination"
+        at = signed_in(rt, admin_of(rt)).run()
+        at.switch_page("pages/dash_limits.py").run()
+        at.text_input(key="limits_user").input(PHONE).run()
+        assert not at.exception
+        assert not [s for s in at.success if "not blocked" in s.value]
+        shown = frame_with(at, "why")
+        [row] = shown[shown["limit"] == "Destination"].to_dict("records")
+        assert row["channel"] == "SMS" and row["used"] == "5 of 5" and row["action"] == "all"
+        assert row["refuses"] == "generate"
+    finally:
+        rt.db.dispose()
