@@ -9,11 +9,13 @@ import json
 import math
 import re
 import sqlite3
+import uuid
 from datetime import timedelta
 
+import httpx
 import psycopg
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import create_engine, event, text
 from sqlmodel import select
 
 from core import errors as E
@@ -27,8 +29,9 @@ from core.models import GatewayConfigBase, Staff, TemplateVersion
 from core.requests import ChannelTarget
 from core.runtime import Runtime
 from core.staff import StaffIdentity, create_first_admin
-from tests.conftest import code_sent_to, configure, make_settings
+from tests.conftest import BACKENDS, PG_URL, TEST_KEY, code_sent_to, configure, make_settings
 from tests.fakes import Answer, FakeProvider, free_port
+from tests.servers import ApiServer, new_client
 
 PHONE = "+919955882233"
 EMAIL = "ana@example.com"
@@ -342,3 +345,59 @@ def test_the_limits_panel_shows_a_destination_refusal(db_url, tmp_path, clock):
         assert row["refuses"] == "generate"
     finally:
         rt.db.dispose()
+
+
+# --- the same through the deployed server -----------------------------------------------------------
+
+@pytest.fixture(params=BACKENDS)
+def fresh_database_url(request, tmp_path):
+    """An empty database for a server to start on: a new SQLite file, or a new PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'server.db'}"
+        return
+    schema = f"otp_refund_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    yield PG_URL + ("&" if "?" in PG_URL else "?") + f"options=-csearch_path%3D{schema}"
+    with admin.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()
+
+
+def test_the_server_charges_nothing_for_an_outage(fresh_database_url, tmp_path):
+    """serve.py with two workers behind a trusted proxy: ten 502s during an outage, then the same code at once."""
+    env = {"OTP_DATABASE_URL": fresh_database_url, "OTP_SECRET_KEY": TEST_KEY, "OTP_ENV": "test",
+           "OTP_TRUSTED_PROXIES": "127.0.0.1", "OTP_DAILY_LIMIT": "6", "OTP_DESTINATION_LIMIT": "5",
+           "OTP_IP_LIMIT": "5", "OTP_PREFIX_LIMIT": "5", "OTP_CLIENT_LIMIT": "5", "OTP_CHANNEL_BUDGETS": "SMS=5",
+           "OTP_CACHE_SECONDS": "0"}
+    setup = Runtime(make_settings(fresh_database_url, tmp_path, daily_limit=6))  # migrates the new database
+    port = free_port()
+    try:
+        webhook_sms(setup, f"http://127.0.0.1:{port}/send")
+        key, secret = new_client(env)
+        with ApiServer(env, workers=2) as server, httpx.Client(base_url=server.url, auth=(key, secret),
+                                                               headers={"X-Forwarded-For": IP}, timeout=30) as api:
+            body = {"entityType": "MOBILE", "entityValue": PHONE, "action": "COUPON",
+                    "channels": [{"type": "SMS", "value": PHONE}]}
+            statuses = [api.post("/v2/otp/generate", json=body).status_code for _ in range(10)]
+            assert statuses == [502] * 10
+            with FakeProvider(port=port) as up:
+                answer = api.post("/v2/otp/generate", json=body)
+            assert answer.status_code == 200, answer.text
+            assert [w["code"] for w in answer.json()["warnings"]] == [E.RESENT_SAME_CODE]
+        [seen] = up.requests
+        assert code_in(seen) == stored_code(setup)
+        spent = counters(setup)
+        assert {scope for scope, _k in spent} >= {"daily:*", "dest:SMS", "budget", "client", "prefix"}
+        assert set(spent.values()) == {1}, spent  # the delivered request, nothing for the ten that failed
+        assert send_counts(setup) == [1]
+    finally:
+        setup.db.dispose()
+
+
+def stored_code(rt) -> str:
+    """The live code, recovered from its encrypted copy (the test plays the recipient)."""
+    with rt.db.connect() as conn:
+        row = conn.execute(text("SELECT user_key, action, code_enc FROM otp_code")).one()
+    return rt.keys.decrypt_code(row.user_key, row.action, bytes(row.code_enc))
