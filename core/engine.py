@@ -26,14 +26,15 @@ from core.gateways.http import close_shared_client
 from core.entities import NormalisedEntity, mask, region_of
 from core.enums import Action, Channel, EntityType
 from core.errors import OtpError, Problem
-from core.limits import Counter, Refused, count, generate_counters, give_back, send_counters, validate_counter
+from core.limits import Counter, Refusal, Refused, count, explain_refusal, generate_counters, give_back, send_counters, \
+    validate_counter
 from core.messages import ResolvedTemplate, failover_plan, plan_channels, render_message, resolve_all
 from core.models import Delivery, LimitEvent, OtpCode, OtpRequest, OtpValidation, SecurityEvent, UsageCounter
 from core.otpconfig import OtpConfig
 from core.ratelimit import local_day
 from core.requests import ChannelTarget, GenerateRequest, parse_generate, parse_validate, template_fields
 from core.runtime import Runtime
-from core.safemode import reroute, spent_channels
+from core.safemode import reroute
 from core.sql import Prepared
 from core.templates import RenderError, sample_variables, template_variables
 
@@ -587,6 +588,12 @@ class DryRun:
     problems: list[Problem] = field(default_factory=list)
 
 
+def _dry_run_refusal(refusal: Refusal) -> str:
+    if refusal.limit_type == "budget":
+        return f"the daily {refusal.channel} budget is spent: the channel is in safe mode and would be refused"
+    return f"{refusal.detail}: a generate would be refused ({refusal.limit_type}, {refusal.used} of {refusal.limit})"
+
+
 def dry_run(rt: Runtime, payload: object) -> DryRun:
     """Check and render a generate request with a sample code, and report the limits it would meet."""
     request = parse_generate(payload, rt.settings)
@@ -595,23 +602,21 @@ def dry_run(rt: Runtime, payload: object) -> DryRun:
     templates = resolve_all(targets, request.action, rt.active_templates(), request)
     now = rt.clock()
     user_key = request.entity.user_key
-    spent = spent_channels(rt, config, [t.channel for t in targets], now)
     with rt.read_db.connect() as conn:
         used = conn.execute(select(func.coalesce(func.max(UsageCounter.count), 0)).where(
             UsageCounter.scope == "daily:*", UsageCounter.user_key == user_key,
             UsageCounter.period == local_day(now, rt.settings.tz))).scalar_one()
-        live = conn.execute(select(OtpCode.send_count).where(
+        live = conn.execute(select(OtpCode.id).where(
             OtpCode.user_key == user_key, OtpCode.action == config.action.value, OtpCode.state == "active",
             OtpCode.expires_at > now)).scalar()
+        # The limits a real generate would meet, from the engine's own counters (the caller's IP and API client
+        # are not known here).
+        refusals = [r for r in explain_refusal(conn, rt.settings, config, entity=request.entity, targets=targets,
+                                               now=now) if r.refuses == "generate"]
     variables = sample_variables(action=config.action.value, code_length=config.code_length,
                                  validity_minutes=config.validity_minutes, brand=rt.settings.brand)
     problems: list[Problem] = list(rerouted)  # 7004: a phone channel in email-only safe mode goes by EMAIL
-    problems += [Problem(E.RATE_LIMITED, f"the daily {c.value} budget is spent: the channel is in safe mode "
-                         "and would be refused") for c in dict.fromkeys(t.channel for t in targets) if c in spent]
-    if used >= rt.settings.daily_limit:
-        problems.append(Problem(E.RATE_LIMITED, f"the daily limit of {rt.settings.daily_limit} is reached"))
-    if live is not None and live >= config.max_sends_per_code:
-        problems.append(Problem(E.RATE_LIMITED, "the live code has been sent as often as allowed"))
+    problems += [Problem(E.RATE_LIMITED, text) for text in dict.fromkeys(_dry_run_refusal(r) for r in refusals)]
     messages = []
     for index, target in enumerate(targets):
         try:

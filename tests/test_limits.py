@@ -401,3 +401,22 @@ def stored_code(rt) -> str:
     with rt.db.connect() as conn:
         row = conn.execute(text("SELECT user_key, action, code_enc FROM otp_code")).one()
     return rt.keys.decrypt_code(row.user_key, row.action, bytes(row.code_enc))
+
+
+def test_the_console_dry_run_names_the_limit_a_real_send_meets(db_url, tmp_path, clock):
+    """The test-send page's dry run reads the same limits: a destination that is full is named, not missed."""
+    from core.engine import dry_run
+    rt = runtime(db_url, tmp_path, clock, destination_limit=2)
+    try:
+        body = {"entityType": "MOBILE", "entityValue": PHONE, "action": "COUPON", "channels": SMS_TO}
+        assert dry_run(rt, body).problems == []
+        for action in ("COUPON", "POINTS"):
+            run(generate(rt, {**body, "action": action}))
+        said = dry_run(rt, {**body, "action": "REGISTRATION"})
+        with pytest.raises(OtpError) as refused:
+            run(generate(rt, {**body, "action": "REGISTRATION"}))
+        assert refused.value.problems[0].reason == "destination"
+        assert [p.message for p in said.problems] == [
+            "at most 2 codes per 10 minutes to one destination: a generate would be refused (destination, 2 of 2)"]
+    finally:
+        rt.db.dispose()
