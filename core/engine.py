@@ -170,7 +170,7 @@ def _issue(conn: Connection, rt: Runtime, *, entity: NormalisedEntity, config: O
                                  fixed_code=rt.settings.test_code if test_number else None)
     except CodeSendsExhausted as exc:
         raise Refused("code_sends", f"this code was already sent {config.max_sends_per_code} times; "
-                       "a new one can be requested when it expires", _seconds_until(exc.expires_at, now)) from None
+                      "a new one can be requested when it expires", _seconds_until(exc.expires_at, now)) from None
     row = {"created_at": now, "code_id": issued.code_id, "user_key": user_key, "action": config.action.value,
            "kind": "resent" if issued.resent else "issued", "client_id": client_id}
     if body_templates is not None:
@@ -445,13 +445,14 @@ async def generate(rt: Runtime, payload: object, *, client_id: int | None = None
     failed = [r for r in reports if r.status == "failed"]
     warnings = [Problem(E.GATEWAY_ERROR, f"{r.channel} to {mask(r.destination)} failed: {_public_reason(r)}")
                 for r in failed]
-    if reports and len(failed) == len(reports):
+    nobody = bool(reports) and len(failed) == len(reports)
+    if nobody:
         # Nobody received anything: the request costs nothing, and the live code waits to be sent again.
         # (A failover step already gave back its own counts.)
         await _give_back(rt, counted, code_id=None if test_number else issued.code_id)
     elif failed:
         await _give_back(rt, _failed_sends(counted, reports))
-    if reports and len(failed) == len(reports):
+    if nobody:
         error = OtpError(warnings, 502)
         error.warnings.extend(rerouted)  # the email was tried and failed: say why the phone channel was not
         raise error
@@ -549,7 +550,7 @@ async def validate(rt: Runtime, payload: object, *, client_id: int | None = None
         lock = None if exempt else locked_until(conn, user_key=user_key, action=action, now=now)
         if lock is not None:
             raise Refused("lock", "too many failed validations; this user is locked for this action",
-                           _seconds_until(lock, now))
+                          _seconds_until(lock, now))
         outcome = check_code(conn, rt.keys, user_key=user_key, config=config, submitted=submitted, now=now)
         if outcome.outcome == "ok":
             reset_failures(conn, user_key=user_key, action=action)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, time, timedelta, timezone
+from functools import lru_cache
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, bindparam, select, tuple_, update
 
@@ -21,7 +23,7 @@ from core.entities import NormalisedEntity
 from core.enums import Channel, EntityType
 from core.models import FailureCounter, OtpCode, UsageCounter
 from core.otpconfig import OtpConfig, effective_limit
-from core.ratelimit import bump, local_day, seconds_until_next_day, window_start
+from core.ratelimit import bump, local_day, window_start
 from core.requests import ChannelTarget
 from core.safemode import budgets_for, refusal_message, trip_detail
 
@@ -31,7 +33,7 @@ _GIVE_BACK = (update(_usage).where(_usage.c.scope == bindparam("p_scope"), _usag
               .values(count=_usage.c.count - 1))
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a generate builds several per request, and frozen slows every __init__
 class Counter:
     """One limit a request counts against: the usage_counter row (scope, key, period) and what refusing says.
 
@@ -91,7 +93,14 @@ def _window(now: datetime, minutes: int) -> tuple[str, datetime]:
 
 
 def _next_day(now: datetime, settings: Settings) -> datetime:
-    return now + timedelta(seconds=seconds_until_next_day(now, settings.tz))
+    return _local_midnight_after(local_day(now, settings.tz), settings.tz)
+
+
+@lru_cache(maxsize=16)
+def _local_midnight_after(day: str, tz: ZoneInfo) -> datetime:
+    """When the local day after day begins, in UTC (computed in the zone, so DST days are 23 or 25 hours)."""
+    midnight = datetime.combine(date.fromisoformat(day) + timedelta(days=1), time.min, tzinfo=tz)
+    return midnight.astimezone(timezone.utc)
 
 
 def user_counters(settings: Settings, config: OtpConfig, *, user_key: str, now: datetime) -> list[Counter]:
@@ -139,27 +148,27 @@ def requester_counters(settings: Settings, config: OtpConfig, *, targets: Iterab
 
     client_ip is whatever address the caller decided to count (None: no per-address limit for this request).
     """
-    def limit(name: str) -> int:
-        return effective_limit(config, settings, name)
-
     found = []
-    if limit("client_limit") and client_id is not None:
+    client_limit = effective_limit(config, settings, "client_limit")
+    if client_limit and client_id is not None:
         period, until = _window(now, 1)
-        found.append(Counter("client", "client", str(client_id), period, limit("client_limit"),
-                             f"at most {limit('client_limit')} generates per minute for this API client", until))
-    if limit("ip_limit") and client_ip:
-        minutes = limit("ip_window_minutes")
+        found.append(Counter("client", "client", str(client_id), period, client_limit,
+                             f"at most {client_limit} generates per minute for this API client", until))
+    ip_limit = effective_limit(config, settings, "ip_limit")
+    if ip_limit and client_ip:
+        minutes = effective_limit(config, settings, "ip_window_minutes")
         period, until = _window(now, minutes)
-        found.append(Counter("ip", "ip", client_ip, period, limit("ip_limit"),
-                             f"at most {limit('ip_limit')} generates per {minutes} minutes from one address", until))
-    if limit("prefix_limit"):
-        minutes = limit("prefix_window_minutes")
+        found.append(Counter("ip", "ip", client_ip, period, ip_limit,
+                             f"at most {ip_limit} generates per {minutes} minutes from one address", until))
+    prefix_limit = effective_limit(config, settings, "prefix_limit")
+    if prefix_limit:
+        minutes = effective_limit(config, settings, "prefix_window_minutes")
         period, until = _window(now, minutes)
         prefixes = {t.destination[:-4] for t in targets if t.channel.needs_phone}
         if entity.entity_type is EntityType.MOBILE:
             prefixes.add(entity.value[:-4])
         for prefix in sorted(prefixes):
-            found.append(Counter("prefix", "prefix", prefix, period, limit("prefix_limit"),
+            found.append(Counter("prefix", "prefix", prefix, period, prefix_limit,
                                  f"too many codes to numbers starting {prefix} in {minutes} minutes", until,
                                  event=("prefix_block", prefix)))
     return found
