@@ -180,3 +180,12 @@ def record_failure(conn: Connection, *, user_key: str, config: OtpConfig, now: d
 
 def reset_failures(conn: Connection, *, user_key: str, action: str) -> None:
     conn.execute(_RESET_FAILURES, {"p_user": user_key, "p_action": action})
+
+
+_GIVE_BACK_SEND = update(_code).where(_code.c.id == bindparam("p_id"), _code.c.send_count > 0) \
+    .values(send_count=_code.c.send_count - 1)
+
+
+def give_back_send(conn: Connection, code_id: int) -> None:
+    """Take back one send of a code (never below 0): its send reached no one, so it must not use up the cap."""
+    conn.execute(_GIVE_BACK_SEND, {"p_id": code_id})

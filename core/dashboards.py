@@ -22,10 +22,13 @@ from sqlmodel import Session
 from sqlmodel.sql.sqltypes import UTCDateTime
 
 from core import audit, rollups
-from core.entities import mask
+from core.config import Settings
+from core.entities import NormalisedEntity, mask
+from core.enums import EntityType
 from core.histogram import percentile
+from core.limits import Refusal, explain_refusal, suited_targets
 from core.models import Delivery, FailureCounter, LimitEvent, OtpCode, OtpRequest, OtpValidation, UsageCounter
-from core.ratelimit import local_day, window_start
+from core.ratelimit import local_day
 from core.staff import StaffIdentity, require
 
 _request = OtpRequest.__table__
@@ -532,59 +535,31 @@ def top_refused_prefixes(conn: Connection, filters: Filters, *, digits: int = 7,
     return [(row[0], int(row[1]), int(row[2])) for row in conn.execute(query)]
 
 
-@dataclass(frozen=True)
-class Block:
-    """One reason a user is refused now, and when it lifts by itself."""
-    limit_type: str
-    action: str | None
-    detail: str
-    lifts_at: datetime | None
+Block = Refusal  # one reason a user is refused now, and when it lifts by itself (core.limits)
 
 
 @dataclass(frozen=True)
 class UserLimits:
     user_key: str
     user: str
-    blocks: list[Block]
+    blocks: list[Refusal]
     recent: list[tuple[datetime, str, str]]  # (at, limit_type, action) of the newest refusals
 
 
-def why_refused(conn: Connection, *, user_key: str, now: datetime, tz: ZoneInfo, daily_limit: int,
-                configs: dict, recent: int = 20) -> UserLimits:
+def why_refused(conn: Connection, settings: Settings, *, user_key: str, now: datetime, configs: dict,
+                recent: int = 20) -> UserLimits:
     """For one user: every limit refusing them at now and when each lifts, plus their newest refusals.
 
-    configs maps an action name to its OtpConfig (caps, validate window, sends per code).
+    configs maps an action name to its OtpConfig. The answer per action is core.limits.explain_refusal for a send
+    to the user on each channel the action enables (the engine's own counters); the client IP and API client
+    limits are not the user's and are left out. A limit spanning actions is listed once.
     """
-    blocks: list[Block] = []
-    day = local_day(now, tz)
-    tomorrow = utc_midnight(date.fromisoformat(day) + timedelta(days=1), tz)
-    u = _usage
-    for scope, count in conn.execute(select(u.c.scope, u.c.count).where(
-            u.c.user_key == user_key, u.c.period == day, u.c.scope.startswith("daily:"))):
-        action = scope.split(":", 1)[1]
-        if action == "*" and count >= daily_limit:
-            blocks.append(Block("daily", None, f"{count} of {daily_limit} generates today", tomorrow))
-        elif action != "*" and action in configs and configs[action].daily_cap is not None \
-                and count >= configs[action].daily_cap:
-            blocks.append(Block("action_daily", action, f"{count} of {configs[action].daily_cap} generates "
-                                f"today for {action}", tomorrow))
-    for action, config in configs.items():
-        start = window_start(now, config.validate_window_minutes)
-        count = conn.execute(select(u.c.count).where(u.c.user_key == user_key, u.c.scope == f"validate:{action}",
-                                                     u.c.period == str(start))).scalar()
-        if count is not None and count >= config.validate_limit:
-            lifts = datetime.fromtimestamp(start + config.validate_window_minutes * 60, timezone.utc)
-            blocks.append(Block("validate", action, f"{count} of {config.validate_limit} validations in this "
-                                f"{config.validate_window_minutes}-minute window", lifts))
-    f = _failures
-    for action, until, consecutive in conn.execute(select(f.c.action, f.c.locked_until, f.c.consecutive).where(
-            f.c.user_key == user_key, f.c.locked_until.is_not(None), f.c.locked_until > now)):
-        blocks.append(Block("lock", action, f"locked after {consecutive} consecutive failed validations", until))
-    c = _code
-    for action, sends, expires in conn.execute(select(c.c.action, c.c.send_count, c.c.expires_at).where(
-            c.c.user_key == user_key, c.c.state == "active", c.c.expires_at > now)):
-        if action in configs and sends >= configs[action].max_sends_per_code:
-            blocks.append(Block("code_sends", action, f"the live code was sent {sends} times", expires))
+    entity_type, _, value = user_key.partition(":")
+    entity = NormalisedEntity(EntityType(entity_type), value)
+    blocks = list(dict.fromkeys(
+        refusal for config in configs.values()
+        for refusal in explain_refusal(conn, settings, config, entity=entity,
+                                       targets=suited_targets(config, entity), now=now)))
     e = _limit
     events = [(row[0], row[1], row[2]) for row in conn.execute(
         select(e.c.created_at, e.c.limit_type, e.c.action).where(e.c.user_key == user_key)

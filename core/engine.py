@@ -18,21 +18,23 @@ from sqlalchemy import Connection, bindparam, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from core import errors as E
-from core.codes import CheckOutcome, CodeSendsExhausted, IssuedCode, LiveCodeRace, check_code, issue_or_resend, \
-    locked_until, record_failure, reset_failures
+from core.codes import CheckOutcome, CodeSendsExhausted, IssuedCode, LiveCodeRace, check_code, give_back_send, \
+    issue_or_resend, locked_until, record_failure, reset_failures
 from core.dispatch import dispatch
 from core.gateways import Gateway, OutgoingMessage, is_local
 from core.gateways.http import close_shared_client
 from core.entities import NormalisedEntity, mask, region_of
 from core.enums import Action, Channel, EntityType
 from core.errors import OtpError, Problem
+from core.limits import Counter, Refusal, Refused, count, explain_refusal, generate_counters, give_back, send_counters, \
+    validate_counter
 from core.messages import ResolvedTemplate, failover_plan, plan_channels, render_message, resolve_all
 from core.models import Delivery, LimitEvent, OtpCode, OtpRequest, OtpValidation, SecurityEvent, UsageCounter
-from core.otpconfig import OtpConfig, effective_limit
-from core.ratelimit import bump, local_day, seconds_until_next_day, window_start
+from core.otpconfig import OtpConfig
+from core.ratelimit import local_day
 from core.requests import ChannelTarget, GenerateRequest, parse_generate, parse_validate, template_fields
 from core.runtime import Runtime
-from core.safemode import budgets_for, refusal_message, reroute, spent_channels, trip_detail
+from core.safemode import reroute
 from core.sql import Prepared
 from core.templates import RenderError, sample_variables, template_variables
 
@@ -84,18 +86,6 @@ class ValidateResult:
         return {"entity": self.valid, "warnings": [w.as_dict() for w in self.warnings]}
 
 
-class _Refused(Exception):
-    """Raised inside a transaction to roll it back and refuse the request with a limit error.
-
-    event, when given, is a (kind, detail) security event to record with the refusal.
-    """
-
-    def __init__(self, limit_type: str, message: str, retry_after: int,
-                 event: tuple[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.limit_type, self.message, self.retry_after, self.event = limit_type, message, retry_after, event
-
-
 def _security_event(conn: Connection, kind: str, *, user_key: str, action: str, now: datetime,
                     detail: str | None = None) -> None:
     conn.execute(_INSERT_SECURITY_EVENT, {"created_at": now, "kind": kind, "user_key": user_key, "action": action,
@@ -111,7 +101,7 @@ def _storage_error(exc: Exception) -> OtpError:
     return OtpError.single(E.STORAGE_FAILURE, "unable to generate OTP at the moment: storage is unavailable", 503)
 
 
-async def _record_refusal(rt: Runtime, refused: _Refused, *, user_key: str, action: str, client_id: int | None,
+async def _record_refusal(rt: Runtime, refused: Refused, *, user_key: str, action: str, client_id: int | None,
                           now: datetime) -> OtpError:
     def record(conn: Connection) -> None:
         conn.execute(_INSERT_LIMIT_EVENT, {"created_at": now, "user_key": user_key, "action": action,
@@ -137,74 +127,18 @@ def _gateway_label(gateway: Gateway | None) -> str:
     return gateway.name if gateway is not None else "none"
 
 
-def _window(now: datetime, minutes: int) -> tuple[str, int]:
-    """The fixed window holding now (its start, as a period), and seconds until it ends."""
-    start = window_start(now, minutes)
-    return str(start), max(1, start + minutes * 60 - int(now.timestamp()))
+def _count(conn: Connection, counters: list[Counter], *, action: str, now: datetime) -> list[Counter]:
+    """Count a request against counters (core.limits); the counters counted, for a give-back if its sends fail.
 
-
-def _count_sends(conn: Connection, rt: Runtime, config: OtpConfig, *,
-                 sends: list[tuple[ChannelTarget, Gateway | None]], now: datetime) -> None:
-    """The limits on what is sent (per destination, per channel budget): counted for every send, a failover's too.
-
-    Each send counts against its channel's service-wide budget and the action's own (core.safemode.budgets_for).
-    The send that spends a budget records the budget_trip security event, once per trip (rolled back with the
-    request if another limit refuses it); the sends refused after it are limit events.
-    Counters shared between requests are taken in one canonical (sorted) order, so that on PostgreSQL two
-    transactions never wait for each other's rows in a cycle (a deadlock, whichever order the channels came in).
+    The send that spends a channel budget records one budget_trip security event (rolled back with the request
+    if a later limit refuses it); the sends refused after it are limit events.
     """
-    s = rt.settings
-    destination_limit = effective_limit(config, s, "destination_limit")
-    if destination_limit:
-        minutes = effective_limit(config, s, "destination_window_minutes")
-        period, wait = _window(now, minutes)
-        for target in sorted({t for t, _g in sends}, key=lambda t: (t.channel.value, t.destination)):
-            if bump(conn, scope=f"dest:{target.channel.value}", user_key=target.destination, period=period,
-                    limit=destination_limit) is None:
-                raise _Refused("destination", f"at most {destination_limit} codes per {minutes} minutes "
-                               "to one destination", wait)
-    for channel in sorted({t.channel for t, _g in sends}, key=lambda c: c.value):
-        for scope, budget in budgets_for(s, config, channel):
-            count = bump(conn, scope=scope, user_key=channel.value, period=local_day(now, s.tz),
-                         limit=budget) if budget > 0 else None
-            if count is None:
-                raise _Refused("budget", refusal_message(s, config, scope, channel, budget),
-                               seconds_until_next_day(now, s.tz))
-            if count == budget:
-                _security_event(conn, "budget_trip", user_key="", action=config.action.value, now=now,
-                                detail=trip_detail(scope, channel))
-
-
-def _count_requester(conn: Connection, rt: Runtime, config: OtpConfig, *,
-                     sends: list[tuple[ChannelTarget, Gateway | None]], entity: NormalisedEntity,
-                     client_id: int | None, client_ip: str | None, now: datetime) -> None:
-    """The limits on who asks (API client, client IP, number prefix): counted once per generate."""
-    s = rt.settings
-
-    def limit(name: str) -> int:
-        return effective_limit(config, s, name)
-
-    if limit("client_limit") and client_id is not None:
-        period, wait = _window(now, 1)
-        if bump(conn, scope="client", user_key=str(client_id), period=period, limit=limit("client_limit")) is None:
-            raise _Refused("client", f"at most {limit('client_limit')} generates per minute for this API client",
-                           wait)
-    if limit("ip_limit") and client_ip:
-        minutes = limit("ip_window_minutes")
-        period, wait = _window(now, minutes)
-        if bump(conn, scope="ip", user_key=client_ip, period=period, limit=limit("ip_limit")) is None:
-            raise _Refused("ip", f"at most {limit('ip_limit')} generates per {minutes} minutes from one address",
-                           wait)
-    if limit("prefix_limit"):
-        minutes = limit("prefix_window_minutes")
-        period, wait = _window(now, minutes)
-        prefixes = {t.destination[:-4] for t, _g in sends if t.channel.needs_phone}
-        if entity.entity_type is EntityType.MOBILE:
-            prefixes.add(entity.value[:-4])
-        for prefix in sorted(prefixes):
-            if bump(conn, scope="prefix", user_key=prefix, period=period, limit=limit("prefix_limit")) is None:
-                raise _Refused("prefix", f"too many codes to numbers starting {prefix} in {minutes} minutes", wait,
-                               event=("prefix_block", prefix))
+    counted = []
+    for counter, got in count(conn, counters, now=now):
+        if counter.trip is not None and got == counter.limit:
+            _security_event(conn, "budget_trip", user_key="", action=action, now=now, detail=counter.trip)
+        counted.append(counter)
+    return counted
 
 
 def _check_countries(rt: Runtime, targets: list[ChannelTarget]) -> None:
@@ -221,36 +155,28 @@ def _check_countries(rt: Runtime, targets: list[ChannelTarget]) -> None:
         raise OtpError(problems, 422)
 
 
-def _issue(conn: Connection, rt: Runtime, *, user_key: str, entity: NormalisedEntity, config: OtpConfig,
-           sends: list[tuple[ChannelTarget, Gateway | None]], client_id: int | None, client_ip: str | None,
-           now: datetime, test_number: bool, body_templates: str | None = None) -> tuple[IssuedCode, int]:
-    """The write transaction of a generate up to its deliveries: count, issue or re-send, record the request."""
-    tz = rt.settings.tz
-    day = local_day(now, tz)
+def _issue(conn: Connection, rt: Runtime, *, entity: NormalisedEntity, config: OtpConfig,
+           counters: list[Counter], client_id: int | None, now: datetime, test_number: bool,
+           body_templates: str | None = None) -> tuple[IssuedCode, int, list[Counter]]:
+    """The write transaction of a generate up to its deliveries: count, issue or re-send, record the request.
+
+    Returns what was counted too, so that a request whose sends all fail can give it back.
+    """
+    user_key = entity.user_key
     entity_type = entity.entity_type.value
-    if not test_number:
-        if bump(conn, scope="daily:*", user_key=user_key, period=day, limit=rt.settings.daily_limit) is None:
-            raise _Refused("daily", f"daily limit of {rt.settings.daily_limit} OTP requests reached for this user",
-                           seconds_until_next_day(now, tz))
-        if config.daily_cap is not None and bump(conn, scope=f"daily:{config.action.value}", user_key=user_key,
-                                                 period=day, limit=config.daily_cap) is None:
-            raise _Refused("action_daily", f"daily limit of {config.daily_cap} OTP requests for "
-                           f"{config.action.value} reached for this user", seconds_until_next_day(now, tz))
-        _count_sends(conn, rt, config, sends=sends, now=now)
-        _count_requester(conn, rt, config, sends=sends, entity=entity, client_id=client_id, client_ip=client_ip,
-                         now=now)
+    counted = [] if test_number else _count(conn, counters, action=config.action.value, now=now)
     try:
         issued = issue_or_resend(conn, rt.keys, user_key=user_key, entity_type=entity_type, config=config, now=now,
                                  fixed_code=rt.settings.test_code if test_number else None)
     except CodeSendsExhausted as exc:
-        raise _Refused("code_sends", f"this code was already sent {config.max_sends_per_code} times; "
-                       "a new one can be requested when it expires", _seconds_until(exc.expires_at, now)) from None
+        raise Refused("code_sends", f"this code was already sent {config.max_sends_per_code} times; "
+                      "a new one can be requested when it expires", _seconds_until(exc.expires_at, now)) from None
     row = {"created_at": now, "code_id": issued.code_id, "user_key": user_key, "action": config.action.value,
            "kind": "resent" if issued.resent else "issued", "client_id": client_id}
     if body_templates is not None:
         row["body_templates"] = body_templates
     request_id = _INSERT_REQUEST.scalar(conn, row)
-    return issued, request_id  # type: ignore[return-value]
+    return issued, request_id, counted  # type: ignore[return-value]
 
 
 def _insert_delivery(conn: Connection, *, request_id: int, code_id: int, target: ChannelTarget,
@@ -361,11 +287,57 @@ async def _deliver(rt: Runtime, config: OtpConfig, sends: list[_Send], code: str
             if result.record is not None:
                 result.record(conn)
 
-    try:
-        await rt.writer.run(record)
-    except DBAPIError as exc:  # the messages went out; losing their status must not turn into an error
-        log.error("could not record delivery results: %s", type(exc).__name__)
+    # The messages went out: losing their status must not turn into an error, but a delivery left 'queued'
+    # would never get its receipt deadline, so its failover would never fire. Hence the retries.
+    await _write_after_send(rt, record, "delivery results")
     return reports
+
+
+_WRITE_RETRY_DELAYS = (0.05, 0.2, 1.0)
+
+
+async def _write_after_send(rt: Runtime, write, what: str) -> bool:  # type: ignore[no-untyped-def]
+    """Run a write that follows a send (its record, or a give-back), retrying a storage failure a few times.
+
+    The send cannot be undone, so a transient failure (a deadlock, a lost connection, a busy file) must not lose
+    what it left to record. Returns whether the write was made.
+    """
+    for delay in (*_WRITE_RETRY_DELAYS, None):
+        try:
+            await rt.writer.run(write)
+            return True
+        except DBAPIError as exc:
+            if delay is None:
+                log.error("could not record %s: %s", what, type(exc).__name__)
+                return False
+            log.warning("recording %s failed (%s); retrying", what, type(exc).__name__)
+            await asyncio.sleep(delay)
+    return False
+
+
+def _failed_sends(counted: list[Counter], reports: list[DeliveryReport]) -> list[Counter]:
+    """The send counters of sends that reached no one: a failed send's destination, and the budgets of a channel
+    none of whose sends got through (a request counts a channel's budget once, however many sends it has)."""
+    failed = {(r.channel, r.destination) for r in reports if r.status == "failed"}
+    failed_channels = {channel for channel, _d in failed}
+    through = {r.channel for r in reports if r.status != "failed"}
+    return [c for c in counted
+            if (c.target is not None and (c.target.channel.value, c.target.destination) in failed)
+            or (c.channel is not None and c.channel.value in failed_channels and c.channel.value not in through)]
+
+
+async def _give_back(rt: Runtime, counters: list[Counter], *, code_id: int | None = None) -> None:
+    """Give back what sends that reached no one counted (and, for a whole request, the code's send), in one
+    short transaction after the sends: a fault costs the customer nothing."""
+    if not counters and code_id is None:
+        return
+
+    def undo(conn: Connection) -> None:
+        give_back(conn, counters)
+        if code_id is not None:
+            give_back_send(conn, code_id)
+
+    await _write_after_send(rt, undo, "the give-back of a failed send's counts")
 
 
 async def _fail_over(rt: Runtime, config: OtpConfig, *, request_id: int, code_id: int, code: str, user_key: str,
@@ -373,8 +345,8 @@ async def _fail_over(rt: Runtime, config: OtpConfig, *, request_id: int, code_id
                      test_number: bool = False) -> list[DeliveryReport]:
     """Send the same code over the plan's next channels, one after another, until one is not refused.
 
-    Each step counts against the send limits (destination, channel budget) like any send; a refused step
-    ends the failover with a recorded refusal.
+    Each step counts against the send limits (destination, channel budget) like any send, and gives them back
+    when it fails; a refused step ends the failover with a recorded refusal.
     """
     reports: list[DeliveryReport] = []
     for step in range(from_step + 1, len(plan)):
@@ -382,15 +354,16 @@ async def _fail_over(rt: Runtime, config: OtpConfig, *, request_id: int, code_id
         gateway = _gateway_for(rt, config, target.channel, test_number)
         now = rt.clock()
 
+        counters = [] if test_number else send_counters(rt.settings, config, [target], now=now)
+
         def queue(conn: Connection) -> int:
-            if not test_number:
-                _count_sends(conn, rt, config, sends=[(target, gateway)], now=now)
+            _count(conn, counters, action=config.action.value, now=now)
             return _insert_delivery(conn, request_id=request_id, code_id=code_id, target=target, gateway=gateway,
                                     step=step, now=now)
 
         try:
             delivery_id = await rt.writer.run(queue)
-        except _Refused as refused:
+        except Refused as refused:
             await _record_refusal(rt, refused, user_key=user_key, action=config.action.value, client_id=None,
                                   now=now)
             break
@@ -400,6 +373,7 @@ async def _fail_over(rt: Runtime, config: OtpConfig, *, request_id: int, code_id
         reports.append(report)
         if report.status != "failed":
             break
+        await _give_back(rt, counters)  # this step reached no one
     return reports
 
 
@@ -429,23 +403,26 @@ async def generate(rt: Runtime, payload: object, *, client_id: int | None = None
     # Local gateways (the outbox) send inside the issuing transaction: one transaction per generate.
     local = all(is_local(g) for g in gateways)
     now = rt.clock()
+    counters = [] if test_number else generate_counters(rt.settings, config, entity=request.entity, targets=targets,
+                                                        client_id=client_id, client_ip=client_ip, now=now)
 
-    def issue(conn: Connection) -> tuple[IssuedCode, int, list[DeliveryReport], list[_Send]]:
-        issued, request_id = _issue(conn, rt, user_key=user_key, entity=request.entity, config=config, sends=sends,
-                                    client_id=client_id, client_ip=client_ip, now=now, test_number=test_number,
-                                    body_templates=body_templates)
+    def issue(conn: Connection) -> tuple[IssuedCode, int, list[Counter], list[DeliveryReport], list[_Send]]:
+        issued, request_id, counted = _issue(conn, rt, entity=request.entity, config=config, counters=counters,
+                                             client_id=client_id, now=now, test_number=test_number,
+                                             body_templates=body_templates)
         if local:
-            return issued, request_id, _send_within(conn, rt, config, request_id=request_id, issued=issued,
-                                                    sends=sends, templates=templates, now=now), []
-        return issued, request_id, [], [
+            return issued, request_id, counted, _send_within(conn, rt, config, request_id=request_id,
+                                                             issued=issued, sends=sends, templates=templates,
+                                                             now=now), []
+        return issued, request_id, counted, [], [
             _Send(_insert_delivery(conn, request_id=request_id, code_id=issued.code_id, target=t, gateway=g,
                                    step=0, now=now), t, g, templates[t.channel]) for t, g in sends]
 
     for attempt in range(2):
         try:
-            issued, request_id, reports, queued = await rt.writer.run(issue)
+            issued, request_id, counted, reports, queued = await rt.writer.run(issue)
             break
-        except _Refused as refused:
+        except Refused as refused:
             raise await _record_refusal(rt, refused, user_key=user_key, action=config.action.value,
                                         client_id=client_id, now=now) from None
         except (IntegrityError, LiveCodeRace):
@@ -468,7 +445,14 @@ async def generate(rt: Runtime, payload: object, *, client_id: int | None = None
     failed = [r for r in reports if r.status == "failed"]
     warnings = [Problem(E.GATEWAY_ERROR, f"{r.channel} to {mask(r.destination)} failed: {_public_reason(r)}")
                 for r in failed]
-    if reports and len(failed) == len(reports):
+    nobody = bool(reports) and len(failed) == len(reports)
+    if nobody:
+        # Nobody received anything: the request costs nothing, and the live code waits to be sent again.
+        # (A failover step already gave back its own counts.)
+        await _give_back(rt, counted, code_id=None if test_number else issued.code_id)
+    elif failed:
+        await _give_back(rt, _failed_sends(counted, reports))
+    if nobody:
         error = OtpError(warnings, 502)
         error.warnings.extend(rerouted)  # the email was tried and failed: say why the phone channel was not
         raise error
@@ -561,21 +545,18 @@ async def validate(rt: Runtime, payload: object, *, client_id: int | None = None
     exempt = rt.settings.is_test_number(request.entity.value)
 
     def check(conn: Connection) -> CheckOutcome:
-        period, wait = _window(now, config.validate_window_minutes)
-        if not exempt and bump(conn, scope=f"validate:{action}", user_key=user_key, period=period,
-                               limit=config.validate_limit) is None:
-            raise _Refused("validate", f"at most {config.validate_limit} validations per "
-                           f"{config.validate_window_minutes} minutes", wait)
+        if not exempt:
+            count(conn, [validate_counter(config, user_key=user_key, now=now)], now=now)
         lock = None if exempt else locked_until(conn, user_key=user_key, action=action, now=now)
         if lock is not None:
-            raise _Refused("lock", "too many failed validations; this user is locked for this action",
-                           _seconds_until(lock, now))
+            raise Refused("lock", "too many failed validations; this user is locked for this action",
+                          _seconds_until(lock, now))
         outcome = check_code(conn, rt.keys, user_key=user_key, config=config, submitted=submitted, now=now)
         if outcome.outcome == "ok":
             reset_failures(conn, user_key=user_key, action=action)
         elif outcome.outcome in ("wrong", "burned"):
             failures = record_failure(conn, user_key=user_key, config=config, now=now)
-            if failures == config.max_consecutive_failures:
+            if failures >= config.max_consecutive_failures:  # this failure locked the user: every lock is an event
                 _security_event(conn, "lock", user_key=user_key, action=action, now=now,
                                 detail=f"{failures} consecutive failures")
         if outcome.outcome in ("burned", "replayed"):
@@ -586,7 +567,7 @@ async def validate(rt: Runtime, payload: object, *, client_id: int | None = None
 
     try:
         outcome = await rt.writer.run(check)
-    except _Refused as refused:
+    except Refused as refused:
         raise await _record_refusal(rt, refused, user_key=user_key, action=action, client_id=client_id,
                                     now=now) from None
     except DBAPIError as exc:
@@ -608,6 +589,12 @@ class DryRun:
     problems: list[Problem] = field(default_factory=list)
 
 
+def _dry_run_refusal(refusal: Refusal) -> str:
+    if refusal.limit_type == "budget":
+        return f"the daily {refusal.channel} budget is spent: the channel is in safe mode and would be refused"
+    return f"{refusal.detail}: a generate would be refused ({refusal.limit_type}, {refusal.used} of {refusal.limit})"
+
+
 def dry_run(rt: Runtime, payload: object) -> DryRun:
     """Check and render a generate request with a sample code, and report the limits it would meet."""
     request = parse_generate(payload, rt.settings)
@@ -616,23 +603,21 @@ def dry_run(rt: Runtime, payload: object) -> DryRun:
     templates = resolve_all(targets, request.action, rt.active_templates(), request)
     now = rt.clock()
     user_key = request.entity.user_key
-    spent = spent_channels(rt, config, [t.channel for t in targets], now)
     with rt.read_db.connect() as conn:
         used = conn.execute(select(func.coalesce(func.max(UsageCounter.count), 0)).where(
             UsageCounter.scope == "daily:*", UsageCounter.user_key == user_key,
             UsageCounter.period == local_day(now, rt.settings.tz))).scalar_one()
-        live = conn.execute(select(OtpCode.send_count).where(
+        live = conn.execute(select(OtpCode.id).where(
             OtpCode.user_key == user_key, OtpCode.action == config.action.value, OtpCode.state == "active",
             OtpCode.expires_at > now)).scalar()
+        # The limits a real generate would meet, from the engine's own counters (the caller's IP and API client
+        # are not known here).
+        refusals = [r for r in explain_refusal(conn, rt.settings, config, entity=request.entity, targets=targets,
+                                               now=now) if r.refuses == "generate"]
     variables = sample_variables(action=config.action.value, code_length=config.code_length,
                                  validity_minutes=config.validity_minutes, brand=rt.settings.brand)
     problems: list[Problem] = list(rerouted)  # 7004: a phone channel in email-only safe mode goes by EMAIL
-    problems += [Problem(E.RATE_LIMITED, f"the daily {c.value} budget is spent: the channel is in safe mode "
-                         "and would be refused") for c in dict.fromkeys(t.channel for t in targets) if c in spent]
-    if used >= rt.settings.daily_limit:
-        problems.append(Problem(E.RATE_LIMITED, f"the daily limit of {rt.settings.daily_limit} is reached"))
-    if live is not None and live >= config.max_sends_per_code:
-        problems.append(Problem(E.RATE_LIMITED, "the live code has been sent as often as allowed"))
+    problems += [Problem(E.RATE_LIMITED, text) for text in dict.fromkeys(_dry_run_refusal(r) for r in refusals)]
     messages = []
     for index, target in enumerate(targets):
         try:

@@ -85,14 +85,16 @@ if who:
         st.stop()
     moment = rt.clock()
     with rt.read_db.connect() as conn:
-        limits = why_refused(conn, user_key=user_key, now=moment, tz=rt.settings.tz,
-                             daily_limit=rt.settings.daily_limit,
+        limits = why_refused(conn, rt.settings, user_key=user_key, now=moment,
                              configs={a.value: c for a, c in rt.active_configs().items()})
+    st.caption("The same limits the engine counts, for a code sent to this user on each channel its action "
+               "enables; the client IP and API client limits depend on the caller and are not shown.")
     if not limits.blocks:
         st.success(f"{limits.user} is not blocked by any limit right now.")
     else:
-        st.dataframe(pd.DataFrame([{"limit": LABELS.get(b.limit_type, b.limit_type), "action": b.action or "all",
-                                    "why": b.detail, "lifts at (UTC)": b.lifts_at,
+        st.dataframe(pd.DataFrame([{"limit": LABELS.get(b.limit_type, ABUSE_LABELS.get(b.limit_type, b.limit_type)),
+                                    "refuses": b.refuses, "action": b.action or "all", "channel": b.channel or "",
+                                    "why": b.detail, "used": f"{b.used} of {b.limit}", "lifts at (UTC)": b.lifts_at,
                                     "lifts in (min)": round((b.lifts_at - moment).total_seconds() / 60, 1)
                                     if b.lifts_at else None} for b in limits.blocks]),
                      hide_index=True, width="stretch", key="limits_blocks", column_config={

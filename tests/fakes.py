@@ -37,7 +37,8 @@ class Seen:
 class FakeProvider:
     """Answers POSTs from a script (one Answer per request, the last one repeated) and records them all."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
+        """port: a fixed port (one a test kept closed until now), else any free one."""
         self.requests: list[Seen] = []
         self.script: list[Answer] = [Answer()]
         self.on_request: Callable[[], None] | None = None  # run in the server's thread before it answers
@@ -67,7 +68,7 @@ class FakeProvider:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)

@@ -350,8 +350,7 @@ def test_why_refused_says_when_a_lock_lifts_and_an_admin_unblocks_it(rt, team, c
         run(validate(rt, {**payload, "code": "123456"}))
     assert refused.value.http_status == 429
     with rt.db.connect() as conn:
-        limits = D.why_refused(conn, user_key=user_key, now=clock(), tz=rt.settings.tz,
-                               daily_limit=rt.settings.daily_limit, configs=_configs(rt))
+        limits = D.why_refused(conn, rt.settings, user_key=user_key, now=clock(), configs=_configs(rt))
     [lock] = [b for b in limits.blocks if b.limit_type == "lock"]
     assert lock.action == "COUPON"
     assert lock.lifts_at == locked_at + timedelta(minutes=config.lock_minutes)
@@ -368,8 +367,7 @@ def test_why_refused_says_when_a_lock_lifts_and_an_admin_unblocks_it(rt, team, c
         assert D.unblock(session, actor=team["admin"], user_key=user_key, limit_type="lock", action="COUPON",
                          reason="customer called", now=clock(), tz=rt.settings.tz) == 1
     with rt.db.connect() as conn:
-        after = D.why_refused(conn, user_key=user_key, now=clock(), tz=rt.settings.tz,
-                              daily_limit=rt.settings.daily_limit, configs=_configs(rt))
+        after = D.why_refused(conn, rt.settings, user_key=user_key, now=clock(), configs=_configs(rt))
         audit = conn.execute(select(AuditLog.actor, AuditLog.action, AuditLog.target, AuditLog.reason)
                              .where(AuditLog.action == "limits.unblock")).all()
     assert [b for b in after.blocks if b.limit_type == "lock"] == []
@@ -387,8 +385,8 @@ def test_why_refused_explains_the_daily_limit_until_local_midnight(rt, db_url, t
     with pytest.raises(OtpError):
         run(generate(small, payload))
     with small.db.connect() as conn:
-        limits = D.why_refused(conn, user_key="MOBILE:+919955882233", now=clock(), tz=ZoneInfo(KOLKATA),
-                               daily_limit=2, configs=_configs(small))
+        limits = D.why_refused(conn, small.settings, user_key="MOBILE:+919955882233", now=clock(),
+                               configs=_configs(small))
         near = D.nearest_daily_limit(conn, day="2026-11-25", limit=2)
     [daily] = limits.blocks
     assert daily.limit_type == "daily" and daily.lifts_at == datetime(2026, 11, 25, 18, 30, tzinfo=timezone.utc)
