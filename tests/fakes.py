@@ -178,6 +178,10 @@ class MailServer:
 
     def __enter__(self) -> "MailServer":
         self.controller.start()
+        # start() connects once to check the server is up: that session is not the client's.
+        wait_for(lambda: self.closed == self.sessions)
+        with self._lock:
+            self.sessions = self.closed = 0
         return self
 
     def __exit__(self, *exc) -> None:

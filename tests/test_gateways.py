@@ -23,7 +23,7 @@ from core.models import GatewayConfigBase
 from core.receipts import ReceiptRefused, apply_receipt, twilio_signature, webhook_signature
 from core.staff import StaffIdentity, create_first_admin
 from tests.conftest import configure, outbox
-from tests.fakes import Answer, FakeProvider, free_port
+from tests.fakes import Answer, FakeProvider, MailServer, free_port, wait_for
 
 PHONE = "+919955882233"
 FAST = {"backoff_seconds": 0.01, "timeout_seconds": 1.0}
@@ -644,3 +644,104 @@ def test_unknown_smtp_security_is_refused(rt, admin):
     with pytest.raises(GatewayConfigError, match="SMTP security"):
         add_gateway(rt, admin, name="smtp", channel="EMAIL", provider="smtp", endpoint="127.0.0.1:25",
                     options={"security": "tls"})
+
+
+# --- SMTP on the event loop -----------------------------------------------------------------------
+
+def _smtp(rt, admin, server, **options):
+    add_gateway(rt, admin, name="smtp", channel="EMAIL", provider="smtp", endpoint=f"127.0.0.1:{server.port}",
+                sender="otp@acme.test", options={"security": "none", "attempts": 3, **options})
+
+
+def _email_generate(rt, address="a@b.com"):
+    return run(generate(rt, {"entityType": "EMAIL", "entityValue": address, "action": "COUPON"}))
+
+
+@pytest.mark.parametrize("deadline", ["gateway_timeout", "dispatch_timeout"])
+def test_smtp_stalled_before_data_times_out_and_never_delivers_later(db_url, tmp_path, clock, deadline):
+    """The server stalls at DATA, before the message is sent. Whichever deadline passes first (the gateway's
+    timeout_seconds, or the service-wide OTP gateway timeout that cancels the send), the connection is closed
+    then: when the stall ends there is no client left to send the message (a worker thread used to be)."""
+    from core.runtime import Runtime
+    from tests.conftest import make_settings
+    dispatch_timeout = 0.5 if deadline == "dispatch_timeout" else 10.0
+    rt = Runtime(make_settings(db_url, tmp_path, gateway_timeout_seconds=dispatch_timeout), clock=clock)
+    try:
+        with rt.session() as db:
+            made = create_first_admin(db, username="ada", password="correct horse 1")
+        with MailServer(stall_before_data=1.5) as server:
+            _smtp(rt, StaffIdentity(made.id, made.username, made.role), server,
+                  timeout_seconds=0.5 if deadline == "gateway_timeout" else 5.0)
+            started = time.monotonic()
+            with pytest.raises(OtpError) as failed:
+                _email_generate(rt)
+            took = time.monotonic() - started
+            wait_for(lambda: server.closed == server.sessions == 1)  # the server saw the client go
+            wait_for(lambda: server.stalled == 0)
+        assert server.delivered == [], "the message was delivered after the send had timed out"
+        assert failed.value.http_status == 502 and took < 1.4
+        [row] = deliveries(rt)
+        assert row["status"] == "failed" and "timed out" in row["error"]
+    finally:
+        rt.db.dispose()
+
+
+def test_smtp_message_accepted_but_unanswered_is_not_sent_again(rt, admin):
+    """The server takes the message, then never says 250: the send fails and is not retried (SMTP has no
+    de-duplication; the message is in the recipient's mailbox already)."""
+    with MailServer(stall_after_data=1.0) as server:
+        _smtp(rt, admin, server, timeout_seconds=0.4)
+        with pytest.raises(OtpError):
+            _email_generate(rt)
+        wait_for(lambda: server.closed == server.sessions)
+    assert len(server.delivered) == 1 and server.sessions == 1
+    [row] = deliveries(rt)
+    assert row["status"] == "failed" and row["attempts"] == 1
+
+
+def test_smtp_4yz_reply_is_retried(rt, admin):
+    """A 4yz reply says the server did not take the message (RFC 5321 4.2.1): the retry is safe."""
+    with MailServer(rcpt_replies=["451 4.3.0 try again later"]) as server:
+        _smtp(rt, admin, server)
+        _email_generate(rt)
+    assert len(server.delivered) == 1 and server.sessions == 2
+    [row] = deliveries(rt)
+    assert row["status"] == "sent" and row["attempts"] == 2
+
+
+def test_hanging_mail_servers_do_not_hold_up_other_requests(rt, admin):
+    """As many stalled SMTP sends as asyncio's default thread pool has threads (the pool PostgreSQL transactions
+    run in) hang; meanwhile a generate on another channel and a validate answer at once."""
+    import asyncio
+    import os
+
+    from core.engine import validate
+    from tests.conftest import code_sent_to
+    pool_threads = min(32, (os.cpu_count() or 1) + 4)  # ThreadPoolExecutor's default size
+    with MailServer(stall_before_data=5.0) as server:
+        _smtp(rt, admin, server, timeout_seconds=10.0)
+
+        async def scenario():
+            hanging = [asyncio.create_task(generate(rt, {"entityType": "EMAIL", "entityValue": f"u{i}@b.com",
+                                                         "action": "COUPON"})) for i in range(pool_threads)]
+            deadline = time.monotonic() + 10
+            while server.stalled < pool_threads and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            started = time.perf_counter()
+            await generate(rt, {"entityType": "MOBILE", "entityValue": PHONE, "action": "COUPON",
+                                "channels": [{"type": "SMS", "value": PHONE}]})
+            generate_s = time.perf_counter() - started
+            started = time.perf_counter()
+            outcome = await validate(rt, {"entityType": "MOBILE", "entityValue": PHONE, "action": "COUPON",
+                                          "code": code_sent_to(rt, PHONE)})
+            validate_s = time.perf_counter() - started
+            still_hanging = server.stalled
+            for task in hanging:
+                task.cancel()
+            await asyncio.gather(*hanging, return_exceptions=True)
+            return generate_s, validate_s, outcome.valid, still_hanging
+
+        generate_s, validate_s, valid, still_hanging = run(scenario())
+    assert generate_s < 1.0 and validate_s < 1.0, (generate_s, validate_s)
+    assert still_hanging == pool_threads, "the slow sends were not all hanging while the others ran"
+    assert valid
