@@ -26,6 +26,8 @@ class Answer:
     # Whether the provider takes the message to the phone before answering (the delay comes after that):
     # by default when it answers 2xx; a 500 or a lost answer after delivery sets it explicitly.
     delivers: bool | None = None
+    # Answer with the request body quoted in an error message, as some providers' error texts do.
+    echo: bool = False
 
 
 @dataclass
@@ -79,6 +81,8 @@ class FakeProvider:
                 if answer.delay:
                     time.sleep(answer.delay)
                 payload = answer.raw if answer.raw is not None else json.dumps(answer.body).encode()
+                if answer.echo:
+                    payload = json.dumps({"message": f"invalid request: {body.decode()}"}).encode()
                 try:
                     self.send_response(answer.status)
                     for key, value in {"Content-Type": "application/json", **answer.headers}.items():

@@ -353,6 +353,26 @@ def test_connection_refused_is_retried_then_fails(rt, admin):
     assert rows["EMAIL"]["status"] == "delivered" and len(deliveries(rt)) == 2
 
 
+@pytest.mark.parametrize("kind", ["webhook_sms", "webhook_voice"])
+def test_a_provider_error_that_echoes_the_code_is_scrubbed(rt, admin, provider, kind):
+    """The provider refuses with an error quoting the request, code (spelled out for voice) and destination:
+    the delivery row keeps the provider's text without the code, and the client's warning says neither."""
+    provider.script = [Answer(status=400, echo=True)]
+    channel = PROVIDER_CASES[kind][0]
+    _provider_gateway(rt, admin, provider, kind)
+    result = gen(rt, channels=[{"type": channel, "value": PHONE}, {"type": "EMAIL", "value": "a@b.com"}])
+    code = stored_code(rt)
+    echoed = provider.requests[0].body.decode()
+    assert (code if kind == "webhook_sms" else ", ".join(code)) in echoed and PHONE in echoed
+    rows = {r["channel"]: r for r in deliveries(rt)}
+    error = rows[channel]["error"]
+    assert "invalid request" in error and PHONE in error  # the provider's own text is kept for staff
+    assert code not in error and ", ".join(code) not in error
+    [warning] = result.warnings
+    assert warning.code == E.GATEWAY_ERROR
+    assert code not in warning.message and ", ".join(code) not in warning.message and PHONE not in warning.message
+
+
 def test_credentials_are_never_shown_back(rt, admin, provider):
     twilio(rt, admin, provider)
     with rt.session() as db:
