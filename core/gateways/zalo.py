@@ -25,6 +25,6 @@ class ZaloZns(ProviderGateway):
             data = answer.get("data") if isinstance(answer.get("data"), dict) else {}
             return SendResult("sent", str(data.get("msg_id")) if data.get("msg_id") else None, response.status_code)
 
-        # ZNS documents no de-duplication on tracking_id (our reference for its callbacks): only a request that
-        # never reached Zalo is retried.
+        # ZNS documents no de-duplication on tracking_id (only our own reference): only a request that never
+        # reached Zalo is retried.
         return await self.send_with_retries(once)
