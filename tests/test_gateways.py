@@ -765,3 +765,80 @@ def test_hanging_mail_servers_do_not_hold_up_other_requests(rt, admin):
     assert generate_s < 1.0 and validate_s < 1.0, (generate_s, validate_s)
     assert still_hanging == pool_threads, "the slow sends were not all hanging while the others ran"
     assert valid
+
+
+@pytest.mark.postgresql
+def test_hanging_mail_servers_do_not_hold_up_the_server_process(tmp_path):
+    """The same as deployed: `serve.py` on PostgreSQL, its requests' transactions in the worker's thread pool.
+    While as many email sends as that pool has threads hang in a mail server's DATA, an SMS generate and a
+    validate over HTTP answer at once, and the hanging emails are delivered when the server wakes up."""
+    import asyncio
+    import base64
+    import os
+    import uuid
+
+    import httpx
+    from sqlalchemy import create_engine
+
+    from core.crypto import SecretBox, load_master_key
+    from tests.conftest import PG_URL, TEST_KEY
+    from tests.servers import ApiServer, cli, new_client
+    pool_threads = min(32, (os.cpu_count() or 1) + 4)
+    schema = f"otp_smtp_{uuid.uuid4().hex[:10]}"
+    admin_engine = create_engine(PG_URL)
+    with admin_engine.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    url = PG_URL + ("&" if "?" in PG_URL else "?") + f"options=-csearch_path%3D{schema}"
+    env = {"OTP_DATABASE_URL": url, "OTP_SECRET_KEY": TEST_KEY, "OTP_ENV": "test", "OTP_DESTINATION_LIMIT": "0",
+           "OTP_IP_LIMIT": "0", "OTP_PREFIX_LIMIT": "0", "OTP_GATEWAY_TIMEOUT_SECONDS": "30"}
+    engine = create_engine(url)
+    try:
+        cli(env, "migrate")
+        key, secret = new_client(env)
+        headers = {"Authorization": "Basic " + base64.b64encode(f"{key}:{secret}".encode()).decode()}
+        with MailServer(stall_before_data=4.0) as mail:
+            with engine.begin() as conn:
+                box = SecretBox.from_master(load_master_key(Settings(secret_key=TEST_KEY)))
+                conn.execute(text(
+                    "INSERT INTO gateway_config (name, channel, provider, endpoint, sender, options, is_default, "
+                    "enabled, credentials_enc, created_at, updated_at) VALUES ('smtp', 'EMAIL', 'smtp', :endpoint, "
+                    "'otp@acme.test', :options, true, true, :creds, '2026-01-01', '2026-01-01')"),
+                    {"endpoint": f"127.0.0.1:{mail.port}", "creds": box.seal(b"{}", "gateway:smtp"),
+                     "options": json.dumps({"security": "none", "attempts": 1, "timeout_seconds": 20})})
+            with ApiServer(env, serve=True) as server:  # python serve.py --workers 1
+                async def scenario():
+                    async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=60,
+                                                 limits=httpx.Limits(max_connections=pool_threads + 4)) as client:
+                        hanging = [asyncio.create_task(client.post("/v2/otp/generate", json={
+                            "entityType": "EMAIL", "entityValue": f"u{i}@b.com", "action": "COUPON"}))
+                            for i in range(pool_threads)]
+                        deadline = time.monotonic() + 20
+                        while mail.stalled < pool_threads and time.monotonic() < deadline:
+                            await asyncio.sleep(0.02)
+                        started = time.perf_counter()
+                        sms = await client.post("/v2/otp/generate", json={
+                            "entityType": "MOBILE", "entityValue": PHONE, "action": "COUPON",
+                            "channels": [{"type": "SMS", "value": PHONE}]})
+                        generate_s = time.perf_counter() - started
+                        with engine.connect() as conn:
+                            body = conn.execute(text("SELECT body FROM outbox_message WHERE recipient = :r"),
+                                                {"r": PHONE}).scalar()
+                        started = time.perf_counter()
+                        check = await client.post("/v2/otp/validate", json={
+                            "entityType": "MOBILE", "entityValue": PHONE, "action": "COUPON",
+                            "code": body.rsplit(" ", 1)[-1].rstrip(".")})
+                        validate_s = time.perf_counter() - started
+                        still_hanging = mail.stalled
+                        slow = await asyncio.gather(*hanging)
+                        return sms, check, generate_s, validate_s, still_hanging, slow
+
+                sms, check, generate_s, validate_s, still_hanging, slow = asyncio.run(scenario())
+    finally:
+        engine.dispose()
+        with admin_engine.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin_engine.dispose()
+    assert generate_s < 1.5 and validate_s < 1.5, (generate_s, validate_s)
+    assert sms.status_code == 200 and check.status_code == 200 and check.json()["entity"] is True
+    assert still_hanging == pool_threads, "the email sends were not all hanging while the others ran"
+    assert [r.status_code for r in slow] == [200] * pool_threads and len(mail.delivered) == pool_threads
