@@ -689,7 +689,7 @@ def test_smtp_stalled_before_data_times_out_and_never_delivers_later(db_url, tmp
     try:
         with rt.session() as db:
             made = create_first_admin(db, username="ada", password="correct horse 1")
-        with MailServer(stall_before_data=1.5) as server:
+        with MailServer(stall_before_data=3.0) as server:
             _smtp(rt, StaffIdentity(made.id, made.username, made.role), server,
                   timeout_seconds=0.5 if deadline == "gateway_timeout" else 5.0)
             started = time.monotonic()
@@ -699,7 +699,7 @@ def test_smtp_stalled_before_data_times_out_and_never_delivers_later(db_url, tmp
             wait_for(lambda: server.closed == server.sessions == 1)  # the server saw the client go
             wait_for(lambda: server.stalled == 0)
         assert server.delivered == [], "the message was delivered after the send had timed out"
-        assert failed.value.http_status == 502 and took < 1.4
+        assert failed.value.http_status == 502 and took < 2.5
         [row] = deliveries(rt)
         assert row["status"] == "failed" and "timed out" in row["error"]
     finally:
@@ -762,7 +762,7 @@ def test_hanging_mail_servers_do_not_hold_up_other_requests(rt, admin):
             return generate_s, validate_s, outcome.valid, still_hanging
 
         generate_s, validate_s, valid, still_hanging = run(scenario())
-    assert generate_s < 1.0 and validate_s < 1.0, (generate_s, validate_s)
+    assert generate_s < 2.5 and validate_s < 2.5, (generate_s, validate_s)
     assert still_hanging == pool_threads, "the slow sends were not all hanging while the others ran"
     assert valid
 
@@ -838,7 +838,14 @@ def test_hanging_mail_servers_do_not_hold_up_the_server_process(tmp_path):
         with admin_engine.begin() as conn:
             conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
         admin_engine.dispose()
-    assert generate_s < 1.5 and validate_s < 1.5, (generate_s, validate_s)
+    assert generate_s < 2.5 and validate_s < 2.5, (generate_s, validate_s)
     assert sms.status_code == 200 and check.status_code == 200 and check.json()["entity"] is True
     assert still_hanging == pool_threads, "the email sends were not all hanging while the others ran"
     assert [r.status_code for r in slow] == [200] * pool_threads and len(mail.delivered) == pool_threads
+
+
+def test_idempotency_key_honoured_must_be_a_boolean(rt, admin, provider):
+    from core.gateway_configs import GatewayConfigError
+    with pytest.raises(GatewayConfigError, match="idempotency_key_honoured"):
+        add_gateway(rt, admin, name="hook", channel="SMS", provider="webhook_sms", endpoint=provider.url,
+                    options={"idempotency_key_honoured": "false"})
