@@ -14,7 +14,7 @@ import aiosmtplib
 
 from core.gateways import OutgoingMessage, SendResult
 from core.gateways.base import ProviderGateway, idempotency_key
-from core.gateways.retry import Permanent, Transient, with_retries
+from core.gateways.retry import Permanent, Transient
 
 _TAGS = re.compile(r"<[^>]+>")
 SECURITY_MODES = ("starttls", "ssl", "none")
