@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from dataclasses import replace
 from collections.abc import Sequence
@@ -13,8 +14,16 @@ log = logging.getLogger(__name__)
 
 
 def scrub(text: str, code: str) -> str:
-    """Remove the code from text a gateway produced (an error message may echo the request)."""
-    return text.replace(code, "*" * len(code)) if code else text
+    """Remove the code from text a gateway produced (an error message may echo the request).
+
+    Both forms a provider can have been sent: the code itself, and the voice form that spells it out
+    ("1, 2, 3", core.gateways.voice.speakable). A code alphanumeric is matched in either case.
+    """
+    if not code:
+        return text
+    for form in (", ".join(code), code):
+        text = re.sub(re.escape(form), "*" * len(code), text, flags=re.IGNORECASE)
+    return text
 
 
 async def _send_one(gateway: Gateway | None, message: OutgoingMessage, timeout: float) -> SendResult:

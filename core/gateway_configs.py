@@ -116,6 +116,9 @@ def check_gateway(config: GatewayConfigBase) -> list[str]:
             problems.append("options must be a JSON object")
         elif config.provider == "smtp" and options.get("security", "starttls") not in SECURITY_MODES:
             problems.append(f"SMTP security must be one of {', '.join(SECURITY_MODES)}")
+        elif not isinstance(options.get("idempotency_key_honoured", False), bool):
+            # A quoted "false" must not read as true: it decides whether a timeout is retried (a second send).
+            problems.append("idempotency_key_honoured must be true or false")
     except json.JSONDecodeError as exc:
         problems.append(f"options are not valid JSON: {exc.msg} at line {exc.lineno}")
     if config.provider in ("smtp",) and not config.endpoint:

@@ -23,7 +23,7 @@ from core.models import GatewayConfigBase
 from core.receipts import ReceiptRefused, apply_receipt, twilio_signature, webhook_signature
 from core.staff import StaffIdentity, create_first_admin
 from tests.conftest import configure, outbox
-from tests.fakes import Answer, FakeProvider, free_port
+from tests.fakes import Answer, FakeProvider, MailServer, free_port, wait_for
 
 PHONE = "+919955882233"
 FAST = {"backoff_seconds": 0.01, "timeout_seconds": 1.0}
@@ -99,7 +99,9 @@ def test_twilio_sms_shape(rt, admin, provider, all_logs):
     [seen] = provider.requests
     code = stored_code(rt)
     assert seen.path == "/2010-04-01/Accounts/AC123/Messages.json"
-    assert seen.headers["authorization"].startswith("Basic ") and seen.headers["i-twilio-idempotency-token"]
+    assert seen.headers["authorization"].startswith("Basic ")
+    # Twilio documents no idempotency key for sending: we claim none (the retry policy does not rely on one).
+    assert "i-twilio-idempotency-token" not in seen.headers and "idempotency-key" not in seen.headers
     form = seen.form()
     assert form["To"] == PHONE and form["From"] == "+15005550006" and form["Body"].endswith(f"{code}.")
     assert code not in seen.path
@@ -252,15 +254,62 @@ def test_smtp_auth_failure_fails_once_without_retry(rt, admin):
 
 # --- faults ---------------------------------------------------------------------------------------
 
-def test_500_then_200_sends_once_with_two_attempts(rt, admin, provider):
-    provider.script = [Answer(status=500, body={"error": "boom"}), Answer()]
-    twilio(rt, admin, provider)
-    result = gen(rt)
+# Each provider as configured for the "sends once" tests: channel, gateway settings, request, success answer.
+PROVIDER_CASES = {
+    "twilio_sms": ("SMS", dict(sender="+15005550006", credentials={"account_sid": "AC1", "auth_token": "t"}),
+                   {"channels": [{"type": "SMS", "value": PHONE}]}, {"sid": "SM1"}),
+    "twilio_voice": ("PHONE", dict(sender="+15005550006", credentials={"account_sid": "AC1", "auth_token": "t"}),
+                     {"channels": [{"type": "PHONE", "value": PHONE}]}, {"sid": "CA1"}),
+    "webhook_sms": ("SMS", dict(sender="ACME"), {"channels": [{"type": "SMS", "value": PHONE}]}, {"id": "m1"}),
+    "webhook_voice": ("PHONE", dict(sender="ACME"), {"channels": [{"type": "PHONE", "value": PHONE}]}, {"id": "m1"}),
+    "meta_whatsapp": ("WHATSAPP", dict(sender="10987", credentials={"access_token": "EAAG"}),
+                      {"channels": [{"type": "WHATSAPP", "value": PHONE}], "whatsappTemplateName": "otp_auth"},
+                      {"messages": [{"id": "wamid.1"}]}),
+    "zalo_zns": ("ZALO", dict(credentials={"access_token": "zat"}),
+                 {"channels": [{"type": "ZALO", "value": "+84912345678"}], "zaloTemplateIdentifier": "233140"},
+                 {"error": 0, "data": {"msg_id": "z-1"}}),
+}
+
+
+def _provider_gateway(rt, admin, provider, kind, **options):
+    channel, settings, request, _ok = PROVIDER_CASES[kind]
+    add_gateway(rt, admin, name=kind.replace("_", "-"), channel=channel, provider=kind, endpoint=provider.url,
+                options={"attempts": 3, **options}, **settings)
+    return request
+
+
+@pytest.mark.parametrize("fault", ["answer_lost_in_timeout", "500_after_delivery"])
+@pytest.mark.parametrize("kind", sorted(PROVIDER_CASES))
+def test_a_message_the_provider_took_is_never_sent_twice(rt, admin, provider, kind, fault):
+    """The provider delivers what it accepts, then its answer is lost (timeout) or is a 500: no retry may follow,
+    since none of these providers documents de-duplication; the send fails (failover and refund take over)."""
+    ok = PROVIDER_CASES[kind][3]
+    provider.script = [Answer(body=ok, delay=0.6) if fault == "answer_lost_in_timeout"
+                       else Answer(status=500, body={"error": "boom"}, delivers=True), Answer(body=ok)]
+    request = _provider_gateway(rt, admin, provider, kind, timeout_seconds=0.2)
+    with pytest.raises(OtpError) as failed:
+        gen(rt, **request)
+    assert failed.value.http_status == 502
+    assert len(provider.phone) == 1, "the recipient got the code twice"
+    assert len(provider.requests) == 1
+    [row] = deliveries(rt)
+    assert row["status"] == "failed" and row["attempts"] == 1
+    assert ("timed out" in row["error"]) if fault == "answer_lost_in_timeout" else row["http_status"] == 500
+
+
+def test_a_webhook_that_honours_the_idempotency_key_is_retried_after_a_lost_answer(rt, admin):
+    """Declared with idempotency_key_honoured, the receiver de-duplicates on Idempotency-Key: a timeout is
+    retried with the same key, and the recipient still gets one message."""
+    with FakeProvider(honours_idempotency_key=True) as provider:
+        provider.script = [Answer(delay=0.6), Answer()]
+        request = _provider_gateway(rt, admin, provider, "webhook_sms", timeout_seconds=0.2,
+                                    idempotency_key_honoured=True)
+        result = gen(rt, **request)
     assert result.warnings == []
     [row] = deliveries(rt)
-    assert row["status"] == "sent" and row["attempts"] == 2 and row["http_status"] == 200
-    keys = {r.headers["i-twilio-idempotency-token"] for r in provider.requests}
-    assert len(provider.requests) == 2 and len(keys) == 1  # one message: the retry carries the same key
+    assert row["status"] == "sent" and row["attempts"] == 2
+    assert len(provider.requests) == 2 and len({r.headers["idempotency-key"] for r in provider.requests}) == 1
+    assert len(provider.phone) == 1
 
 
 def test_429_with_retry_after_is_honoured(rt, admin, provider):
@@ -293,15 +342,6 @@ def test_malformed_provider_json_fails_without_retry(rt, admin, provider):
     assert row["status"] == "failed" and row["attempts"] == 1 and "malformed JSON" in row["error"]
 
 
-def test_timeout_is_retried_then_fails(rt, admin, provider):
-    provider.script = [Answer(delay=0.6)]
-    twilio(rt, admin, provider, timeout_seconds=0.2, attempts=2)
-    with pytest.raises(OtpError):
-        gen(rt)
-    [row] = deliveries(rt)
-    assert row["status"] == "failed" and row["attempts"] == 2 and "timed out" in row["error"]
-
-
 def test_connection_refused_is_retried_then_fails(rt, admin):
     add_gateway(rt, admin, name="down", channel="SMS", provider="twilio_sms",
                 endpoint=f"http://127.0.0.1:{free_port()}", sender="+1",
@@ -311,6 +351,26 @@ def test_connection_refused_is_retried_then_fails(rt, admin):
     rows = {r["channel"]: r for r in deliveries(rt)}
     assert rows["SMS"]["status"] == "failed" and rows["SMS"]["attempts"] == 3 and "cannot connect" in rows["SMS"]["error"]
     assert rows["EMAIL"]["status"] == "delivered" and len(deliveries(rt)) == 2
+
+
+@pytest.mark.parametrize("kind", ["webhook_sms", "webhook_voice"])
+def test_a_provider_error_that_echoes_the_code_is_scrubbed(rt, admin, provider, kind):
+    """The provider refuses with an error quoting the request, code (spelled out for voice) and destination:
+    the delivery row keeps the provider's text without the code, and the client's warning says neither."""
+    provider.script = [Answer(status=400, echo=True)]
+    channel = PROVIDER_CASES[kind][0]
+    _provider_gateway(rt, admin, provider, kind)
+    result = gen(rt, channels=[{"type": channel, "value": PHONE}, {"type": "EMAIL", "value": "a@b.com"}])
+    code = stored_code(rt)
+    echoed = provider.requests[0].body.decode()
+    assert (code if kind == "webhook_sms" else ", ".join(code)) in echoed and PHONE in echoed
+    rows = {r["channel"]: r for r in deliveries(rt)}
+    error = rows[channel]["error"]
+    assert "invalid request" in error and PHONE in error  # the provider's own text is kept for staff
+    assert code not in error and ", ".join(code) not in error
+    [warning] = result.warnings
+    assert warning.code == E.GATEWAY_ERROR
+    assert code not in warning.message and ", ".join(code) not in warning.message and PHONE not in warning.message
 
 
 def test_credentials_are_never_shown_back(rt, admin, provider):
@@ -604,3 +664,188 @@ def test_unknown_smtp_security_is_refused(rt, admin):
     with pytest.raises(GatewayConfigError, match="SMTP security"):
         add_gateway(rt, admin, name="smtp", channel="EMAIL", provider="smtp", endpoint="127.0.0.1:25",
                     options={"security": "tls"})
+
+
+# --- SMTP on the event loop -----------------------------------------------------------------------
+
+def _smtp(rt, admin, server, **options):
+    add_gateway(rt, admin, name="smtp", channel="EMAIL", provider="smtp", endpoint=f"127.0.0.1:{server.port}",
+                sender="otp@acme.test", options={"security": "none", "attempts": 3, **options})
+
+
+def _email_generate(rt, address="a@b.com"):
+    return run(generate(rt, {"entityType": "EMAIL", "entityValue": address, "action": "COUPON"}))
+
+
+@pytest.mark.parametrize("deadline", ["gateway_timeout", "dispatch_timeout"])
+def test_smtp_stalled_before_data_times_out_and_never_delivers_later(db_url, tmp_path, clock, deadline):
+    """The server stalls at DATA, before the message is sent. Whichever deadline passes first (the gateway's
+    timeout_seconds, or the service-wide OTP gateway timeout that cancels the send), the connection is closed
+    then: when the stall ends there is no client left to send the message (a worker thread used to be)."""
+    from core.runtime import Runtime
+    from tests.conftest import make_settings
+    dispatch_timeout = 0.5 if deadline == "dispatch_timeout" else 10.0
+    rt = Runtime(make_settings(db_url, tmp_path, gateway_timeout_seconds=dispatch_timeout), clock=clock)
+    try:
+        with rt.session() as db:
+            made = create_first_admin(db, username="ada", password="correct horse 1")
+        with MailServer(stall_before_data=3.0) as server:
+            _smtp(rt, StaffIdentity(made.id, made.username, made.role), server,
+                  timeout_seconds=0.5 if deadline == "gateway_timeout" else 5.0)
+            started = time.monotonic()
+            with pytest.raises(OtpError) as failed:
+                _email_generate(rt)
+            took = time.monotonic() - started
+            wait_for(lambda: server.closed == server.sessions == 1)  # the server saw the client go
+            wait_for(lambda: server.stalled == 0)
+        assert server.delivered == [], "the message was delivered after the send had timed out"
+        assert failed.value.http_status == 502 and took < 2.5
+        [row] = deliveries(rt)
+        assert row["status"] == "failed" and "timed out" in row["error"]
+    finally:
+        rt.db.dispose()
+
+
+def test_smtp_message_accepted_but_unanswered_is_not_sent_again(rt, admin):
+    """The server takes the message, then never says 250: the send fails and is not retried (SMTP has no
+    de-duplication; the message is in the recipient's mailbox already)."""
+    with MailServer(stall_after_data=1.0) as server:
+        _smtp(rt, admin, server, timeout_seconds=0.4)
+        with pytest.raises(OtpError):
+            _email_generate(rt)
+        wait_for(lambda: server.closed == server.sessions)
+    assert len(server.delivered) == 1 and server.sessions == 1
+    [row] = deliveries(rt)
+    assert row["status"] == "failed" and row["attempts"] == 1
+
+
+def test_smtp_4yz_reply_is_retried(rt, admin):
+    """A 4yz reply says the server did not take the message (RFC 5321 4.2.1): the retry is safe."""
+    with MailServer(rcpt_replies=["451 4.3.0 try again later"]) as server:
+        _smtp(rt, admin, server)
+        _email_generate(rt)
+    assert len(server.delivered) == 1 and server.sessions == 2
+    [row] = deliveries(rt)
+    assert row["status"] == "sent" and row["attempts"] == 2
+
+
+def test_hanging_mail_servers_do_not_hold_up_other_requests(rt, admin):
+    """As many stalled SMTP sends as asyncio's default thread pool has threads (the pool PostgreSQL transactions
+    run in) hang; meanwhile a generate on another channel and a validate answer at once."""
+    import asyncio
+    import os
+
+    from core.engine import validate
+    from tests.conftest import code_sent_to
+    pool_threads = min(32, (os.cpu_count() or 1) + 4)  # ThreadPoolExecutor's default size
+    with MailServer(stall_before_data=5.0) as server:
+        _smtp(rt, admin, server, timeout_seconds=10.0)
+
+        async def scenario():
+            hanging = [asyncio.create_task(generate(rt, {"entityType": "EMAIL", "entityValue": f"u{i}@b.com",
+                                                         "action": "COUPON"})) for i in range(pool_threads)]
+            deadline = time.monotonic() + 10
+            while server.stalled < pool_threads and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            started = time.perf_counter()
+            await generate(rt, {"entityType": "MOBILE", "entityValue": PHONE, "action": "COUPON",
+                                "channels": [{"type": "SMS", "value": PHONE}]})
+            generate_s = time.perf_counter() - started
+            started = time.perf_counter()
+            outcome = await validate(rt, {"entityType": "MOBILE", "entityValue": PHONE, "action": "COUPON",
+                                          "code": code_sent_to(rt, PHONE)})
+            validate_s = time.perf_counter() - started
+            still_hanging = server.stalled
+            for task in hanging:
+                task.cancel()
+            await asyncio.gather(*hanging, return_exceptions=True)
+            return generate_s, validate_s, outcome.valid, still_hanging
+
+        generate_s, validate_s, valid, still_hanging = run(scenario())
+    assert generate_s < 2.5 and validate_s < 2.5, (generate_s, validate_s)
+    assert still_hanging == pool_threads, "the slow sends were not all hanging while the others ran"
+    assert valid
+
+
+@pytest.mark.postgresql
+def test_hanging_mail_servers_do_not_hold_up_the_server_process(tmp_path):
+    """The same as deployed: `serve.py` on PostgreSQL, its requests' transactions in the worker's thread pool.
+    While as many email sends as that pool has threads hang in a mail server's DATA, an SMS generate and a
+    validate over HTTP answer at once, and the hanging emails are delivered when the server wakes up."""
+    import asyncio
+    import base64
+    import os
+    import uuid
+
+    import httpx
+    from sqlalchemy import create_engine
+
+    from core.crypto import SecretBox, load_master_key
+    from tests.conftest import PG_URL, TEST_KEY
+    from tests.servers import ApiServer, cli, new_client
+    pool_threads = min(32, (os.cpu_count() or 1) + 4)
+    schema = f"otp_smtp_{uuid.uuid4().hex[:10]}"
+    admin_engine = create_engine(PG_URL)
+    with admin_engine.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    url = PG_URL + ("&" if "?" in PG_URL else "?") + f"options=-csearch_path%3D{schema}"
+    env = {"OTP_DATABASE_URL": url, "OTP_SECRET_KEY": TEST_KEY, "OTP_ENV": "test", "OTP_DESTINATION_LIMIT": "0",
+           "OTP_IP_LIMIT": "0", "OTP_PREFIX_LIMIT": "0", "OTP_GATEWAY_TIMEOUT_SECONDS": "30"}
+    engine = create_engine(url)
+    try:
+        cli(env, "migrate")
+        key, secret = new_client(env)
+        headers = {"Authorization": "Basic " + base64.b64encode(f"{key}:{secret}".encode()).decode()}
+        with MailServer(stall_before_data=4.0) as mail:
+            with engine.begin() as conn:
+                box = SecretBox.from_master(load_master_key(Settings(secret_key=TEST_KEY)))
+                conn.execute(text(
+                    "INSERT INTO gateway_config (name, channel, provider, endpoint, sender, options, is_default, "
+                    "enabled, credentials_enc, created_at, updated_at) VALUES ('smtp', 'EMAIL', 'smtp', :endpoint, "
+                    "'otp@acme.test', :options, true, true, :creds, '2026-01-01', '2026-01-01')"),
+                    {"endpoint": f"127.0.0.1:{mail.port}", "creds": box.seal(b"{}", "gateway:smtp"),
+                     "options": json.dumps({"security": "none", "attempts": 1, "timeout_seconds": 20})})
+            with ApiServer(env, serve=True) as server:  # python serve.py --workers 1
+                async def scenario():
+                    async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=60,
+                                                 limits=httpx.Limits(max_connections=pool_threads + 4)) as client:
+                        hanging = [asyncio.create_task(client.post("/v2/otp/generate", json={
+                            "entityType": "EMAIL", "entityValue": f"u{i}@b.com", "action": "COUPON"}))
+                            for i in range(pool_threads)]
+                        deadline = time.monotonic() + 20
+                        while mail.stalled < pool_threads and time.monotonic() < deadline:
+                            await asyncio.sleep(0.02)
+                        started = time.perf_counter()
+                        sms = await client.post("/v2/otp/generate", json={
+                            "entityType": "MOBILE", "entityValue": PHONE, "action": "COUPON",
+                            "channels": [{"type": "SMS", "value": PHONE}]})
+                        generate_s = time.perf_counter() - started
+                        with engine.connect() as conn:
+                            body = conn.execute(text("SELECT body FROM outbox_message WHERE recipient = :r"),
+                                                {"r": PHONE}).scalar()
+                        started = time.perf_counter()
+                        check = await client.post("/v2/otp/validate", json={
+                            "entityType": "MOBILE", "entityValue": PHONE, "action": "COUPON",
+                            "code": body.rsplit(" ", 1)[-1].rstrip(".")})
+                        validate_s = time.perf_counter() - started
+                        still_hanging = mail.stalled
+                        slow = await asyncio.gather(*hanging)
+                        return sms, check, generate_s, validate_s, still_hanging, slow
+
+                sms, check, generate_s, validate_s, still_hanging, slow = asyncio.run(scenario())
+    finally:
+        engine.dispose()
+        with admin_engine.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin_engine.dispose()
+    assert generate_s < 2.5 and validate_s < 2.5, (generate_s, validate_s)
+    assert sms.status_code == 200 and check.status_code == 200 and check.json()["entity"] is True
+    assert still_hanging == pool_threads, "the email sends were not all hanging while the others ran"
+    assert [r.status_code for r in slow] == [200] * pool_threads and len(mail.delivered) == pool_threads
+
+
+def test_idempotency_key_honoured_must_be_a_boolean(rt, admin, provider):
+    from core.gateway_configs import GatewayConfigError
+    with pytest.raises(GatewayConfigError, match="idempotency_key_honoured"):
+        add_gateway(rt, admin, name="hook", channel="SMS", provider="webhook_sms", endpoint=provider.url,
+                    options={"idempotency_key_honoured": "false"})

@@ -1,6 +1,7 @@
 """A code never leaks: not in logs (every logger at DEBUG), responses, or any column but hash, copy and outbox."""
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import inspect, text
 
 from collections import Counter
@@ -85,11 +86,31 @@ def test_expiry_found_by_a_later_generate_wipes_the_copy(rt, clock):
     assert [tuple(r) for r in rows] == [("expired", True), ("active", False)]
 
 
-def test_message_repr_hides_the_code():
+@pytest.mark.parametrize("channel", ["SMS", "EMAIL", "EMAIL_HTML", "PHONE", "WHATSAPP", "ZALO"])
+def test_no_text_form_of_an_outgoing_message_holds_the_code(channel):
+    """Each channel's message rendered as the engine renders it: the code is in the message (so the check
+    could fail) and in none of its text forms, which a log line or an exception would show."""
     from core.enums import Channel
-    from core.gateways import OutgoingMessage
-    message = OutgoingMessage(1, Channel.WHATSAPP, PHONE, code="ABCDEF123456")
-    assert "ABCDEF123456" not in repr(message)
+    from core.messages import ResolvedTemplate, render_message, resolve_template
+    from core.templates import template_variables
+    code = "Q7ZX4K9W2M"
+    variables = template_variables(code=code, action="COUPON", validity_minutes=10, brand="Acme")
+    if channel == "EMAIL_HTML":
+        template = ResolvedTemplate(Channel.EMAIL, "approved", "test", subject="Code {{ validation_code }}",
+                                    body="<b>{{ validation_code }}</b>", is_html=True)
+    elif channel == "WHATSAPP":
+        template = ResolvedTemplate(Channel.WHATSAPP, "request", "test", whatsapp_name="otp_auth",
+                                    whatsapp_language="en")
+    elif channel == "ZALO":
+        template = ResolvedTemplate(Channel.ZALO, "request", "test", zalo_template_id="233140")
+    else:
+        template = resolve_template(Channel(channel), Action.COUPON, {})
+    message = render_message(template, delivery_id=7, destination=PHONE, code=code, variables=variables)
+    rendered = (message.text or "") + (message.subject or "") + (message.body or "")
+    assert message.code == code and (code in rendered or channel in ("WHATSAPP", "ZALO"))
+    for shown in (repr(message), str(message), f"{message!r}", f"{message}", "%r" % (message,), "%s" % (message,)):
+        assert code not in shown and code.lower() not in shown
+        assert PHONE in shown  # the text form still says where the message goes
 
 
 def test_codes_are_uniform_in_every_position_leading_zeros_included():

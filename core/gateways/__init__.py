@@ -11,18 +11,23 @@ from core.enums import Channel
 
 @dataclass(frozen=True)
 class OutgoingMessage:
-    """One rendered message for one channel and destination."""
+    """One rendered message for one channel and destination.
+
+    Every field that holds the code, the code itself or text rendered from a template (which may put the code
+    anywhere, the subject included), is left out of the text form (repr, str, f-strings), so a message in a
+    log line or an exception shows where it goes, never what it says.
+    """
     delivery_id: int
     channel: Channel
     destination: str
-    text: str | None = None  # SMS and voice
-    subject: str | None = None
-    body: str | None = None  # email
+    text: str | None = field(default=None, repr=False)  # SMS and voice
+    subject: str | None = field(default=None, repr=False)
+    body: str | None = field(default=None, repr=False)  # email
     is_html: bool = False
     whatsapp_template_name: str | None = None
     whatsapp_language: str | None = None
     zalo_template_id: str | None = None
-    # WhatsApp and Zalo carry the code as a provider template parameter; repr=False keeps it out of logs.
+    # WhatsApp and Zalo carry the code as a provider template parameter.
     code: str = field(default="", repr=False)
 
 

@@ -2,18 +2,43 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Awaitable, Callable, ClassVar
 
-from core.gateways.retry import RetryPolicy
+import httpx
+
+from core.gateways import SendResult
+from core.gateways.http import post
+from core.gateways.retry import RetryPolicy, with_retries
 
 
 @dataclass
 class ProviderGateway:
-    """A gateway built from a gateway_config row; subclasses implement send()."""
+    """A gateway built from a gateway_config row; subclasses implement send().
+
+    What is retried is each provider's own documented answer, stated once here in two class attributes and
+    applied by send_with_retries (README, "What a retry may send"): a provider that documents no idempotency
+    key is retried only when it provably received nothing, so a retry never sends a message twice.
+    """
     name: str
     endpoint: str = ""
     sender: str = ""
     options: dict = field(default_factory=dict)
     credentials: dict = field(default_factory=dict, repr=False)
+
+    # HTTP statuses the provider documents as "request not processed" (safe to retry, e.g. Twilio's 429).
+    not_accepted: ClassVar[frozenset[int]] = frozenset()
+
+    @property
+    def idempotent(self) -> bool:
+        """True only where the provider documents de-duplication on a key we send with every attempt."""
+        return False
+
+    async def send_with_retries(self, attempt_once: Callable[[], Awaitable[SendResult]]) -> SendResult:
+        return await with_retries(attempt_once, self.policy, idempotent=self.idempotent)
+
+    async def post(self, url: str, **kwargs: object) -> httpx.Response:
+        """One POST with this gateway's timeout and its documented not-accepted statuses."""
+        return await post(url, timeout=self.timeout, not_accepted=self.not_accepted, **kwargs)  # type: ignore[arg-type]
 
     @property
     def timeout(self) -> float:

@@ -4,19 +4,23 @@ from __future__ import annotations
 import asyncio
 import html
 import re
-import smtplib
 import socket
 import ssl
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import make_msgid
 
+import aiosmtplib
+
 from core.gateways import OutgoingMessage, SendResult
 from core.gateways.base import ProviderGateway, idempotency_key
-from core.gateways.retry import Permanent, Transient, with_retries
+from core.gateways.retry import Permanent, Transient
 
 _TAGS = re.compile(r"<[^>]+>")
 SECURITY_MODES = ("starttls", "ssl", "none")
+# The EHLO name, looked up once at import: aiosmtplib would otherwise look it up per connection in the
+# default thread pool, the one PostgreSQL transactions run in.
+_EHLO_NAME = socket.getfqdn()
 
 
 def build_email(message: OutgoingMessage, *, sender: str, sender_name: str) -> EmailMessage:
@@ -37,9 +41,15 @@ def build_email(message: OutgoingMessage, *, sender: str, sender_name: str) -> E
 
 
 class SmtpEmail(ProviderGateway):
-    """endpoint is host:port; options.security is starttls (default), ssl or none."""
+    """endpoint is host:port; options.security is starttls (default), ssl or none.
 
-    def _deliver(self, email: EmailMessage) -> None:
+    The conversation runs on the event loop (aiosmtplib), never in a worker thread: on PostgreSQL the
+    default thread pool runs the database transactions, and a stalled mail server must not hold one of its
+    threads. timeout_seconds bounds the whole conversation; when it passes, or when the send is cancelled,
+    the connection is closed at once, so a message whose DATA had not ended is never delivered later.
+    """
+
+    def _connection(self) -> aiosmtplib.SMTP:
         host, _, port_text = self.endpoint.rpartition(":") if ":" in self.endpoint else (self.endpoint, "", "")
         security = self.options.get("security", "starttls")
         if security not in SECURITY_MODES:  # never fall back to plain text on a typo
@@ -49,39 +59,54 @@ class SmtpEmail(ProviderGateway):
         if self.options.get("tls_verify") is False:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
+        return aiosmtplib.SMTP(hostname=host, port=port, timeout=self.timeout, use_tls=security == "ssl",
+                               start_tls=security == "starttls", tls_context=context,
+                               local_hostname=str(self.options.get("local_hostname") or _EHLO_NAME))
+
+    async def _deliver(self, email: EmailMessage) -> None:
+        smtp = self._connection()
         try:
-            smtp_class = smtplib.SMTP_SSL if security == "ssl" else smtplib.SMTP
-            kwargs = {"context": context} if security == "ssl" else {}
-            with smtp_class(host, port, timeout=self.timeout, **kwargs) as smtp:
-                if security == "starttls":
-                    smtp.starttls(context=context)
+            async with asyncio.timeout(self.timeout):
+                await smtp.connect()
                 if self.credentials.get("username"):
-                    smtp.login(self.credentials["username"], self.credentials.get("password", ""))
-                smtp.send_message(email)
-        except smtplib.SMTPAuthenticationError as exc:
-            raise Permanent(f"SMTP authentication failed ({exc.smtp_code})") from None
-        except smtplib.SMTPNotSupportedError as exc:
+                    await smtp.login(self.credentials["username"], self.credentials.get("password", ""))
+                await smtp.send_message(email)
+            try:  # the message is accepted: a slow goodbye must not turn it into a failure
+                async with asyncio.timeout(1.0):
+                    await smtp.quit()
+            except (TimeoutError, aiosmtplib.SMTPException):
+                pass
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            raise Permanent(f"SMTP authentication failed ({exc.code})") from None
+        except aiosmtplib.SMTPNotSupported as exc:
             raise Permanent(f"SMTP server does not support a required feature: {exc}") from None
-        except smtplib.SMTPRecipientsRefused:
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            # A 4yz reply means the server did not take the message (RFC 5321 4.2.1): it may be retried.
+            if all(400 <= r.code < 500 for r in exc.recipients):
+                raise Transient(f"SMTP server deferred the recipient ({exc.recipients[0].code})", unsent=True) from None
             raise Permanent("SMTP server refused the recipient") from None
-        # Before SMTPResponseException: SMTPConnectError is one of its subclasses.
-        except (ConnectionRefusedError, smtplib.SMTPConnectError) as exc:
+        # Before SMTPResponseException: a bad greeting is both. Nothing was sent before the greeting.
+        except aiosmtplib.SMTPConnectError as exc:
             raise Transient(f"cannot connect to SMTP server: {type(exc).__name__}", unsent=True) from None
-        except smtplib.SMTPResponseException as exc:
-            if 400 <= exc.smtp_code < 500:
-                raise Transient(f"SMTP temporary failure ({exc.smtp_code})") from None
-            raise Permanent(f"SMTP refused the message ({exc.smtp_code})") from None
-        except (socket.timeout, TimeoutError, smtplib.SMTPServerDisconnected, OSError) as exc:
+        except aiosmtplib.SMTPResponseException as exc:
+            if 400 <= exc.code < 500:
+                raise Transient(f"SMTP temporary failure ({exc.code})", unsent=True) from None
+            raise Permanent(f"SMTP refused the message ({exc.code})") from None
+        # After the greeting, a timeout or a dropped connection may come after the end of DATA: not retried.
+        except TimeoutError:
+            raise Transient(f"SMTP timed out after {self.timeout:g} s") from None
+        except (aiosmtplib.SMTPException, OSError) as exc:
             raise Transient(f"SMTP connection failed: {type(exc).__name__}") from None
+        finally:
+            smtp.close()  # on success, failure or cancellation alike: nothing is left to finish a send later
 
     async def send(self, message: OutgoingMessage) -> SendResult:
         email = build_email(message, sender=self.sender, sender_name=str(self.options.get("sender_name", "")))
 
         async def once() -> SendResult:
-            # smtplib blocks: it runs in a worker thread so other requests are not held up.
-            await asyncio.to_thread(self._deliver, email)
+            await self._deliver(email)
             return SendResult("sent", email["Message-ID"])
 
-        # A Message-ID travels with every attempt, but SMTP servers do not deduplicate on it: only a refused
-        # connection is retried.
-        return await with_retries(once, self.policy, idempotent=False)
+        # A Message-ID travels with every attempt, but SMTP servers do not deduplicate on it: only what the
+        # server provably did not take (no connection, a 4yz reply) is retried.
+        return await self.send_with_retries(once)

@@ -30,12 +30,18 @@ async def close_shared_client() -> None:
 
 
 async def post(url: str, *, timeout: float, headers: dict[str, str] | None = None, data: dict | None = None,
-               json_body: dict | None = None, auth: tuple[str, str] | None = None) -> httpx.Response:
-    """POST once; connect errors, timeouts, 5xx and 429 are Transient, other 4xx Permanent."""
+               json_body: dict | None = None, auth: tuple[str, str] | None = None,
+                not_accepted: frozenset[int] = frozenset()) -> httpx.Response:
+    """POST once; connect errors, timeouts, 5xx and 429 are Transient, other 4xx Permanent.
+
+    Only what provably sent nothing is marked unsent: no connection was made (refused, DNS failure, connect
+    or pool timeout), or the answer's status is one the provider documents as not accepted (not_accepted).
+    A read or write timeout, a dropped connection or a 5xx may come after the provider took the message.
+    """
     try:
         response = await shared_client().post(url, headers=headers, data=data, json=json_body, auth=auth,
                                               timeout=timeout)
-    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
         raise Transient(f"cannot connect: {type(exc).__name__}", unsent=True) from None
     except httpx.TimeoutException as exc:
         raise Transient(f"timed out: {type(exc).__name__}") from None
@@ -43,7 +49,8 @@ async def post(url: str, *, timeout: float, headers: dict[str, str] | None = Non
         raise Transient(f"transport error: {type(exc).__name__}") from None
     if response.status_code == 429 or response.status_code >= 500:
         raise Transient(f"provider answered {response.status_code}", response.status_code,
-                        parse_retry_after(response.headers.get("retry-after")))
+                        parse_retry_after(response.headers.get("retry-after")),
+                        unsent=response.status_code in not_accepted)
     if response.status_code >= 400:
         raise Permanent(f"provider refused the message ({response.status_code}): {_short(response)}",
                         response.status_code)

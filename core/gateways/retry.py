@@ -32,14 +32,19 @@ class RetryPolicy:
 
 
 class Transient(Exception):
-    """A failure worth retrying: connect error, timeout, 5xx, 429."""
+    """A failure that may pass: connect error, timeout, 5xx, 429, an SMTP 4yz reply.
+
+    unsent says whether it provably did not send anything: the connection was never made (refused, DNS
+    failure, connect timeout) or the provider answered with a status it documents as "not accepted". Only
+    those are retried for a provider that has no idempotency key; a read timeout or a 5xx after the request
+    went out may have sent the message, and a retry would send (and bill) it twice.
+    """
 
     def __init__(self, message: str, http_status: int | None = None, retry_after: float | None = None,
                  unsent: bool = False) -> None:
         super().__init__(message)
         self.http_status = http_status
         self.retry_after = retry_after
-        # True when the provider certainly never received the request (the connection was refused).
         self.unsent = unsent
 
 
@@ -65,12 +70,13 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 async def with_retries(attempt_once: Callable[[], Awaitable[SendResult]], policy: RetryPolicy, *,
-                       idempotent: bool = True) -> SendResult:
+                       idempotent: bool) -> SendResult:
     """Run attempt_once until it succeeds, fails permanently, or attempts run out; count every attempt.
 
-    With idempotent=True the same idempotency key travels with every attempt, so a retry after a lost
-    answer never makes the provider send twice. A provider without such a key (idempotent=False) is
-    retried only when the request certainly never reached it.
+    A failure is retried when it provably sent nothing (Transient.unsent), or, for a provider that documents
+    de-duplication on an idempotency key we send with every attempt (idempotent=True), after any transient
+    failure. Everything else fails at once: failover and the quota refund take it from there. No default:
+    each gateway states which it is.
     """
     started = time.perf_counter()
     last: Exception | None = None

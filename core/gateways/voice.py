@@ -4,7 +4,7 @@ from __future__ import annotations
 from xml.sax.saxutils import escape
 
 from core.gateways import OutgoingMessage, SendResult
-from core.gateways.sms import WebhookSms, twilio_post
+from core.gateways.sms import TWILIO_NOT_ACCEPTED, WebhookSms, twilio_post
 from core.gateways.base import ProviderGateway
 
 
@@ -15,11 +15,13 @@ def speakable(message: OutgoingMessage) -> str:
 
 
 class TwilioVoice(ProviderGateway):
+    not_accepted = TWILIO_NOT_ACCEPTED
+
     async def send(self, message: OutgoingMessage) -> SendResult:
         said = escape(speakable(message))
         twiml = f'<Response><Say>{said}</Say><Pause length="1"/><Say>{said}</Say></Response>'
         return await twilio_post(self, "Calls.json", {"To": message.destination, "From": self.sender,
-                                                      "Twiml": twiml}, message.delivery_id)
+                                                      "Twiml": twiml})
 
 
 class WebhookVoice(WebhookSms):

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from core.gateways import OutgoingMessage, SendResult
 from core.gateways.base import ProviderGateway
-from core.gateways.http import json_of, post
-from core.gateways.retry import Permanent, with_retries
+from core.gateways.http import json_of
+from core.gateways.retry import Permanent
 
 META_API = "https://graph.facebook.com/v21.0"
 
@@ -30,13 +30,13 @@ class MetaWhatsApp(ProviderGateway):
         }
 
         async def once() -> SendResult:
-            response = await post(url, timeout=self.timeout, headers={"Authorization": f"Bearer {token}"},
-                                  json_body=body)
+            response = await self.post(url, headers={"Authorization": f"Bearer {token}"}, json_body=body)
             messages = json_of(response).get("messages")
             if not isinstance(messages, list) or not messages or not isinstance(messages[0], dict) \
                     or not messages[0].get("id"):
                 raise Permanent("provider answer has no message id", response.status_code)
             return SendResult("sent", str(messages[0]["id"]), response.status_code)
 
-        # The Cloud API has no idempotency key: retry only when the request never reached Meta.
-        return await with_retries(once, self.policy, idempotent=False)
+        # The Cloud API documents no idempotency key, and its throughput errors come as error codes in a
+        # 4xx body: only a request that never reached Meta is retried.
+        return await self.send_with_retries(once)

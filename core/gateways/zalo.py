@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from core.gateways import OutgoingMessage, SendResult
 from core.gateways.base import ProviderGateway, idempotency_key
-from core.gateways.http import json_of, post
-from core.gateways.retry import Permanent, with_retries
+from core.gateways.http import json_of
+from core.gateways.retry import Permanent
 
 ZNS_API = "https://business.openapi.zalo.me/message/template"
 
@@ -17,8 +17,7 @@ class ZaloZns(ProviderGateway):
                 "tracking_id": idempotency_key(message.delivery_id)}
 
         async def once() -> SendResult:
-            response = await post(self.endpoint or ZNS_API, timeout=self.timeout,
-                                  headers={"access_token": token}, json_body=body)
+            response = await self.post(self.endpoint or ZNS_API, headers={"access_token": token}, json_body=body)
             answer = json_of(response)
             if answer.get("error") != 0:
                 raise Permanent(f"Zalo refused the message: error {answer.get('error')} {answer.get('message', '')}"[:300],
@@ -26,4 +25,6 @@ class ZaloZns(ProviderGateway):
             data = answer.get("data") if isinstance(answer.get("data"), dict) else {}
             return SendResult("sent", str(data.get("msg_id")) if data.get("msg_id") else None, response.status_code)
 
-        return await with_retries(once, self.policy, idempotent=False)
+        # ZNS documents no de-duplication on tracking_id (only our own reference): only a request that never
+        # reached Zalo is retried.
+        return await self.send_with_retries(once)
