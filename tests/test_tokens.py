@@ -1,8 +1,9 @@
 """Capillary OAuth (core/tokens.py, POST /v3/oauth/token/generate): tokens that work, and every kind that must not.
 
 Most tests drive `create_app(rt)` in process on the parametrized runtime (SQLite, and PostgreSQL when
-OTP_TEST_DATABASE_URL is set), its clock frozen so expiry is exact to the second. The last test starts
-`python serve.py --workers 2` on PostgreSQL and proves a token from one worker is good at the other.
+OTP_TEST_DATABASE_URL is set), its clock frozen so expiry is exact to the second. Two start the real server:
+`uvicorn api:app` to show wrong secrets are hashed off its event loop, and `python serve.py --workers 2` on
+PostgreSQL to show a token from one worker is good at the other.
 """
 from __future__ import annotations
 
