@@ -1,4 +1,4 @@
-"""The HTTP API: Capillary's /v2/otp endpoints over the engine in core, and nothing more."""
+"""The HTTP API: Capillary's /v2/otp endpoints and its OAuth token endpoint over the engine in core, and nothing more."""
 from __future__ import annotations
 
 import asyncio
@@ -24,6 +24,7 @@ from core.gateways.http import close_shared_client
 from core.net import client_ip
 from core.config import Settings, settings_or_exit
 from core.runtime import Runtime
+from core.tokens import read_token_request
 
 log = logging.getLogger("otp.api")
 
@@ -81,6 +82,29 @@ class ValidateResponse(BaseModel):
 class ErrorResponse(BaseModel):
     errors: list[ProblemBody]
     warnings: list[ProblemBody]
+
+
+class TokenRequestBody(BaseModel):
+    key: str = Field(description="the API client's key")
+    secret: str = Field(description="the API client's secret")
+
+
+class TokenData(BaseModel):
+    accessToken: str = Field(description="a JWT (HS256); send it in the CAP-API-ACCESS-TOKEN header")
+    ttlSeconds: int = Field(description="seconds the token is valid for (set per API client)")
+
+
+class TokenResponse(BaseModel):
+    data: TokenData
+    errors: None = None
+
+
+class TokenErrorResponse(ErrorResponse):
+    data: None = None
+
+
+# Capillary's header for an OAuth access token, and the other name its clients use.
+TOKEN_HEADERS = ("CAP-API-ACCESS-TOKEN", "X-CAP-API-OAUTH-TOKEN")
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -147,21 +171,48 @@ def _credentials(request: Request) -> tuple[str, str] | None:
     return (key, secret) if sep and key and secret else None
 
 
+async def verified_client(runtime: Runtime, key: str, secret: str) -> ClientIdentity | None:
+    """The active client for key and secret, or None; the slow hash runs off the event loop, at most a few at a
+    time (ClientAuthenticator), for the Basic and Bearer headers and the token endpoint alike."""
+    client = runtime.auth.cached(key, secret)
+    if client is None:
+        client = await run_in_threadpool(runtime.auth.verify, key, secret)
+    return client
+
+
+async def token_client(runtime: Runtime, token: str) -> ClientIdentity | None:
+    """The still-active client an OAuth access token was issued to, or None (bad, expired, or revoked)."""
+    client_id = runtime.tokens.client_id(token, now=runtime.clock())
+    if client_id is None:
+        return None
+    known, client = runtime.auth.cached_by_id(client_id)
+    if not known:  # a read of the client's row at most once per OTP_AUTH_CACHE_SECONDS
+        client = await run_in_threadpool(runtime.auth.by_id, client_id)
+    return client
+
+
 async def authorised_client(request: Request) -> ClientIdentity:
     """The calling API client with otp:write; 401 without valid credentials, 403 without the permission.
 
+    An OAuth access token header, when present, is the credential (a bad token is not retried as Basic).
     Awaited by the handlers themselves rather than declared as a FastAPI dependency: resolving a dependency
     costs more per request than this check does (the schema's security entries are added in openapi()).
     """
     runtime: Runtime = request.app.state.runtime
-    credentials = _credentials(request)
-    if credentials is None:
-        raise OtpError.single(401, "authentication required: HTTP Basic (key:secret) or Bearer key.secret", 401)
-    client = runtime.auth.cached(*credentials)
-    if client is None:  # the slow hash runs off the event loop
-        client = await run_in_threadpool(runtime.auth.verify, *credentials)
-    if client is None:
-        raise OtpError.single(401, "invalid API credentials", 401)
+    token = next((value for name in TOKEN_HEADERS if (value := request.headers.get(name)) is not None), None)
+    if token is not None:
+        client = await token_client(runtime, token.strip())
+        if client is None:
+            raise OtpError.single(401, "invalid or expired access token: get a new one from "
+                                       "/v3/oauth/token/generate", 401)
+    else:
+        credentials = _credentials(request)
+        if credentials is None:
+            raise OtpError.single(401, "authentication required: HTTP Basic (key:secret), Bearer key.secret, or "
+                                       "an access token in CAP-API-ACCESS-TOKEN", 401)
+        client = await verified_client(runtime, *credentials)
+        if client is None:
+            raise OtpError.single(401, "invalid API credentials", 401)
     if PERMISSION_OTP_WRITE not in client.permissions:
         raise OtpError.single(403, f"this API client lacks the {PERMISSION_OTP_WRITE} permission", 403)
     return client
@@ -206,6 +257,7 @@ def create_app(runtime: Runtime | None = None, settings: Settings | None = None)
     body_components: dict[str, Any] = {}
     generate_body = _body_schema(GenerateBody, body_components)
     validate_body = _body_schema(ValidateBody, body_components)
+    token_body = _body_schema(TokenRequestBody, body_components)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -214,9 +266,15 @@ def create_app(runtime: Runtime | None = None, settings: Settings | None = None)
             components.setdefault("schemas", {}).update(body_components)
             components["securitySchemes"] = {
                 "basic": {"type": "http", "scheme": "basic", "description": "API client key and secret"},
-                "bearer": {"type": "http", "scheme": "bearer", "description": "<key>.<secret>"}}
+                "bearer": {"type": "http", "scheme": "bearer", "description": "<key>.<secret>"},
+                "capAccessToken": {"type": "apiKey", "in": "header", "name": TOKEN_HEADERS[0],
+                                   "description": "an access token from POST /v3/oauth/token/generate"},
+                "capOauthToken": {"type": "apiKey", "in": "header", "name": TOKEN_HEADERS[1],
+                                  "description": "the same access token under the other header name"}}
             for path in ("/v2/otp/generate", "/v2/otp/validate"):
-                schema["paths"][path]["post"]["security"] = [{"basic": []}, {"bearer": []}]
+                schema["paths"][path]["post"]["security"] = [
+                    {"basic": []}, {"bearer": []}, {"capAccessToken": []}, {"capOauthToken": []}]
+            schema["paths"]["/v3/oauth/token/generate"]["post"]["security"] = []  # the body carries them
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -252,6 +310,28 @@ def create_app(runtime: Runtime | None = None, settings: Settings | None = None)
         client = await authorised_client(request)
         result = await engine.validate(request.app.state.runtime, await read_json(request), client_id=client.id)
         return JSONResponse(result.body())
+
+    @app.post("/v3/oauth/token/generate", response_model=TokenResponse,
+              responses={status: {"model": TokenErrorResponse} for status in (400, 401, 413, 503)},
+              openapi_extra={"requestBody": token_body})
+    async def generate_access_token(request: Request) -> JSONResponse:
+        """Capillary's OAuth: an access token for an API client's key and secret, valid for the client's TTL.
+
+        Refusals travel in the usual envelope with Capillary's `data: null` beside it. A wrong secret costs
+        the same slow hash as one in a Basic header, run off the event loop at most a few at a time.
+        """
+        runtime_: Runtime = request.app.state.runtime
+        try:
+            key, secret = read_token_request(await read_json(request))
+            client = await verified_client(runtime_, key, secret)
+            if client is None:
+                raise OtpError.single(401, "invalid API client key or secret", 401)
+        except OtpError as exc:
+            return JSONResponse({"data": None, **exc.envelope()}, status_code=exc.http_status)
+        issued = runtime_.tokens.issue(client_id=client.id, ttl_seconds=client.token_ttl_seconds,
+                                       now=runtime_.clock())
+        return JSONResponse({"data": {"accessToken": issued.access_token, "ttlSeconds": issued.ttl_seconds},
+                             "errors": None}, headers={"Cache-Control": "no-store"})
 
     @app.post("/v2/otp/receipts/{gateway}",
               responses={**_ERRORS, 404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}})

@@ -15,6 +15,7 @@ from sqlmodel import select as model_select
 
 from core.clock import utcnow
 from core.models import ApiClient, ApiClientCreate, ApiClientPublic
+from core.tokens import DEFAULT_TTL_SECONDS, check_token_ttl
 
 PERMISSION_OTP_WRITE = "otp:write"
 _hasher = PasswordHasher()
@@ -27,6 +28,7 @@ class ClientIdentity:
     id: int
     name: str
     permissions: frozenset[str]
+    token_ttl_seconds: int = DEFAULT_TTL_SECONDS
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class NewClientCredentials:
 
 
 def create_client(session: Session, *, client_create: ApiClientCreate) -> NewClientCredentials:
+    check_token_ttl(client_create.token_ttl_seconds)
     key = "ck_" + secrets.token_hex(12)
     secret = secrets.token_urlsafe(32)
     row = ApiClient.model_validate(client_create, update={"key": key, "secret_hash": _hasher.hash(secret)})
@@ -60,6 +63,21 @@ def revoke_client(session: Session, *, client_id: int) -> bool:
     return True
 
 
+def set_token_ttl(session: Session, *, client_id: int, seconds: int) -> bool:
+    """Set how long the client's new OAuth access tokens live; tokens already issued keep their expiry.
+
+    False when there is no active client with that id; ValueError when seconds is out of bounds.
+    """
+    check_token_ttl(seconds)
+    row = session.get(ApiClient, client_id)
+    if row is None or row.revoked_at is not None:
+        return False
+    row.token_ttl_seconds = seconds
+    session.add(row)
+    session.commit()
+    return True
+
+
 def list_clients(session: Session) -> list[ApiClientPublic]:
     return [ApiClientPublic.model_validate(r) for r in session.exec(model_select(ApiClient).order_by(ApiClient.id))]
 
@@ -72,6 +90,10 @@ class ClientAuthenticator:
     verification per credential runs at a time and at most max_parallel overall, so a burst after a
     restart (or of wrong secrets) cannot start dozens of 64 MiB hashes at once. A revoked client is refused
     by this process at once and by other processes within ttl seconds.
+
+    OAuth access tokens name their client by id (core.tokens); by_id answers whether that client is still
+    active, from the same kind of memory for the same ttl, so a revoke ends its tokens as soon as it ends
+    its key and secret.
     """
 
     def __init__(self, engine: Engine, ttl: float, max_parallel: int = 2) -> None:
@@ -81,6 +103,8 @@ class ClientAuthenticator:
         self._slow = threading.BoundedSemaphore(max_parallel)
         self._in_flight: dict[bytes, threading.Lock] = {}
         self._trusted: dict[bytes, tuple[ClientIdentity, float, str]] = {}
+        # Only ids from tokens we signed reach it: at most one entry per client.
+        self._active: dict[int, tuple[ClientIdentity | None, float]] = {}
 
     @staticmethod
     def _fingerprint(key: str, secret: str) -> bytes:
@@ -92,12 +116,37 @@ class ClientAuthenticator:
             return entry[0]
         return None
 
+    @staticmethod
+    def _active_rows(*columns):  # type: ignore[no-untyped-def]
+        """The one query both paths read an active client with: a revoked client is never found."""
+        return select(ApiClient.id, ApiClient.name, ApiClient.permissions, ApiClient.token_ttl_seconds,
+                      *columns).where(ApiClient.revoked_at.is_(None))
+
     def _row(self, key: str):  # type: ignore[no-untyped-def]
         if not (key.isascii() and key.isprintable() and len(key) <= 64):  # cannot be a stored key
             return None
         with self._engine.connect() as conn:
-            return conn.execute(select(ApiClient.id, ApiClient.name, ApiClient.permissions, ApiClient.secret_hash)
-                                .where(ApiClient.key == key, ApiClient.revoked_at.is_(None))).first()
+            return conn.execute(self._active_rows(ApiClient.secret_hash).where(ApiClient.key == key)).first()
+
+    def cached_by_id(self, client_id: int) -> tuple[bool, ClientIdentity | None]:
+        """(known, client): whether this process has a fresh answer for the id, and the answer."""
+        entry = self._active.get(client_id)
+        if entry and entry[1] > time.monotonic():
+            return True, entry[0]
+        return False, None
+
+    def by_id(self, client_id: int) -> ClientIdentity | None:
+        """The active client with this id (an OAuth token's), or None once it is revoked; a read at most
+        once per ttl seconds per client."""
+        known, found = self.cached_by_id(client_id)
+        if known:
+            return found
+        with self._engine.connect() as conn:
+            row = conn.execute(self._active_rows().where(ApiClient.id == client_id)).first()
+        identity = self._identity(row) if row is not None else None
+        with self._lock:
+            self._active[client_id] = (identity, time.monotonic() + self._ttl)
+        return identity
 
     def verify(self, key: str, secret: str) -> ClientIdentity | None:
         """The client for these credentials, or None; slow on a first sight by design."""
@@ -134,8 +183,10 @@ class ClientAuthenticator:
 
     @staticmethod
     def _identity(row) -> ClientIdentity:  # type: ignore[no-untyped-def]
-        return ClientIdentity(row.id, row.name, frozenset(p.strip() for p in row.permissions.split(",") if p.strip()))
+        return ClientIdentity(row.id, row.name, frozenset(p.strip() for p in row.permissions.split(",") if p.strip()),
+                              row.token_ttl_seconds)
 
     def forget_all(self) -> None:
         with self._lock:
             self._trusted.clear()
+            self._active.clear()

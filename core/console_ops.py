@@ -4,7 +4,7 @@ from __future__ import annotations
 from sqlmodel import select
 
 from core import audit, engine
-from core.clients import NewClientCredentials, create_client, revoke_client
+from core.clients import NewClientCredentials, create_client, revoke_client, set_token_ttl
 from core.enums import Action
 from core.models import ActionConfigUpdate, ApiClientCreate, OutboxMessage
 from core.otpconfig import update_action_config
@@ -73,3 +73,16 @@ def revoke_api_client(rt: Runtime, *, actor: StaffIdentity, client_id: int) -> b
         revoked = revoke_client(session, client_id=client_id)
     rt.auth.forget_all()
     return revoked
+
+
+def set_api_client_token_ttl(rt: Runtime, *, actor: StaffIdentity, client_id: int, seconds: int) -> bool:
+    """Set a client's OAuth token life; this process issues tokens with it at once, others within
+    OTP_AUTH_CACHE_SECONDS (they keep the client's verified identity that long)."""
+    with rt.session() as session:
+        require(session, actor, "clients.manage")
+        # Recorded first: set_token_ttl's commit makes both durable; a refusal commits neither.
+        audit.record(session, actor=actor.username, action="client.token_ttl", target=f"client:{client_id}",
+                     detail={"token_ttl_seconds": seconds})
+        changed = set_token_ttl(session, client_id=client_id, seconds=seconds)
+    rt.auth.forget_all()
+    return changed

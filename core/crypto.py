@@ -49,6 +49,12 @@ def _derive(master: bytes, purpose: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(master)
 
 
+def token_key(master: bytes) -> bytes:
+    """The key that signs API clients' OAuth access tokens (core.tokens), under a label of its own, so a
+    token signature can never be made or checked with the code or stored-secret keys."""
+    return _derive(master, b"otp-oauth-access-token-hs256")
+
+
 @dataclass(frozen=True)
 class CodeKeys:
     """Separate keys for the HMAC and the encrypted copy, both derived from the one service key."""

@@ -229,6 +229,8 @@ class TemplateVersion(TemplateVersionBase, table=True):
 class ApiClientBase(SQLModel):
     name: str = Field(max_length=120)
     permissions: str = "otp:write"
+    # Life of the OAuth access tokens this client gets from /v3/oauth/token/generate (core.tokens).
+    token_ttl_seconds: int = 300
 
 
 class ApiClient(ApiClientBase, table=True):

@@ -8,7 +8,7 @@ from core.cache import TtlValue
 from core.clients import ClientAuthenticator
 from core.clock import Clock, utcnow
 from core.config import Settings, get_settings
-from core.crypto import CodeKeys, SecretBox, load_master_key
+from core.crypto import CodeKeys, SecretBox, load_master_key, token_key
 from core.db import READ_ONLY, make_engine, migrate
 from core.enums import Action, Channel
 from core.gateway_configs import GatewayRow, build_gateway, load_gateway_rows, parse_assignments
@@ -17,6 +17,7 @@ from core.gateways.outbox import OutboxGateway
 from core.groupcommit import writer_for
 from core.otpconfig import OtpConfig, load_action_configs, seed_action_configs
 from core.template_versions import ActiveTemplates, load_active_templates
+from core.tokens import TokenSigner
 
 
 def prepare_database(engine: Engine) -> None:
@@ -51,6 +52,7 @@ class Runtime:
         master = load_master_key(self.settings)
         self.keys = CodeKeys.from_master(master)
         self.box = SecretBox.from_master(master)
+        self.tokens = TokenSigner(token_key(master))
         self.clock = clock
         self.gateways = gateways if gateways is not None else build_gateways(self.settings)
         self.outbox = OutboxGateway()

@@ -4,9 +4,10 @@ import streamlit as st
 
 from console_state import gate, runtime
 from core.clients import list_clients
-from core.console_ops import new_api_client, revoke_api_client
+from core.console_ops import new_api_client, revoke_api_client, set_api_client_token_ttl
 from core.models import StaffCreate
 from core.staff import ROLES, InvalidStaff, create_staff, disable_staff, list_staff, set_role
+from core.tokens import MAX_TTL_SECONDS, MIN_TTL_SECONDS
 
 rt = runtime()
 identity = gate("staff.manage")
@@ -65,7 +66,8 @@ with clients_tab:
     with rt.session() as db:
         clients = list_clients(db)
     st.dataframe(pd.DataFrame([{"id": c.id, "name": c.name, "key": c.key, "permissions": c.permissions,
-                                "created": c.created_at, "revoked": c.revoked_at} for c in clients]),
+                                "token TTL (s)": c.token_ttl_seconds, "created": c.created_at,
+                                "revoked": c.revoked_at} for c in clients]),
                  hide_index=True, width="stretch", key="clients_table")
     with st.form("client_new", clear_on_submit=True):
         a, b = st.columns(2)
@@ -81,6 +83,20 @@ with clients_tab:
             st.rerun()
     active = {f"{c.name} ({c.key})": c for c in clients if c.revoked_at is None}
     if active:
+        st.markdown("**OAuth access-token life** (tokens already issued keep theirs)")
+        a, b = st.columns(2)
+        timed = active[a.selectbox("Client", list(active), key="client_ttl_pick")]
+        # Keyed per client, so picking another client shows its own value.
+        seconds = b.number_input("Seconds", min_value=MIN_TTL_SECONDS, max_value=MAX_TTL_SECONDS,
+                                 value=timed.token_ttl_seconds, step=60, key=f"client_ttl_seconds_{timed.id}")
+        if st.button("Save token life", key="client_ttl_save"):
+            try:
+                set_api_client_token_ttl(rt, actor=identity, client_id=timed.id, seconds=int(seconds))
+            except ValueError as exc:
+                st.error(str(exc))
+            else:
+                st.session_state["admin_flash"] = ("success", f"Tokens of {timed.name} now live {int(seconds)} s.")
+                st.rerun()
         chosen = active[st.selectbox("Client to revoke", list(active), key="client_pick")]
         if st.button("Revoke", key="client_revoke"):
             revoke_api_client(rt, actor=identity, client_id=chosen.id)

@@ -578,7 +578,8 @@ def test_health_openapi_and_docs(rt, api):
         ok = operation["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
         assert {"warnings"} <= set(_resolve(schema, ok)["properties"])
         assert {"400", "401", "403", "429", "502", "503"} <= set(operation["responses"]), path
-        assert operation["security"] == [{"basic": []}, {"bearer": []}], path
+        assert operation["security"] == [{"basic": []}, {"bearer": []}, {"capAccessToken": []},
+                                         {"capOauthToken": []}], path
     assert schema["components"]["securitySchemes"]["basic"]["scheme"] == "basic"
     channel_ref = schema["components"]["schemas"]["GenerateBody"]["properties"]["channels"]["anyOf"][0]["items"]["$ref"]
     assert {"type", "value"} <= set(_resolve(schema, channel_ref)["properties"])

@@ -40,3 +40,27 @@ def test_client_create_prints_credentials_that_work(tmp_path):
     assert key in listed.stdout and secret not in listed.stdout
     assert cli(tmp_path, "client", "revoke", lines["id"]).returncode == 0
     assert ClientAuthenticator(make_engine(f"sqlite:///{tmp_path / 'otp.db'}"), ttl=60).verify(key, secret) is None
+
+
+def test_client_token_ttl_is_set_from_the_shell(tmp_path):
+    made = cli(tmp_path, "client", "create", "shop", "--token-ttl", "900")
+    assert made.returncode == 0, made.stderr
+    client_id = dict(line.split(": ", 1) for line in made.stdout.splitlines())["id"]
+    engine = make_engine(f"sqlite:///{tmp_path / 'otp.db'}")
+
+    def stored() -> int:
+        with engine.connect() as conn:
+            return conn.exec_driver_sql("SELECT token_ttl_seconds FROM api_client WHERE id = ?",
+                                        (int(client_id),)).scalar()
+
+    assert stored() == 900
+    assert cli(tmp_path, "client", "token-ttl", client_id, "120").returncode == 0
+    assert stored() == 120 and "token ttl 120s" in cli(tmp_path, "client", "list").stdout
+    for seconds in ("59", "86401", "-5"):  # refused with the rule, nothing changed
+        refused = cli(tmp_path, "client", "token-ttl", client_id, seconds)
+        assert refused.returncode == 2 and "60 to 86400" in refused.stderr, refused.stderr
+    assert cli(tmp_path, "client", "create", "big", "--token-ttl", "0").returncode == 2
+    assert stored() == 120
+    missing = cli(tmp_path, "client", "token-ttl", "999", "300")
+    assert missing.returncode == 1 and "no active client" in missing.stderr
+    engine.dispose()

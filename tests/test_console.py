@@ -287,6 +287,28 @@ def test_admin_creates_staff_and_a_client_secret_shown_once(rt, team):
     assert not [c for c in at.code if c.value.startswith("key: ")]  # shown once
 
 
+def test_admin_sets_a_clients_token_life(rt, team):
+    from core.console_ops import new_api_client
+    shop = new_api_client(rt, actor=team["admin"], name="shop", permissions="otp:write")
+    other = new_api_client(rt, actor=team["admin"], name="other", permissions="otp:write")
+    at = signed_in(rt, team["admin"]).run()
+    at.switch_page("pages/admin.py").run()
+    [table] = [d.value for d in at.dataframe if "token TTL (s)" in d.value.columns]
+    assert list(table["token TTL (s)"]) == [300, 300]
+    at.selectbox(key="client_ttl_pick").select(f"other ({other.key})").run()
+    at.number_input(key=f"client_ttl_seconds_{other.client.id}").set_value(900)
+    at.button(key="client_ttl_save").click().run()
+    assert not at.exception
+    assert "Tokens of other now live 900 s" in texts(at)
+    with rt.db.connect() as conn:
+        ttls = dict(conn.execute(text("SELECT name, token_ttl_seconds FROM api_client")).all())
+        audited = conn.execute(text("SELECT actor, target, detail FROM audit_log WHERE action='client.token_ttl'")).one()
+    assert ttls == {"shop": 300, "other": 900}
+    assert audited == ("ada", f"client:{other.client.id}", '{"token_ttl_seconds": 900}')
+    assert rt.auth.verify(other.key, other.secret).token_ttl_seconds == 900  # what its next token gets
+    assert shop.client.id != other.client.id
+
+
 def test_core_refuses_writes_from_a_role_that_lacks_them(rt, team):
     from core.console_ops import save_action_config, test_generate
     from core.models import ActionConfigUpdate

@@ -6,7 +6,7 @@ without a provider message id (the outbox's, most in development) are not in it,
 one costs nothing more. Both SQLite and PostgreSQL use a partial index on "x IS NOT NULL" for "x = ?".
 
 Revision ID: 0012
-Revises: 0009
+Revises: 0011
 Create Date: 2026-12-01
 """
 from alembic import op
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 
 revision = '0012'
-down_revision = '0009'
+down_revision = '0011'
 branch_labels = None
 depends_on = None
 
