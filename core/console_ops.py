@@ -7,17 +7,31 @@ from core import audit, engine
 from core.clients import NewClientCredentials, create_client, revoke_client
 from core.enums import Action
 from core.models import ActionConfigUpdate, ApiClientCreate, OutboxMessage
-from core.otpconfig import update_action_config
+from core.gateway_configs import load_gateway_rows
+from core.otpconfig import ConfigRefused, action_config_problems, update_action_config
 from core.runtime import Runtime
 from core.staff import StaffIdentity, require
 
 
 def save_action_config(rt: Runtime, *, actor: StaffIdentity, action: Action, update: ActionConfigUpdate,
-                       reason: str) -> None:
+                       reason: str, form_problems: dict[str, list[str]] | None = None) -> None:
+    """Save all of an action's configuration or nothing: raises ConfigRefused with every problem by field.
+
+    A person's change needs a reason (it goes to the audit log); form_problems are the ones found while
+    reading the form (e.g. a limit that is not a number), reported together with the rest.
+    """
     with rt.session() as session:
         require(session, actor, "config.edit")
+        problems = {name: list(found) for name, found in (form_problems or {}).items()}
+        for name, found in action_config_problems(update, service_daily_limit=rt.settings.daily_limit,
+                                                  gateways=load_gateway_rows(session.connection())).items():
+            problems.setdefault(name, []).extend(found)
+        if not reason.strip():
+            problems["reason"] = ["say why you make this change: it is kept in the audit log"]
+        if problems:
+            raise ConfigRefused(problems)
         update_action_config(session, action=action, update=update, actor=actor.username,
-                             service_daily_limit=rt.settings.daily_limit, reason=reason.strip() or None)
+                             service_daily_limit=rt.settings.daily_limit, reason=reason.strip())
     rt.configuration_changed()
 
 

@@ -129,8 +129,8 @@ async def _record_refusal(rt: Runtime, refused: _Refused, *, user_key: str, acti
 
 
 def _gateway_for(rt: Runtime, config: OtpConfig, channel: Channel, test_number: bool) -> Gateway | None:
-    """Test numbers only ever reach the outbox; everyone else the action's gateway for the channel."""
-    return rt.outbox if test_number else rt.gateway_for(config.action, channel)
+    """Runtime.choose_gateway's answer: the one the console shows (test numbers only ever reach the outbox)."""
+    return rt.choose_gateway(config.action, channel, test_number=test_number).gateway
 
 
 def _gateway_label(gateway: Gateway | None) -> str:

@@ -52,17 +52,19 @@ class GatewayRow:
     credentials_enc: bytes | None
     is_default: bool
     updated_at: object = None
+    enabled: bool = True
 
 
 def load_gateway_rows(conn: Connection) -> dict[str, GatewayRow]:
-    rows = conn.execute(select(GatewayConfig.__table__).where(GatewayConfig.enabled.is_(True))).mappings()
+    """Every configured gateway by name, disabled ones too (flagged): choosing and checking must see them."""
+    rows = conn.execute(select(GatewayConfig.__table__)).mappings()
     found = {}
     for r in rows:
         channel = Channel.parse(r["channel"])
         if channel is not None:
             found[r["name"]] = GatewayRow(r["id"], r["name"], channel, r["provider"], r["endpoint"], r["sender"],
                                           json.loads(r["options"] or "{}"), r["credentials_enc"], r["is_default"],
-                                          r["updated_at"])
+                                          r["updated_at"], bool(r["enabled"]))
     return found
 
 
