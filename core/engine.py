@@ -606,6 +606,8 @@ class DryRun:
     daily_used: int
     daily_limit: int
     problems: list[Problem] = field(default_factory=list)
+    # Per channel, the gateway that would send and why (Runtime.choose_gateway, as a real send uses it).
+    gateways: dict[str, str] = field(default_factory=dict)
 
 
 def dry_run(rt: Runtime, payload: object) -> DryRun:
@@ -641,8 +643,11 @@ def dry_run(rt: Runtime, payload: object) -> DryRun:
                                            code=str(variables["validation_code"]), variables=variables))
         except RenderError as exc:
             problems.append(Problem(E.TEMPLATE_PROBLEM, f"{target.channel.value}: {exc}"))
+    test_number = rt.settings.is_test_number(request.entity.value)
+    chosen = {t.channel: rt.choose_gateway(config.action, t.channel, test_number=test_number) for t in targets}
     return DryRun(messages, {c.value: f"{t.origin}: {t.reason}" for c, t in templates.items()},
-                  live is not None, int(used), rt.settings.daily_limit, problems)
+                  live is not None, int(used), rt.settings.daily_limit, problems,
+                  {c.value: f"{g.name} ({g.why})" for c, g in chosen.items()})
 
 
 def run(coro):  # type: ignore[no-untyped-def]

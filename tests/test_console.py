@@ -307,9 +307,11 @@ def test_gateways_page_saves_a_provider_and_never_shows_the_secret(rt, team):
     assert not at.exception
     at.selectbox(key="gw_channel").select("SMS").run()
     at.text_input(key="gw_name").input("twilio-main")
-    at.selectbox(key="gw_provider").select("twilio_sms")
-    at.text_input(key="gw_sender").input("+15005550006")
-    at.text_area(key="gw_credentials").input('{"account_sid": "AC1234567890", "auth_token": "very-secret-token"}')
+    at.selectbox(key="gw_provider").select("twilio_sms").run()
+    at.text_input(key="gw_f_sender").input("+15005550006")
+    at.text_input(key="gw_f_credentials_account_sid").input("AC1234567890")
+    at.text_input(key="gw_f_credentials_auth_token").input("very-secret-token")
+    at.text_input(key="gw_reason").input("go live with Twilio")
     at.button(key="gw_save").click().run()
     assert "Saved gateway twilio-main" in texts(at)
     table = at.dataframe[0].value
