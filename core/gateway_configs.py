@@ -132,10 +132,6 @@ def gateway_problems(config: GatewayConfigBase) -> dict[str, list[str]]:
     return problems
 
 
-def check_gateway(config: GatewayConfigBase) -> list[str]:
-    return [p for found in gateway_problems(config).values() for p in found]
-
-
 class GatewayRefused(GatewayConfigError):
     """A gateway that was not saved, with every problem by form field."""
 
