@@ -1,23 +1,43 @@
 """Console actions that need a permission check before they reach the engine or the configuration."""
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+
 from sqlmodel import select
 
 from core import audit, engine
 from core.clients import NewClientCredentials, create_client, revoke_client, set_token_ttl
-from core.enums import Action
+from core.entities import InvalidEntity, mask, normalise_email, normalise_phone
+from core.enums import Action, Channel
+from core.gateway_configs import build_gateway
+from core.gateways import OutgoingMessage, SendResult, is_local
 from core.models import ActionConfigUpdate, ApiClientCreate, OutboxMessage
-from core.otpconfig import update_action_config
+from core.gateway_configs import load_gateway_rows
+from core.otpconfig import ConfigRefused, action_config_problems, update_action_config
 from core.runtime import Runtime
 from core.staff import StaffIdentity, require
 
 
 def save_action_config(rt: Runtime, *, actor: StaffIdentity, action: Action, update: ActionConfigUpdate,
-                       reason: str) -> None:
+                       reason: str, form_problems: dict[str, list[str]] | None = None) -> None:
+    """Save all of an action's configuration or nothing: raises ConfigRefused with every problem by field.
+
+    A person's change needs a reason (it goes to the audit log); form_problems are the ones found while
+    reading the form (e.g. a limit that is not a number), reported together with the rest.
+    """
     with rt.session() as session:
         require(session, actor, "config.edit")
+        problems = {name: list(found) for name, found in (form_problems or {}).items()}
+        for name, found in action_config_problems(update, service_daily_limit=rt.settings.daily_limit,
+                                                  gateways=load_gateway_rows(session.connection())).items():
+            problems.setdefault(name, []).extend(found)
+        if not reason.strip():
+            problems["reason"] = ["say why you make this change: it is kept in the audit log"]
+        if problems:
+            raise ConfigRefused(problems)
         update_action_config(session, action=action, update=update, actor=actor.username,
-                             service_daily_limit=rt.settings.daily_limit, reason=reason.strip() or None)
+                             service_daily_limit=rt.settings.daily_limit, reason=reason.strip())
     rt.configuration_changed()
 
 
@@ -86,3 +106,62 @@ def set_api_client_token_ttl(rt: Runtime, *, actor: StaffIdentity, client_id: in
         changed = set_token_ttl(session, client_id=client_id, seconds=seconds)
     rt.auth.forget_all()
     return changed
+
+
+TEST_TEXT = "Test message from the OTP console (gateway {name})."
+
+
+@dataclass(frozen=True)
+class GatewayTestResult:
+    """The provider's answer to a console test message."""
+    gateway: str
+    destination: str
+    status: str  # sent, delivered, failed
+    http_status: int | None
+    provider_message_id: str | None
+    error: str | None
+    attempts: int
+    latency_ms: float | None
+
+
+def send_gateway_test(rt: Runtime, *, actor: StaffIdentity, gateway_name: str, destination: str,
+                      template: str = "") -> GatewayTestResult:
+    """Send a real test message through one stored gateway (enabled or not) and report the provider's answer.
+
+    It carries no OTP code: a fixed text for SMS, voice and email; WhatsApp and Zalo can only send an
+    approved provider template (template: its name or id), with "TEST" as the parameter. Audited; raises
+    ValueError for an unknown gateway or a bad destination.
+    """
+    with rt.session() as session:
+        require(session, actor, "config.edit")
+    row = rt.all_gateway_rows().get(gateway_name)
+    if row is None:
+        raise ValueError(f"there is no gateway named {gateway_name!r}")
+    try:
+        to = normalise_email(destination) if row.channel is Channel.EMAIL else \
+            normalise_phone(destination, region=rt.settings.default_region, strict=False)
+    except InvalidEntity as exc:
+        raise ValueError(f"destination: {exc}") from None
+    if row.channel in (Channel.WHATSAPP, Channel.ZALO) and not template.strip():
+        raise ValueError(f"a {row.channel.value} test needs the name of an approved provider template")
+    gateway = build_gateway(row, rt.box, production=not rt.settings.is_development)
+    if gateway is None:
+        raise ValueError(f"{gateway_name} is an outbox gateway, refused in production")
+    text = TEST_TEXT.format(name=gateway_name)
+    # No delivery row: a negative id, different for every test, keeps idempotency keys apart from deliveries'.
+    message = OutgoingMessage(-time.time_ns() // 1000, row.channel, to, text=text, subject=text, body=text,
+                              whatsapp_template_name=template.strip() or None,
+                              zalo_template_id=template.strip() or None, code="TEST")
+    if is_local(gateway):
+        with rt.db.begin() as conn:
+            gateway.send_within(conn, message)  # type: ignore[union-attr]
+        result = SendResult("delivered")
+    else:
+        result = engine.run(gateway.send(message))
+    with rt.session() as session:
+        audit.record(session, actor=actor.username, action="gateway.test", target=f"gateway:{gateway_name}",
+                     detail={"to": mask(to), "status": result.status, "http_status": result.http_status,
+                             "provider_message_id": result.provider_message_id, "error": result.error})
+        session.commit()
+    return GatewayTestResult(gateway_name, mask(to), result.status, result.http_status, result.provider_message_id,
+                             result.error, result.attempts, result.latency_ms)

@@ -119,8 +119,8 @@ async def _record_refusal(rt: Runtime, refused: Refused, *, user_key: str, actio
 
 
 def _gateway_for(rt: Runtime, config: OtpConfig, channel: Channel, test_number: bool) -> Gateway | None:
-    """Test numbers only ever reach the outbox; everyone else the action's gateway for the channel."""
-    return rt.outbox if test_number else rt.gateway_for(config.action, channel)
+    """Runtime.choose_gateway's answer: the one the console shows (test numbers only ever reach the outbox)."""
+    return rt.choose_gateway(config.action, channel, test_number=test_number).gateway
 
 
 def _gateway_label(gateway: Gateway | None) -> str:
@@ -587,6 +587,8 @@ class DryRun:
     daily_used: int
     daily_limit: int
     problems: list[Problem] = field(default_factory=list)
+    # Per channel, the gateway that would send and why (Runtime.choose_gateway, as a real send uses it).
+    gateways: dict[str, str] = field(default_factory=dict)
 
 
 def _dry_run_refusal(refusal: Refusal) -> str:
@@ -626,8 +628,11 @@ def dry_run(rt: Runtime, payload: object) -> DryRun:
                                            code=str(variables["validation_code"]), variables=variables))
         except RenderError as exc:
             problems.append(Problem(E.TEMPLATE_PROBLEM, f"{target.channel.value}: {exc}"))
+    test_number = rt.settings.is_test_number(request.entity.value)
+    chosen = {t.channel: rt.choose_gateway(config.action, t.channel, test_number=test_number) for t in targets}
     return DryRun(messages, {c.value: f"{t.origin}: {t.reason}" for c, t in templates.items()},
-                  live is not None, int(used), rt.settings.daily_limit, problems)
+                  live is not None, int(used), rt.settings.daily_limit, problems,
+                  {c.value: f"{g.name} ({g.why})" for c, g in chosen.items()})
 
 
 def run(coro):  # type: ignore[no-untyped-def]

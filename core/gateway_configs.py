@@ -52,17 +52,19 @@ class GatewayRow:
     credentials_enc: bytes | None
     is_default: bool
     updated_at: object = None
+    enabled: bool = True
 
 
 def load_gateway_rows(conn: Connection) -> dict[str, GatewayRow]:
-    rows = conn.execute(select(GatewayConfig.__table__).where(GatewayConfig.enabled.is_(True))).mappings()
+    """Every configured gateway by name, disabled ones too (flagged): choosing and checking must see them."""
+    rows = conn.execute(select(GatewayConfig.__table__)).mappings()
     found = {}
     for r in rows:
         channel = Channel.parse(r["channel"])
         if channel is not None:
             found[r["name"]] = GatewayRow(r["id"], r["name"], channel, r["provider"], r["endpoint"], r["sender"],
                                           json.loads(r["options"] or "{}"), r["credentials_enc"], r["is_default"],
-                                          r["updated_at"])
+                                          r["updated_at"], bool(r["enabled"]))
     return found
 
 
@@ -90,57 +92,77 @@ def parse_assignments(text: str) -> dict[Channel, str]:
     return chosen
 
 
+def secret_hint(value: object) -> str:
+    """A stored secret as the console may show it: its last four characters when it is long enough."""
+    value = str(value)
+    return f"••••{value[-4:]}" if len(value) >= 12 else "••••"
+
+
 def _hint(credentials: dict) -> str:
-    shown = []
-    for key, value in sorted(credentials.items()):
-        value = str(value)
-        shown.append(f"{key}: {value[:2]}…{value[-2:]}" if len(value) > 8 else f"{key}: …")
-    return ", ".join(shown)
+    return ", ".join(f"{key}: {secret_hint(value)}" for key, value in sorted(credentials.items()))
 
 
-def check_gateway(config: GatewayConfigBase) -> list[str]:
-    problems = []
+def gateway_problems(config: GatewayConfigBase) -> dict[str, list[str]]:
+    """Every problem with a gateway's stored shape, by the field it belongs to."""
+    problems: dict[str, list[str]] = {}
+
+    def add(name: str, message: str) -> None:
+        problems.setdefault(name, []).append(message)
+
     if not config.name.strip() or len(config.name) > 60:
-        problems.append("the name must be 1 to 60 characters")
+        add("name", "the name must be 1 to 60 characters")
     channel = Channel.parse(config.channel)
     if channel is None:
-        problems.append(f"unknown channel {config.channel!r}")
+        add("channel", f"unknown channel {config.channel!r}")
     if config.provider != OUTBOX:
         if config.provider not in PROVIDERS:
-            problems.append(f"unknown provider {config.provider!r} (known: {', '.join(sorted([*PROVIDERS, OUTBOX]))})")
+            add("provider", f"unknown provider {config.provider!r} (known: {', '.join(sorted([*PROVIDERS, OUTBOX]))})")
         elif channel is not None and PROVIDERS[config.provider][1] is not channel:
-            problems.append(f"{config.provider} sends {PROVIDERS[config.provider][1].value}, not {channel.value}")
+            add("provider", f"{config.provider} sends {PROVIDERS[config.provider][1].value}, not {channel.value}")
     try:
         options = json.loads(config.options or "{}")
         if not isinstance(options, dict):
-            problems.append("options must be a JSON object")
+            add("options", "options must be a JSON object")
         elif config.provider == "smtp" and options.get("security", "starttls") not in SECURITY_MODES:
-            problems.append(f"SMTP security must be one of {', '.join(SECURITY_MODES)}")
+            add("options.security", f"SMTP security must be one of {', '.join(SECURITY_MODES)}")
         elif not isinstance(options.get("idempotency_key_honoured", False), bool):
             # A quoted "false" must not read as true: it decides whether a timeout is retried (a second send).
-            problems.append("idempotency_key_honoured must be true or false")
+            add("options", "idempotency_key_honoured must be true or false")
     except json.JSONDecodeError as exc:
-        problems.append(f"options are not valid JSON: {exc.msg} at line {exc.lineno}")
+        add("options", f"options are not valid JSON: {exc.msg} at line {exc.lineno}")
     if config.provider in ("smtp",) and not config.endpoint:
-        problems.append("an SMTP gateway needs host:port as its endpoint")
+        add("endpoint.host", "an SMTP gateway needs a host")
     return problems
 
 
-def save_gateway(session: Session, box: SecretBox, *, actor: StaffIdentity, config: GatewayConfigBase,
-                 credentials: dict | None) -> GatewayConfigPublic:
-    """Create or update a gateway by name; credentials None keeps the stored ones (they are never shown back)."""
-    require(session, actor, "config.edit")
-    problems = check_gateway(config)
-    if problems:
-        raise GatewayConfigError("; ".join(problems))
-    row = session.exec(model_select(GatewayConfig).where(GatewayConfig.name == config.name.strip())).first()
+class GatewayRefused(GatewayConfigError):
+    """A gateway that was not saved, with every problem by form field."""
+
+    def __init__(self, problems: dict[str, list[str]]) -> None:
+        super().__init__("; ".join(p for found in problems.values() for p in found))
+        self.problems = problems
+
+
+def _snapshot(row: GatewayConfig | None, credentials: dict) -> dict | None:
+    """A gateway as the audit log keeps it: every setting, credentials only as hints."""
+    if row is None:
+        return None
+    return {"channel": row.channel, "provider": row.provider, "endpoint": row.endpoint, "sender": row.sender,
+            "options": row.options, "default": row.is_default, "enabled": row.enabled,
+            "credentials": {k: secret_hint(v) for k, v in sorted(credentials.items())}}
+
+
+def write_gateway(session: Session, box: SecretBox, *, actor: StaffIdentity, row: GatewayConfig | None,
+           config: GatewayConfigBase, credentials: dict, reason: str | None) -> GatewayConfigPublic:
+    """Store one gateway (one default per channel) with its audit row, in one transaction."""
+    before_credentials = open_credentials(box, row) if row is not None else {}
+    before = _snapshot(row, before_credentials)
     if row is None:
         row = GatewayConfig(**config.model_dump())
     else:
         for key, value in config.model_dump().items():
             setattr(row, key, value)
-    if credentials is not None:
-        row.credentials_enc = box.seal(json.dumps(credentials).encode(), f"gateway:{row.name}") if credentials else None
+    row.credentials_enc = box.seal(json.dumps(credentials).encode(), f"gateway:{row.name}") if credentials else None
     if row.is_default:  # one default per channel
         for other in session.exec(model_select(GatewayConfig).where(GatewayConfig.channel == row.channel,
                                                                     GatewayConfig.is_default.is_(True))):
@@ -151,10 +173,38 @@ def save_gateway(session: Session, box: SecretBox, *, actor: StaffIdentity, conf
     session.add(row)
     audit.record(session, actor=actor.username, action="gateway.save", target=f"gateway:{row.name}",
                  detail={"provider": row.provider, "channel": row.channel, "default": row.is_default,
-                         "credentials_changed": credentials is not None})
+                         "credentials_changed": sorted(k for k in {*credentials, *before_credentials}
+                                                       if credentials.get(k) != before_credentials.get(k)),
+                         "before": before, "after": _snapshot(row, credentials)}, reason=reason)
     session.commit()
     session.refresh(row)
     return public(row, box)
+
+
+def open_credentials(box: SecretBox, row: GatewayConfig) -> dict:
+    return json.loads(box.open(row.credentials_enc, f"gateway:{row.name}")) if row.credentials_enc else {}
+
+
+def save_gateway(session: Session, box: SecretBox, *, actor: StaffIdentity, config: GatewayConfigBase,
+                 credentials: dict | None, change_provider: bool = False,
+                 reason: str | None = None) -> GatewayConfigPublic:
+    """Create or update a gateway by name; credentials None keeps the stored ones (they are never shown back).
+
+    Turning an existing gateway into another provider or channel needs change_provider=True: never a side
+    effect of saving it.
+    """
+    require(session, actor, "config.edit")
+    problems = gateway_problems(config)
+    row = session.exec(model_select(GatewayConfig).where(GatewayConfig.name == config.name.strip())).first()
+    if row is not None and (row.provider, row.channel) != (config.provider, config.channel) and not change_provider:
+        problems.setdefault("provider", []).append(
+            f"{row.name} is a {row.provider} gateway for {row.channel}: changing it to {config.provider} "
+            f"for {config.channel} must be asked for explicitly")
+    if problems:
+        raise GatewayRefused(problems)
+    kept = open_credentials(box, row) if row is not None and credentials is None else {}
+    return write_gateway(session, box, actor=actor, row=row, config=config,
+                  credentials=credentials if credentials is not None else kept, reason=reason)
 
 
 def public(row: GatewayConfig, box: SecretBox) -> GatewayConfigPublic:

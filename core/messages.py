@@ -99,6 +99,15 @@ def resolve_template(channel: Channel, action: Action, active: ActiveTemplates,
                             body=builtin.get("body"))  # type: ignore[arg-type]
 
 
+def in_force(channel: Channel, action: Action, active: ActiveTemplates) -> ResolvedTemplate | None:
+    """What a request without its own template gets: the approved version, else the built-in one (None for
+    WhatsApp and Zalo, which have no built-in template). The editor starts from it and diffs compare with it."""
+    try:
+        return resolve_template(channel, action, active)
+    except OtpError:
+        return None
+
+
 def resolve_all(targets: list[ChannelTarget], action: Action, active: ActiveTemplates,
                 request: GenerateRequest | None) -> dict[Channel, ResolvedTemplate]:
     """One resolved template per channel, reporting every channel's problem together."""

@@ -1,6 +1,7 @@
 """Per-action OTP configuration: the seeded defaults, validation of edits, and reading it on the hot path."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, insert, select
@@ -10,6 +11,7 @@ from core import audit
 from core.clock import utcnow
 from core.config import parse_channel_budgets
 from core.enums import Action, Channel
+from core.gateway_configs import GatewayRow, load_gateway_rows, parse_assignments
 from core.models import ActionConfig, ActionConfigUpdate
 
 MAX_ATTEMPTS_PER_CODE = 10
@@ -102,52 +104,120 @@ def load_action_configs(conn: Connection) -> dict[Action, OtpConfig]:
     return {Action(r["action"]): OtpConfig.from_row(dict(r)) for r in rows}
 
 
-def check_action_config(update: ActionConfigUpdate, *, service_daily_limit: int) -> list[str]:
-    """Every problem with a proposed configuration, in words a console user can act on."""
-    problems: list[str] = []
+class ConfigRefused(ValueError):
+    """A configuration that was not saved, with every problem by the field it belongs to."""
+
+    def __init__(self, problems: dict[str, list[str]]) -> None:
+        super().__init__("; ".join(p for found in problems.values() for p in found))
+        self.problems = problems
+
+
+def _gateway_problems(text: str, gateways: Mapping[str, GatewayRow]) -> list[str]:
+    """Each per-action gateway choice must name an existing, enabled gateway that sends that channel."""
+    problems = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, sep, gateway = (x.strip() for x in part.partition("="))
+        channel = Channel.parse(name)
+        if not sep or channel is None or not gateway:
+            problems.append(f"gateway choice {part!r}: write CHANNEL=gateway name, e.g. SMS=twilio-main")
+            continue
+        row = gateways.get(gateway)
+        if row is None:
+            known = ", ".join(sorted(n for n, r in gateways.items() if r.channel is channel)) or "none configured"
+            problems.append(f"there is no gateway named {gateway!r} (gateways for {channel.value}: {known})")
+        elif not row.enabled:
+            problems.append(f"the gateway {gateway!r} is disabled")
+        elif row.channel is not channel:
+            problems.append(f"the gateway {gateway!r} sends {row.channel.value}, not {channel.value}")
+    return problems
+
+
+def parse_limit_overrides(texts: Mapping[str, str]) -> tuple[dict[str, int | None], dict[str, list[str]]]:
+    """Abuse-limit overrides as typed ("" → None, the service-wide setting), and a problem for each that is
+    not a whole number (that one is left None)."""
+    values: dict[str, int | None] = {}
+    problems: dict[str, list[str]] = {}
+    for name in LIMIT_OVERRIDES:
+        text = (texts.get(name) or "").strip()
+        if text and not (text.isascii() and text.isdigit()):
+            problems[name] = [f"{name.replace('_', ' ')} must be a whole number, or empty for the service-wide setting"]
+        values[name] = int(text) if text and name not in problems else None
+    return values, problems
+
+
+def action_config_problems(update: ActionConfigUpdate, *, service_daily_limit: int,
+                           gateways: Mapping[str, GatewayRow]) -> dict[str, list[str]]:
+    """Every problem with a proposed configuration, by field name, in words a console user can act on.
+
+    The one validation of a configuration: the console shows its answer next to each field, and
+    update_action_config (console, CLI, tests) refuses to save while it has any.
+    """
+    problems: dict[str, list[str]] = {}
+
+    def add(name: str, message: str) -> None:
+        problems.setdefault(name, []).append(message)
+
     if not 4 <= update.code_length <= 50:
-        problems.append("code length must be between 4 and 50")
+        add("code_length", "code length must be between 4 and 50")
     if update.validity_minutes < 1:
-        problems.append("validity must be at least 1 minute")
+        add("validity_minutes", "validity must be at least 1 minute")
     if not 1 <= update.attempts_per_code <= MAX_ATTEMPTS_PER_CODE:
-        problems.append(f"attempts per code must be between 1 and {MAX_ATTEMPTS_PER_CODE}")
+        add("attempts_per_code", f"attempts per code must be between 1 and {MAX_ATTEMPTS_PER_CODE}")
     if not 1 <= update.max_consecutive_failures <= MAX_CONSECUTIVE_FAILURES:
-        problems.append(f"consecutive failures before a lock must be between 1 and {MAX_CONSECUTIVE_FAILURES}")
+        add("max_consecutive_failures",
+            f"consecutive failures before a lock must be between 1 and {MAX_CONSECUTIVE_FAILURES}")
     if update.lock_minutes < 1:
-        problems.append("the lock must last at least 1 minute")
-    if update.validate_limit < 1 or update.validate_window_minutes < 1:
-        problems.append("the validate limit and its window must be at least 1")
+        add("lock_minutes", "the lock must last at least 1 minute")
+    if update.validate_limit < 1:
+        add("validate_limit", "the validate limit must be at least 1")
+    if update.validate_window_minutes < 1:
+        add("validate_window_minutes", "the validate window must be at least 1 minute")
     if update.max_sends_per_code < 1:
-        problems.append("sends of one code must be at least 1")
+        add("max_sends_per_code", "sends of one code must be at least 1")
     if update.daily_cap is not None and not 1 <= update.daily_cap < service_daily_limit:
-        problems.append(f"a per-action daily cap must be between 1 and {service_daily_limit - 1} (below the service-wide limit)")
+        add("daily_cap",
+            f"a per-action daily cap must be between 1 and {service_daily_limit - 1} (below the service-wide limit)")
     names = [p.strip() for p in update.channels.split(",") if p.strip()]
     if not names:
-        problems.append("enable at least one channel")
+        add("channels", "enable at least one channel")
     for name in LIMIT_OVERRIDES:
         value = getattr(update, name)
         if value is not None and (value < 0 or (name.endswith("_minutes") and value < 1)):
-            problems.append(f"{name.replace('_', ' ')} must be {'at least 1' if name.endswith('_minutes') else '0 (off) or more'}")
-    problems.extend(parse_channel_budgets(update.channel_budgets)[1])
+            add(name, f"{name.replace('_', ' ')} must be "
+                      f"{'at least 1' if name.endswith('_minutes') else '0 (off) or more'}")
+    for problem in parse_channel_budgets(update.channel_budgets)[1]:
+        add("channel_budgets", problem)
     if update.safe_mode not in (None, "", *SAFE_MODES):
-        problems.append(f"the safe mode must be one of {', '.join(SAFE_MODES)} (or empty for the service-wide one)")
+        add("safe_mode", f"the safe mode must be one of {', '.join(SAFE_MODES)} (or empty for the service-wide one)")
     if update.failover_seconds < 1:
-        problems.append("the failover wait must be at least 1 second")
-    for name in names + [p.strip() for p in (update.channel_policy + "," + update.failover).split(",") if p.strip()]:
-        if Channel.parse(name) is None:
-            problems.append(f"unknown channel {name!r}")
+        add("failover_seconds", "the failover wait must be at least 1 second")
+    for field_name in ("channels", "channel_policy", "failover"):
+        for name in (p.strip() for p in getattr(update, field_name).split(",") if p.strip()):
+            if Channel.parse(name) is None:
+                add(field_name, f"unknown channel {name!r}")
+    for problem in _gateway_problems(update.gateways, gateways):
+        add("gateways", problem)
     return problems
+
+
+def check_action_config(update: ActionConfigUpdate, *, service_daily_limit: int,
+                        gateways: Mapping[str, GatewayRow] | None = None) -> list[str]:
+    """action_config_problems as one list (gateways: the configured ones; None checks against none)."""
+    found = action_config_problems(update, service_daily_limit=service_daily_limit, gateways=gateways or {})
+    return [p for problems in found.values() for p in problems]
 
 
 def update_action_config(session: Session, *, action: Action, update: ActionConfigUpdate, actor: str,
                          service_daily_limit: int, reason: str | None = None) -> ActionConfig:
-    """Save a validated configuration with an audit row; raises ValueError listing every problem.
+    """Save a configuration with an audit row, or nothing: raises ConfigRefused with every problem.
 
     Callers acting for a signed-in person check the config.edit permission first (core.staff.require).
     """
-    problems = check_action_config(update, service_daily_limit=service_daily_limit)
+    problems = action_config_problems(update, service_daily_limit=service_daily_limit,
+                                      gateways=load_gateway_rows(session.connection()))
     if problems:
-        raise ValueError("; ".join(problems))
+        session.rollback()
+        raise ConfigRefused(problems)
     row = session.get(ActionConfig, action.value)
     if row is None:
         row = ActionConfig(action=action.value)
@@ -158,6 +228,7 @@ def update_action_config(session: Session, *, action: Action, update: ActionConf
     row.channel_policy = ",".join(c.value for c in _channels(update.channel_policy))
     row.failover = ",".join(c.value for c in _channels(update.failover))
     row.channel_budgets = format_channel_budgets(parse_channel_budgets(update.channel_budgets)[0])
+    row.gateways = ",".join(f"{c.value}={g}" for c, g in parse_assignments(update.gateways).items())
     row.safe_mode = update.safe_mode or None
     row.updated_at = utcnow()
     row.updated_by = actor

@@ -1,6 +1,8 @@
 """What the engine needs at hand: settings, database, keys, clock, gateways and cached configuration."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from sqlalchemy import Engine
 from sqlmodel import Session
 
@@ -18,6 +20,15 @@ from core.groupcommit import writer_for
 from core.otpconfig import OtpConfig, load_action_configs, seed_action_configs
 from core.template_versions import ActiveTemplates, load_active_templates
 from core.tokens import TokenSigner
+
+
+@dataclass(frozen=True)
+class GatewayChoice:
+    """Which gateway sends one channel, and why (e.g. "action override", "channel default", "OTP_GATEWAY_SMS")."""
+    channel: Channel
+    name: str  # the gateway's name, or "none" (the channel then fails with 7001)
+    why: str
+    gateway: Gateway | None = field(default=None, repr=False, compare=False)
 
 
 def prepare_database(engine: Engine) -> None:
@@ -76,22 +87,54 @@ class Runtime:
             return load_gateway_rows(conn)
 
     def gateway_rows(self) -> dict[str, GatewayRow]:
+        """The enabled gateways by name (receipts are accepted only for these)."""
+        return {name: row for name, row in self._gateway_rows.get().items() if row.enabled}
+
+    def all_gateway_rows(self) -> dict[str, GatewayRow]:
+        """Every configured gateway by name, disabled ones included."""
         return self._gateway_rows.get()
 
+    def choose_gateway(self, action: Action | None, channel: Channel, *, test_number: bool = False) -> GatewayChoice:
+        """The one answer to "which gateway sends channel for action, and why": the engine sends with it and
+        every console screen shows it.
+
+        Test numbers → the outbox; else the action's override when it names an enabled gateway of that
+        channel; else the channel's enabled default gateway; else OTP_GATEWAY_<CHANNEL>. action None asks
+        for an action without an override.
+        """
+        if test_number:
+            return GatewayChoice(channel, self.outbox.name, "test number (OTP_TEST_NUMBERS): the outbox only",
+                                 self.outbox)
+        rows = self.all_gateway_rows()
+        ignored = ""
+        name = parse_assignments(self.config_for(action).gateways).get(channel) if action is not None else None
+        if name:
+            row = rows.get(name)
+            if row is not None and row.enabled and row.channel is channel:
+                return self._built_choice(row, f"action override ({action.value}: {channel.value}={name})")
+            problem = ("does not exist" if row is None else "is disabled" if not row.enabled
+                       else f"sends {row.channel.value}")
+            ignored = f"; the action's override {name} {problem}"
+        default = next((r for r in rows.values() if r.enabled and r.channel is channel and r.is_default), None)
+        if default is not None:
+            return self._built_choice(default, f"channel default{ignored}")
+        setting = str(getattr(self.settings, f"gateway_{channel.value.lower()}"))
+        fallback = self.gateways.get(channel)
+        return GatewayChoice(channel, fallback.name if fallback is not None else "none",
+                             f"OTP_GATEWAY_{channel.value}={setting} (no enabled default gateway){ignored}", fallback)
+
+    def _built_choice(self, row: GatewayRow, why: str) -> GatewayChoice:
+        key = (row.id, row.updated_at)
+        if key not in self._built:
+            self._built[key] = build_gateway(row, self.box, production=not self.settings.is_development)
+        gateway = self._built[key]
+        if gateway is None:
+            return GatewayChoice(row.channel, "none", f"{why}: {row.name} is an outbox, refused in production")
+        return GatewayChoice(row.channel, row.name, why, gateway)
+
     def gateway_for(self, action: Action, channel: Channel) -> Gateway | None:
-        """The action's chosen gateway for channel, else the channel's default one, else the settings' choice."""
-        rows = self.gateway_rows()
-        if rows:
-            name = parse_assignments(self.config_for(action).gateways).get(channel)
-            row = rows.get(name) if name else None
-            if row is None or row.channel is not channel:
-                row = next((r for r in rows.values() if r.channel is channel and r.is_default), None)
-            if row is not None:
-                key = (row.id, row.updated_at)
-                if key not in self._built:
-                    self._built[key] = build_gateway(row, self.box, production=not self.settings.is_development)
-                return self._built[key]
-        return self.gateways.get(channel)
+        """The gateway choose_gateway picks (without its reason)."""
+        return self.choose_gateway(action, channel).gateway
 
     def config_for(self, action: Action) -> OtpConfig:
         configs = self._configs.get()

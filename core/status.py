@@ -23,7 +23,6 @@ class ServiceStatus:
     time_zone: str
     daily_limit: int
     default_region: str
-    gateways: dict[str, str]
     requests_total: int
     live_codes: int
     outbox_messages: int
@@ -44,9 +43,29 @@ def service_status(rt: Runtime) -> ServiceStatus:
                       conn.execute(select(func.count()).select_from(OutboxMessage)).scalar_one())
     except Exception as exc:  # shown on the page, not raised: the status page must render when storage is down
         error = type(exc).__name__
-    gateways = {c.value: (g.name if g is not None else "not configured") for c, g in rt.gateways.items()}
     return ServiceStatus(rt.settings.env, described, error is None, error, rt.settings.timezone,
-                         rt.settings.daily_limit, rt.settings.default_region, gateways, *counts)
+                         rt.settings.daily_limit, rt.settings.default_region, *counts)
+
+
+def gateway_table(rt: Runtime) -> list[dict[str, str]]:
+    """Which gateway sends each channel, and why, as Runtime.choose_gateway (the engine's choice) answers.
+
+    One row per channel for every action without an override of its own, then one per action whose
+    answer differs (an override, or an override that is ignored, with the reason).
+    """
+    rows = []
+    for channel in Channel:
+        common = rt.choose_gateway(None, channel)
+        rows.append({"channel": channel.value, "action": "every other action", "gateway": common.name,
+                     "why": common.why})
+        for action in sorted(rt.active_configs(), key=lambda a: a.value):
+            own = rt.choose_gateway(action, channel)
+            if own != common:
+                rows.append({"channel": channel.value, "action": action.value, "gateway": own.name, "why": own.why})
+    if rt.settings.test_numbers.strip():
+        test = rt.choose_gateway(None, Channel.SMS, test_number=True)
+        rows.append({"channel": "every channel", "action": "test numbers", "gateway": test.name, "why": test.why})
+    return rows
 
 
 MODE_LABELS = {"refuse": "refused", "email_only": "email only"}

@@ -261,14 +261,23 @@ def deactivate(session: Session, *, actor: StaffIdentity, action: Action, channe
     return bool(changed)
 
 
-def diff_versions(older: TemplateVersionPublic, newer: TemplateVersionPublic) -> str:
-    """A unified diff of every content field of two versions."""
-    def lines(version: TemplateVersionPublic) -> list[str]:
+def content_of(version: object) -> dict[str, object]:
+    """The content fields of a version, a resolved template or anything with those attributes."""
+    return {name: getattr(version, name, None) for name in CONTENT_FIELDS}
+
+
+def diff_fields(older: dict[str, object], newer: dict[str, object], older_label: str, newer_label: str) -> str:
+    """A unified diff of every content field of two templates."""
+    def lines(content: dict[str, object]) -> list[str]:
         out = []
         for name in CONTENT_FIELDS:
-            value = getattr(version, name)
+            value = content.get(name)
             if value not in (None, "", False):
                 out += [f"{name}: {line}" for line in str(value).splitlines() or [""]]
         return out
-    return "\n".join(difflib.unified_diff(lines(older), lines(newer), f"v{older.version}", f"v{newer.version}",
-                                          lineterm=""))
+    return "\n".join(difflib.unified_diff(lines(older), lines(newer), older_label, newer_label, lineterm=""))
+
+
+def diff_versions(older: TemplateVersionPublic, newer: TemplateVersionPublic) -> str:
+    """A unified diff of every content field of two versions."""
+    return diff_fields(content_of(older), content_of(newer), f"v{older.version}", f"v{newer.version}")

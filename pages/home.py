@@ -4,7 +4,7 @@ import streamlit as st
 
 from console_state import can, runtime
 from core.simulate import simulate
-from core.status import configuration_table, safe_mode_channels, service_status
+from core.status import configuration_table, gateway_table, safe_mode_channels, service_status
 
 rt = runtime()
 status = service_status(rt)
@@ -26,8 +26,7 @@ last.metric("Daily limit per user", f"{status.daily_limit:,}")
 st.caption(f"Day boundary: midnight in {status.time_zone} · default phone region: {status.default_region}")
 
 st.subheader("Gateways")
-st.dataframe(pd.DataFrame([{"channel": c, "gateway": g} for c, g in status.gateways.items()]),
-             hide_index=True, width="stretch")
+st.dataframe(pd.DataFrame(gateway_table(rt)), hide_index=True, width="stretch", key="home_gateways")
 
 st.subheader("OTP configuration per action")
 st.dataframe(pd.DataFrame(configuration_table(rt)), hide_index=True, width="stretch")

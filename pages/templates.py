@@ -5,10 +5,10 @@ import streamlit as st
 from console_state import can, me, runtime
 from core.enums import Action, Channel
 from core.errors import OtpError
-from core.messages import resolve_template
+from core.messages import in_force, resolve_template
 from core.models import TemplateVersionCreate
-from core.template_versions import (TemplateRefused, approve, check_version, diff_versions,
-                                    list_versions, reactivate, reject, save_draft, submit_for_review)
+from core.template_versions import (TemplateRefused, approve, check_version, content_of, diff_fields,
+                                    diff_versions, list_versions, reactivate, reject, save_draft, submit_for_review)
 
 rt = runtime()
 identity = me()
@@ -37,33 +37,40 @@ st.caption("A template in the API request body wins over both; the engine uses o
 edit_tab, versions_tab = st.tabs(["Edit", "Versions"])
 
 with edit_tab:
-    current = resolve_template(channel, action, rt.active_templates()) if channel.value in ("SMS", "EMAIL", "PHONE") else None
-    active = rt.active_templates().get((action, channel)) or {}
+    # The editor starts from what is in force (the approved version, else the built-in template) and follows
+    # it: when it changes (an approval, a rollback) the editor shows the new one at once.
+    current = in_force(channel, action, rt.active_templates())
     suffix = f"{action.value}_{channel.value}"
+    in_force_id = (current.version_id if current else None) or "builtin"
+    if st.session_state.get(f"tpl_loaded_{suffix}") != in_force_id:
+        st.session_state.update({
+            f"tpl_text_{suffix}": (current.text if current else "") or "",
+            f"tpl_subject_{suffix}": (current.subject if current else "") or "",
+            f"tpl_body_{suffix}": (current.body if current else "") or "",
+            f"tpl_html_{suffix}": bool(current and current.is_html),
+            f"tpl_wa_name_{suffix}": (current.whatsapp_name if current else "") or "",
+            f"tpl_wa_lang_{suffix}": (current.whatsapp_language if current else "") or "en",
+            f"tpl_zalo_{suffix}": (current.zalo_template_id if current else "") or "",
+            f"tpl_loaded_{suffix}": in_force_id})
     editor, preview = st.columns(2)
     with editor:
         st.markdown("**Editor**" + ("" if can("templates.edit") else " (read only for your role)"))
+        st.caption("Starts from what is in force: " + (current.reason if current else "nothing approved yet"))
         disabled = not can("templates.edit")
         fields = {"action": action.value, "channel": channel.value}
         if channel in (Channel.SMS, Channel.PHONE):
-            fields["text"] = st.text_area("Text", value=(current.text if current else "") or "", height=150,
-                                          key=f"tpl_text_{suffix}", disabled=disabled)
+            fields["text"] = st.text_area("Text", height=150, key=f"tpl_text_{suffix}", disabled=disabled)
         elif channel is Channel.EMAIL:
-            fields["subject"] = st.text_input("Subject", value=(current.subject if current else "") or "",
-                                              key=f"tpl_subject_{suffix}", disabled=disabled)
-            fields["body"] = st.text_area("Body", value=(current.body if current else "") or "", height=220,
-                                          key=f"tpl_body_{suffix}", disabled=disabled)
-            fields["is_html"] = st.checkbox("HTML body", value=bool(current and current.is_html),
-                                            key=f"tpl_html_{suffix}", disabled=disabled)
+            fields["subject"] = st.text_input("Subject", key=f"tpl_subject_{suffix}", disabled=disabled)
+            fields["body"] = st.text_area("Body", height=220, key=f"tpl_body_{suffix}", disabled=disabled)
+            fields["is_html"] = st.checkbox("HTML body", key=f"tpl_html_{suffix}", disabled=disabled)
         elif channel is Channel.WHATSAPP:
-            fields["whatsapp_name"] = st.text_input("Approved WhatsApp template name",
-                                                    value=active.get("whatsapp_name") or "",
-                                                    key=f"tpl_wa_name_{suffix}", disabled=disabled)
-            fields["whatsapp_language"] = st.text_input("Language", value=active.get("whatsapp_language") or "en",
-                                                        key=f"tpl_wa_lang_{suffix}", disabled=disabled)
+            fields["whatsapp_name"] = st.text_input("Approved WhatsApp template name", key=f"tpl_wa_name_{suffix}",
+                                                    disabled=disabled)
+            fields["whatsapp_language"] = st.text_input("Language", key=f"tpl_wa_lang_{suffix}", disabled=disabled)
         else:
-            fields["zalo_template_id"] = st.text_input("Zalo ZNS template id", value=active.get("zalo_template_id") or "",
-                                                       key=f"tpl_zalo_{suffix}", disabled=disabled)
+            fields["zalo_template_id"] = st.text_input("Zalo ZNS template id", key=f"tpl_zalo_{suffix}",
+                                                       disabled=disabled)
         st.caption("Variables: {{ validation_code }} (exactly once), {{ expiry_minutes }}, {{ action }}, {{ brand }}")
     draft = TemplateVersionCreate(**fields)
     report = check_version(draft, config, brand=rt.settings.brand)
@@ -127,9 +134,17 @@ with versions_tab:
         version_report = check_version(TemplateVersionCreate.model_validate(picked), config, brand=rt.settings.brand)
         if version_report.preview_subject:
             st.text(f"Subject: {version_report.preview_subject}")
-        st.code(version_report.preview_text or "", wrap_lines=True)
+        st.code(version_report.preview_text or "", language=None, wrap_lines=True)  # message text, not code
         for issue in version_report.issues:
             st.error(issue)
+        if not picked.is_active:
+            # What approving (or re-activating) this version would change: against what is in force now,
+            # the built-in template when no version was ever approved.
+            now = in_force(channel, action, rt.active_templates())
+            label = f"v{now.version_id} (in force)" if now and now.version_id else "built-in (in force)"
+            st.markdown(f"**Changes against what is in force** ({label})")
+            st.code(diff_fields(content_of(now) if now else {}, content_of(picked), label, f"v{picked.version}")
+                    or "(no differences)", language="diff")
 
         def act(step, success: str, **kwargs) -> None:
             try:

@@ -53,8 +53,9 @@ if submitted:
             for problem in preview.problems:
                 st.warning(f"{problem.code}: {problem.message}")
             for message in preview.messages:
-                st.markdown(f"**{message.channel.value}** to {message.destination} "
-                            f"({preview.template_origins[message.channel.value]})")
+                st.markdown(f"**{message.channel.value}** to {message.destination}")
+                st.caption(f"Template: {preview.template_origins[message.channel.value]} · "
+                           f"Gateway: {preview.gateways[message.channel.value]}")
                 if message.subject:
                     st.text(f"Subject: {message.subject}")
                 st.code(message.body or message.text or f"template {message.whatsapp_template_name or message.zalo_template_id}",

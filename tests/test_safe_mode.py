@@ -392,7 +392,9 @@ def test_config_page_sets_budgets_and_safe_mode_validated_and_audited(build, con
         detail, reason = conn.execute(text("SELECT detail, reason FROM audit_log WHERE action = 'config.update' "
                                            "AND target = 'config:REGISTRATION'")).one()
     assert '"channel_budgets"' in detail and '"safe_mode"' in detail and reason == "pumping on REGISTRATION"
+    assert at.text_input(key="cfg_reason").value == ""  # a reason is for one change only
     at.selectbox(key="cfg_safe_mode").select("service-wide (refuse)")
+    at.text_input(key="cfg_reason").input("back to the service-wide mode")
     at.button(key="cfg_save").click().run()
     assert rt.config_for(Action.REGISTRATION).safe_mode is None
 
