@@ -62,7 +62,7 @@ def gateway_table(rt: Runtime) -> list[dict[str, str]]:
             own = rt.choose_gateway(action, channel)
             if own != common:
                 rows.append({"channel": channel.value, "action": action.value, "gateway": own.name, "why": own.why})
-    if rt.settings.test_numbers.strip():
+    if rt.settings.test_numbers:
         test = rt.choose_gateway(None, Channel.SMS, test_number=True)
         rows.append({"channel": "every channel", "action": "test numbers", "gateway": test.name, "why": test.why})
     return rows
