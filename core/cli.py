@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from core.clients import create_client, list_clients, revoke_client
+from core.clients import check_end_user_ip_header, create_client, list_clients, revoke_client, set_end_user_ip_header
 from core.models import ApiClientCreate
 from core.runtime import Runtime
 
@@ -16,12 +16,24 @@ def main(argv: list[str] | None = None) -> int:
     create = client.add_parser("create", help="create a client; its secret is printed once")
     create.add_argument("name")
     create.add_argument("--permissions", default="otp:write", help="comma-separated (default: otp:write)")
+    header_help = ("where the client's end users' addresses come from, for the per-address limit: a header the "
+                   "client fills with its customer's IP (e.g. X-End-User-IP), or X-Forwarded-For when its "
+                   "requests come from its end users (through OTP_TRUSTED_PROXIES); none (default): a backend, "
+                   "no per-address count")
+    create.add_argument("--end-user-ip-header", default=None, metavar="HEADER", help=header_help)
+    update = client.add_parser("update", help="change a client's settings")
+    update.add_argument("id", type=int)
+    update.add_argument("--end-user-ip-header", required=True, metavar="HEADER", help=header_help)
     revoke = client.add_parser("revoke", help="revoke a client by id")
     revoke.add_argument("id", type=int)
     client.add_parser("list", help="list clients (never their secrets)")
     groups.add_parser("migrate", help="apply database migrations and seed the default configuration")
     args = parser.parse_args(argv)
 
+    try:  # bad input is refused before the database is touched
+        header = check_end_user_ip_header(getattr(args, "end_user_ip_header", None))
+    except ValueError as exc:
+        parser.error(f"--end-user-ip-header: {exc}")
     runtime = Runtime()
     if args.group == "migrate":
         print("database is up to date")
@@ -31,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
             name = args.name.strip()
             if not name or len(name) > 120:
                 parser.error("NAME must be 1 to 120 characters")
-            made = create_client(session, client_create=ApiClientCreate(name=name, permissions=args.permissions))
+            made = create_client(session, client_create=ApiClientCreate(name=name, permissions=args.permissions,
+                                                                        end_user_ip_header=header))
             print(f"id: {made.client.id}")
             print(f"key: {made.key}")
             print(f"secret: {made.secret}")
@@ -42,10 +55,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"no active client with id {args.id}", file=sys.stderr)
                 return 1
             print(f"revoked client {args.id}")
+        elif args.command == "update":
+            try:
+                stored = set_end_user_ip_header(session, client_id=args.id, header=header)
+            except LookupError as exc:
+                print(exc, file=sys.stderr)
+                return 1
+            print(f"client {args.id}: end users' addresses from {stored or 'nowhere (a backend)'}")
         else:
             for row in list_clients(session):
                 state = "revoked" if row.revoked_at else "active"
-                print(f"{row.id}\t{row.key}\t{row.name}\t{row.permissions}\t{state}")
+                print(f"{row.id}\t{row.key}\t{row.name}\t{row.permissions}\t{state}\t"
+                      f"{row.end_user_ip_header or '-'}")
     return 0
 
 

@@ -225,6 +225,9 @@ class TemplateVersion(TemplateVersionBase, table=True):
 class ApiClientBase(SQLModel):
     name: str = Field(max_length=120)
     permissions: str = "otp:write"
+    # Where this client's end users' addresses come from (core.net.end_user_address); None: the client is a
+    # backend, its own address is no customer's, and no per-address limit is counted for it.
+    end_user_ip_header: str | None = Field(default=None, max_length=64)
 
 
 class ApiClient(ApiClientBase, table=True):

@@ -1,29 +1,42 @@
-"""The client's address: the peer, or X-Forwarded-For as told by a trusted proxy and no one else."""
+"""Addresses: who connected (the peer, or X-Forwarded-For from a trusted proxy), and which end user a request
+is for, the address the per-address limit counts."""
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from functools import lru_cache
+from typing import Any
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+FORWARDED_FOR = "X-Forwarded-For"
 
 
 @lru_cache(maxsize=64)
-def _networks(trusted: str) -> tuple:
-    networks = []
-    for part in trusted.split(","):
-        if part.strip():
-            networks.append(ipaddress.ip_network(part.strip(), strict=False))
-    return tuple(networks)
+def parse_networks(text: str) -> tuple[IPNetwork, ...]:
+    """Comma-separated addresses or networks; ValueError names an entry that is neither."""
+    return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in text.split(",") if part.strip())
 
 
-def _is_trusted(address: str, trusted: str) -> bool:
+def trusted_proxies(settings: Any) -> tuple[IPNetwork, ...]:
+    """OTP_TRUSTED_PROXIES: the one reader of the setting, and the only authority on forwarded addresses.
+
+    uvicorn has its own proxy-header handling (on by default, trusting 127.0.0.1), which would rewrite the
+    peer address from a made-up X-Forwarded-For before this code sees it; serve.py turns it off, and the
+    README says to run plain uvicorn with --no-proxy-headers.
+    """
+    return parse_networks(settings.trusted_proxies)
+
+
+def _is_trusted(address: str, trusted: tuple[IPNetwork, ...]) -> bool:
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return False
-    return any(ip in network for network in _networks(trusted))
+    return any(ip in network for network in trusted)
 
 
-def client_ip(peer: str, forwarded_for: str | None, trusted: str) -> str:
-    """The address limits are keyed on.
+def client_ip(peer: str, forwarded_for: str | None, trusted: tuple[IPNetwork, ...]) -> str:
+    """The address that connected to us, seen through our own proxies.
 
     Only when the peer is a trusted proxy is X-Forwarded-For read, from the right, skipping further trusted
     proxies: the first untrusted address is the client. Anything a client writes to the left of that is
@@ -39,3 +52,34 @@ def client_ip(peer: str, forwarded_for: str | None, trusted: str) -> str:
         if not _is_trusted(hop, trusted):
             return hop
     return peer
+
+
+def _one_address(value: str | None) -> str | None:
+    """A single IP address in its canonical spelling (IPv4-mapped IPv6 as IPv4), or None for anything else."""
+    try:
+        ip = ipaddress.ip_address((value or "").strip())
+    except ValueError:
+        return None
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return str(mapped or ip)
+
+
+def end_user_address(peer: str, headers: Mapping[str, str], settings: Any, *,
+                     end_user_ip_header: str | None) -> str | None:
+    """The end user's address for the per-address limit, or None: no per-address count for this request.
+
+    A Capillary client is usually a backend acting for many customers, so the address that connects is not a
+    customer's (SPEC section 9): counting it would refuse the backend's 61st customer in ten minutes. Only the
+    API client knows where its end users' addresses are, so its end_user_ip_header decides:
+    - None: a backend; nothing is counted (OTP_CLIENT_LIMIT remains the guard on the client itself);
+    - X-Forwarded-For: the client's requests come from its end users, directly or through our proxies; the
+      connecting address after OTP_TRUSTED_PROXIES resolution is the end user's;
+    - any other header: the client (authenticated, so believed) writes its customer's address there; a value
+      that is not one IP address counts nothing rather than lumping every such request into one bucket.
+    headers is case-insensitive (Starlette's Headers).
+    """
+    if not end_user_ip_header:
+        return None
+    if end_user_ip_header.lower() == FORWARDED_FOR.lower():
+        return _one_address(client_ip(peer, headers.get(FORWARDED_FOR), trusted_proxies(settings)))
+    return _one_address(headers.get(end_user_ip_header))

@@ -287,6 +287,27 @@ def test_admin_creates_staff_and_a_client_secret_shown_once(rt, team):
     assert not [c for c in at.code if c.value.startswith("key: ")]  # shown once
 
 
+
+def test_admin_sets_where_a_clients_end_user_addresses_come_from(rt, team):
+    at = signed_in(rt, team["admin"]).run()
+    at.switch_page("pages/admin.py").run()
+    at.text_input(key="client_name").input("app")
+    at.text_input(key="client_ip_header").input("X-End-User-IP")
+    at.button(key="client_create").click().run()
+    made = [c.value for c in at.code if c.value.startswith("key: ")][0]
+    key, secret = made.split("key: ")[1].split("\n")[0], made.split("secret: ")[1].split("\n")[0]
+    assert rt.auth.verify(key, secret).end_user_ip_header == "X-End-User-IP"
+    client_id = rt.auth.verify(key, secret).id
+    field = f"client_ip_header_{client_id}"
+    at.text_input(key=field).input("not a header").run()
+    at.button(key="client_ip_header_save").click().run()
+    assert "not an HTTP header name" in texts(at)
+    assert rt.auth.verify(key, secret).end_user_ip_header == "X-End-User-IP"  # a bad name changes nothing
+    at.text_input(key=field).input("").run()
+    at.button(key="client_ip_header_save").click().run()
+    assert "nowhere (a backend)" in texts(at)
+    assert rt.auth.verify(key, secret).end_user_ip_header is None  # the console's own memory was dropped
+
 def test_core_refuses_writes_from_a_role_that_lacks_them(rt, team):
     from core.console_ops import save_action_config, test_generate
     from core.models import ActionConfigUpdate
