@@ -21,7 +21,7 @@ from core import errors as E
 from core.clients import PERMISSION_OTP_WRITE, ClientIdentity
 from core.errors import OtpError
 from core.gateways.http import close_shared_client
-from core.net import end_user_address
+from core.net import end_user_address, trusted_proxies
 from core.runtime import Runtime
 
 log = logging.getLogger("otp.api")
@@ -192,6 +192,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
         if not hasattr(app.state, "runtime"):  # a server process (a test passes its own runtime)
             app.state.runtime = Runtime()
             _freeze_startup_heap()
+        trusted_proxies(app.state.runtime.settings)  # a bad OTP_TRUSTED_PROXIES stops start-up, not each generate
         poller = asyncio.create_task(_fail_over_forever(app.state.runtime))
         yield
         poller.cancel()

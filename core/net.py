@@ -24,7 +24,10 @@ def trusted_proxies(settings: Any) -> tuple[IPNetwork, ...]:
     peer address from a made-up X-Forwarded-For before this code sees it; serve.py turns it off, and the
     README says to run plain uvicorn with --no-proxy-headers.
     """
-    return parse_networks(settings.trusted_proxies)
+    try:
+        return parse_networks(settings.trusted_proxies)
+    except ValueError as exc:
+        raise ValueError(f"OTP_TRUSTED_PROXIES: {exc}") from None
 
 
 def _is_trusted(address: str, trusted: tuple[IPNetwork, ...]) -> bool:

@@ -7,13 +7,15 @@ import asyncio
 import base64
 import contextlib
 import os
+import subprocess
+import sys
 import time
 
 import httpx
 import pytest
 from starlette.datastructures import Headers
 
-from core.config import Settings
+from core.config import ROOT, Settings
 from core.net import end_user_address
 from tests.conftest import PG_URL, TEST_KEY
 from tests.servers import ApiServer, ForwardingProxy, PrivateSchema, new_client
@@ -147,6 +149,15 @@ def test_a_trusted_proxys_forwarded_for_is_believed(default_env, tmp_path):
             assert reasons(send(proxy.url, auth, second, local_address="127.0.0.3")) == [None]
             # Straight to the server from 127.0.0.2 (not through the proxy): the same end user, still refused.
             assert reasons(send(server.url, auth, [(customer(101), {})], local_address="127.0.0.2")) == ["ip"]
+
+
+def test_a_bad_trusted_proxies_setting_stops_start_up_naming_it(default_env, tmp_path):
+    env = {**os.environ, "OTP_DATABASE_URL": f"sqlite:///{tmp_path / 'otp.db'}", "OTP_SECRET_KEY": TEST_KEY,
+           "OTP_TRUSTED_PROXIES": "10.0.0.0/8, nonsense"}
+    done = subprocess.run([sys.executable, "serve.py", "--port", "0"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 3
+    assert "OTP_TRUSTED_PROXIES: 'nonsense' does not appear to be an IPv4 or IPv6 network" in done.stderr
 
 
 class _Settings:
