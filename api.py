@@ -21,8 +21,8 @@ from core import errors as E
 from core.clients import PERMISSION_OTP_WRITE, ClientIdentity
 from core.errors import OtpError
 from core.gateways.http import close_shared_client
-from core.net import client_ip
 from core.config import Settings, settings_or_exit
+from core.net import end_user_address
 from core.runtime import Runtime
 from core.tokens import read_token_request
 
@@ -300,7 +300,7 @@ def create_app(runtime: Runtime | None = None, settings: Settings | None = None)
         client = await authorised_client(request)
         runtime_: Runtime = request.app.state.runtime
         peer = request.client.host if request.client else ""
-        ip = client_ip(peer, request.headers.get("x-forwarded-for"), runtime_.settings.trusted_proxies)
+        ip = end_user_address(peer, request.headers, runtime_.settings, end_user_ip_header=client.end_user_ip_header)
         result = await engine.generate(runtime_, await read_json(request), client_id=client.id, client_ip=ip)
         return JSONResponse(result.body())
 

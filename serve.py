@@ -9,6 +9,10 @@ connection keeps Nagle's algorithm and a response on a reused keep-alive connect
 client's delayed ACK. uvicorn's `--fd` does not help cleanly: it rebuilds the socket as AF_UNIX. Here the
 socket from listening_socket() goes to uvicorn's own server (one worker) or worker supervisor (several),
 exactly as `uvicorn.run` hands them the socket it binds itself.
+
+uvicorn's own proxy-header handling is off: by default it believes X-Forwarded-For from 127.0.0.1 and rewrites
+the client address before the app sees it, so anyone on the host (or a same-host proxy passing the header on)
+could pick the address the per-address limit counts. OTP_TRUSTED_PROXIES (core.net) is the only authority.
 """
 from __future__ import annotations
 
@@ -64,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
 
     config = uvicorn.Config(args.app, host=args.host, port=args.port, workers=args.workers,
                             log_level=args.log_level, access_log=not args.no_access_log,
-                            timeout_keep_alive=args.timeout_keep_alive)  # also configures logging
+                            timeout_keep_alive=args.timeout_keep_alive,
+                            # OTP_TRUSTED_PROXIES decides which forwarded addresses are believed (core.net).
+                            proxy_headers=False, forwarded_allow_ips=[])  # also configures logging
     log = logging.getLogger("uvicorn.error")
     try:
         sock = listening_socket(args.host, args.port)

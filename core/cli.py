@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from core.clients import create_client, list_clients, revoke_client, set_token_ttl
+from core.clients import (check_end_user_ip_header, create_client, list_clients, revoke_client,
+                          set_end_user_ip_header, set_token_ttl)
 from core.config import settings_or_exit
 from core.models import ApiClientCreate
 from core.runtime import Runtime
@@ -24,6 +25,14 @@ def main(argv: list[str] | None = None) -> int:
     token_ttl = client.add_parser("token-ttl", help="set how long a client's new OAuth access tokens live")
     token_ttl.add_argument("id", type=int)
     token_ttl.add_argument("seconds", type=int, help=ttl_help)
+    header_help = ("where the client's end users' addresses come from, for the per-address limit: a header the "
+                   "client fills with its customer's IP (e.g. X-End-User-IP), or X-Forwarded-For when its "
+                   "requests come from its end users (through OTP_TRUSTED_PROXIES); none (default): a backend, "
+                   "no per-address count")
+    create.add_argument("--end-user-ip-header", default=None, metavar="HEADER", help=header_help)
+    update = client.add_parser("update", help="change a client's settings")
+    update.add_argument("id", type=int)
+    update.add_argument("--end-user-ip-header", required=True, metavar="HEADER", help=header_help)
     revoke = client.add_parser("revoke", help="revoke a client by id")
     revoke.add_argument("id", type=int)
     client.add_parser("list", help="list clients (never their secrets)")
@@ -36,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             parser.error(str(exc))
 
+    try:  # bad input is refused before the database is touched
+        header = check_end_user_ip_header(getattr(args, "end_user_ip_header", None))
+    except ValueError as exc:
+        parser.error(f"--end-user-ip-header: {exc}")
     runtime = Runtime(settings_or_exit())
     if args.group == "migrate":
         print("database is up to date")
@@ -46,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             if not name or len(name) > 120:
                 parser.error("NAME must be 1 to 120 characters")
             made = create_client(session, client_create=ApiClientCreate(name=name, permissions=args.permissions,
-                                                                        token_ttl_seconds=args.token_ttl))
+                                                                        token_ttl_seconds=args.token_ttl,
+                                                                        end_user_ip_header=header))
             print(f"id: {made.client.id}")
             print(f"key: {made.key}")
             print(f"secret: {made.secret}")
@@ -62,10 +76,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"no active client with id {args.id}", file=sys.stderr)
                 return 1
             print(f"client {args.id}: new access tokens live {args.seconds} s")
+        elif args.command == "update":
+            try:
+                stored = set_end_user_ip_header(session, client_id=args.id, header=header)
+            except LookupError as exc:
+                print(exc, file=sys.stderr)
+                return 1
+            print(f"client {args.id}: end users' addresses from {stored or 'nowhere (a backend)'}")
         else:
             for row in list_clients(session):
                 state = "revoked" if row.revoked_at else "active"
-                print(f"{row.id}\t{row.key}\t{row.name}\t{row.permissions}\t{state}\ttoken ttl {row.token_ttl_seconds}s")
+                print(f"{row.id}\t{row.key}\t{row.name}\t{row.permissions}\t{state}\t"
+                      f"{row.end_user_ip_header or '-'}\ttoken ttl {row.token_ttl_seconds}s")
     return 0
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import threading
 import time
@@ -23,12 +24,34 @@ _hasher = PasswordHasher()
 _DUMMY_HASH = _hasher.hash("not-a-real-secret")
 
 
+# An HTTP header name (RFC 9110 token), short enough for the column.
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}")
+
+
 @dataclass(frozen=True)
 class ClientIdentity:
     id: int
     name: str
     permissions: frozenset[str]
     token_ttl_seconds: int = DEFAULT_TTL_SECONDS
+    end_user_ip_header: str | None = None  # core.net.end_user_address
+
+
+def check_end_user_ip_header(value: str | None) -> str | None:
+    """The header a client names for its end users' addresses, tidied; None (blank) marks a backend.
+
+    ValueError says what is wrong, in words for the CLI and the console. RFC 7239 `Forwarded` is refused
+    rather than silently never matching: its value is a list of pairs, not one address.
+    """
+    name = (value or "").strip()
+    if not name or name.lower() == "none":
+        return None
+    if not _HEADER_NAME.fullmatch(name):
+        raise ValueError(f"{name!r} is not an HTTP header name such as X-End-User-IP (at most 64 characters)")
+    if name.lower() == "forwarded":
+        raise ValueError("the Forwarded header is not read; name X-Forwarded-For (resolved through "
+                         "OTP_TRUSTED_PROXIES) or a header holding one address, such as X-End-User-IP")
+    return name
 
 
 @dataclass(frozen=True)
@@ -46,7 +69,9 @@ def create_client(session: Session, *, client_create: ApiClientCreate) -> NewCli
     check_token_ttl(client_create.token_ttl_seconds)
     key = "ck_" + secrets.token_hex(12)
     secret = secrets.token_urlsafe(32)
-    row = ApiClient.model_validate(client_create, update={"key": key, "secret_hash": _hasher.hash(secret)})
+    header = check_end_user_ip_header(client_create.end_user_ip_header)
+    row = ApiClient.model_validate(client_create, update={"key": key, "secret_hash": _hasher.hash(secret),
+                                                          "end_user_ip_header": header})
     session.add(row)
     session.commit()
     session.refresh(row)
@@ -76,6 +101,20 @@ def set_token_ttl(session: Session, *, client_id: int, seconds: int) -> bool:
     session.add(row)
     session.commit()
     return True
+def set_end_user_ip_header(session: Session, *, client_id: int, header: str | None) -> str | None:
+    """Change where a client's end users' addresses come from; returns the stored value.
+
+    Other processes see the change when their credential memory expires (OTP_AUTH_CACHE_SECONDS).
+    LookupError: no active client with that id.
+    """
+    value = check_end_user_ip_header(header)
+    row = session.get(ApiClient, client_id)
+    if row is None or row.revoked_at is not None:
+        raise LookupError(f"no active client with id {client_id}")
+    row.end_user_ip_header = value
+    session.add(row)
+    session.commit()
+    return value
 
 
 def list_clients(session: Session) -> list[ApiClientPublic]:
@@ -120,7 +159,7 @@ class ClientAuthenticator:
     def _active_rows(*columns):  # type: ignore[no-untyped-def]
         """The one query both paths read an active client with: a revoked client is never found."""
         return select(ApiClient.id, ApiClient.name, ApiClient.permissions, ApiClient.token_ttl_seconds,
-                      *columns).where(ApiClient.revoked_at.is_(None))
+                      ApiClient.end_user_ip_header, *columns).where(ApiClient.revoked_at.is_(None))
 
     def _row(self, key: str):  # type: ignore[no-untyped-def]
         if not (key.isascii() and key.isprintable() and len(key) <= 64):  # cannot be a stored key
@@ -184,7 +223,7 @@ class ClientAuthenticator:
     @staticmethod
     def _identity(row) -> ClientIdentity:  # type: ignore[no-untyped-def]
         return ClientIdentity(row.id, row.name, frozenset(p.strip() for p in row.permissions.split(",") if p.strip()),
-                              row.token_ttl_seconds)
+                              row.token_ttl_seconds, row.end_user_ip_header)
 
     def forget_all(self) -> None:
         with self._lock:

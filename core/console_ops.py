@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from sqlmodel import select
 
 from core import audit, engine
-from core.clients import NewClientCredentials, create_client, revoke_client, set_token_ttl
+from core.clients import (NewClientCredentials, check_end_user_ip_header, create_client, revoke_client,
+                          set_end_user_ip_header, set_token_ttl)
 from core.entities import InvalidEntity, mask, normalise_email, normalise_phone
 from core.enums import Action, Channel
 from core.gateway_configs import build_gateway
@@ -75,15 +76,31 @@ def outbox_messages(rt: Runtime, *, actor: StaffIdentity, recipient: str = "", d
         return list(session.exec(query))
 
 
-def new_api_client(rt: Runtime, *, actor: StaffIdentity, name: str, permissions: str) -> NewClientCredentials:
+def new_api_client(rt: Runtime, *, actor: StaffIdentity, name: str, permissions: str,
+                   end_user_ip_header: str | None = None) -> NewClientCredentials:
     name = name.strip()
     if not name or len(name) > 120:
         raise ValueError("the client name must be 1 to 120 characters")
+    header = check_end_user_ip_header(end_user_ip_header)
     with rt.session() as session:
         require(session, actor, "clients.manage")
         audit.record(session, actor=actor.username, action="client.create", target=f"client:{name}",
-                     detail={"permissions": permissions})
-        return create_client(session, client_create=ApiClientCreate(name=name, permissions=permissions))
+                     detail={"permissions": permissions, "end_user_ip_header": header})
+        return create_client(session, client_create=ApiClientCreate(name=name, permissions=permissions,
+                                                                    end_user_ip_header=header))
+
+
+def set_api_client_end_user_ip_header(rt: Runtime, *, actor: StaffIdentity, client_id: int,
+                                      header: str | None) -> str | None:
+    """Where a client's end users' addresses come from (core.net.end_user_address); ValueError for a bad name."""
+    value = check_end_user_ip_header(header)
+    with rt.session() as session:
+        require(session, actor, "clients.manage")
+        audit.record(session, actor=actor.username, action="client.end_user_ip_header",
+                     target=f"client:{client_id}", detail={"end_user_ip_header": value})
+        stored = set_end_user_ip_header(session, client_id=client_id, header=value)
+    rt.auth.forget_all()
+    return stored
 
 
 def revoke_api_client(rt: Runtime, *, actor: StaffIdentity, client_id: int) -> bool:

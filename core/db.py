@@ -10,13 +10,16 @@ batch and runs it off the event loop; bench/engine.py --synchronous FULL,NORMAL 
 """
 from __future__ import annotations
 
+import fcntl
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 
 from core.config import ROOT, get_settings
@@ -112,6 +115,49 @@ def alembic_config(engine: Engine | None = None) -> Config:
     return cfg
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest revision; safe to call at every start."""
+# The first key of the PostgreSQL advisory lock that start-up holds while it migrates and seeds ("OTP" + "M").
+_SCHEMA_LOCK_CLASS = 0x4F54504D
+
+
+@contextmanager
+def schema_lock(engine: Engine) -> Iterator[None]:
+    """Held while one process migrates and seeds, so that workers and hosts starting together take turns.
+
+    Without it `serve.py --workers 4` on an empty PostgreSQL database had four processes create the same tables
+    at once, and all but one died on a unique violation. The lock lives in the database, not in the launcher,
+    because several hosts may start against one database: the first holder migrates, the others wait, then
+    find the schema at head and do nothing. On PostgreSQL it is a session advisory lock keyed by the current
+    schema (two services in two schemas of one database do not wait for each other); it goes with the
+    connection if the process dies. On a SQLite file it is an flock on a file beside the database (one host by
+    nature); an in-memory database has one process and needs none.
+    """
+    if not is_sqlite(engine):
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:cls, hashtext(coalesce(current_schema(), '')))"),
+                         {"cls": _SCHEMA_LOCK_CLASS})
+            conn.commit()  # the session lock stays; no transaction is left idle while others migrate
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:cls, hashtext(coalesce(current_schema(), '')))"),
+                             {"cls": _SCHEMA_LOCK_CLASS})
+                conn.commit()
+        return
+    database = engine.url.database
+    if not database or database == ":memory:":
+        yield
+        return
+    with open(f"{database}.migrate-lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes, or when the process dies
+        yield
+
+
+def upgrade(engine: Engine) -> None:
+    """Apply every migration not yet applied; callers hold schema_lock (migrate does)."""
     command.upgrade(alembic_config(engine), "head")
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest revision; safe to call at every start, from any number of processes."""
+    with schema_lock(engine):
+        upgrade(engine)

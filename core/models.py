@@ -231,6 +231,9 @@ class ApiClientBase(SQLModel):
     permissions: str = "otp:write"
     # Life of the OAuth access tokens this client gets from /v3/oauth/token/generate (core.tokens).
     token_ttl_seconds: int = 300
+    # Where this client's end users' addresses come from (core.net.end_user_address); None: the client is a
+    # backend, its own address is no customer's, and no per-address limit is counted for it.
+    end_user_ip_header: str | None = Field(default=None, max_length=64)
 
 
 class ApiClient(ApiClientBase, table=True):

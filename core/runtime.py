@@ -11,7 +11,7 @@ from core.clients import ClientAuthenticator
 from core.clock import Clock, utcnow
 from core.config import Settings, get_settings
 from core.crypto import CodeKeys, SecretBox, load_master_key, token_key
-from core.db import READ_ONLY, make_engine, migrate
+from core.db import READ_ONLY, make_engine, schema_lock, upgrade
 from core.enums import Action, Channel
 from core.gateway_configs import GatewayRow, build_gateway, load_gateway_rows, parse_assignments
 from core.gateways import Gateway
@@ -32,10 +32,12 @@ class GatewayChoice:
 
 
 def prepare_database(engine: Engine) -> None:
-    """Migrate to the newest schema and seed the default configuration: safe at every start."""
-    migrate(engine)
-    with engine.begin() as conn:
-        seed_action_configs(conn)
+    """Migrate to the newest schema and seed the default configuration: safe at every start, however many
+    workers or hosts start together (core.db.schema_lock: the seed's read-then-insert is under it too)."""
+    with schema_lock(engine):
+        upgrade(engine)
+        with engine.begin() as conn:
+            seed_action_configs(conn)
 
 
 def build_gateways(settings: Settings) -> dict[Channel, Gateway | None]:

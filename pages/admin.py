@@ -4,7 +4,8 @@ import streamlit as st
 
 from console_state import gate, runtime
 from core.clients import list_clients
-from core.console_ops import new_api_client, revoke_api_client, set_api_client_token_ttl
+from core.console_ops import (new_api_client, revoke_api_client, set_api_client_end_user_ip_header,
+                               set_api_client_token_ttl)
 from core.models import StaffCreate
 from core.staff import ROLES, InvalidStaff, create_staff, disable_staff, list_staff, set_role
 from core.tokens import MAX_TTL_SECONDS, MIN_TTL_SECONDS
@@ -66,17 +67,24 @@ with clients_tab:
     with rt.session() as db:
         clients = list_clients(db)
     st.dataframe(pd.DataFrame([{"id": c.id, "name": c.name, "key": c.key, "permissions": c.permissions,
+                                "end users' IP from": c.end_user_ip_header or "-",
                                 "token TTL (s)": c.token_ttl_seconds, "created": c.created_at,
                                 "revoked": c.revoked_at} for c in clients]),
                  hide_index=True, width="stretch", key="clients_table")
+    header_help = ("For the per-address limit. Empty: the client is a backend acting for many customers; its own "
+                   "address is no customer's and no per-address count is taken. A header name such as "
+                   "X-End-User-IP: the client sends each customer's IP in it. X-Forwarded-For: the client's "
+                   "requests come from its end users, directly or through OTP_TRUSTED_PROXIES.")
     with st.form("client_new", clear_on_submit=True):
-        a, b = st.columns(2)
+        a, b, c = st.columns(3)
         name = a.text_input("Client name", key="client_name")
         permissions = b.text_input("Permissions", value="otp:write", key="client_permissions")
+        header = c.text_input("End users' IP header", key="client_ip_header", help=header_help)
         create = st.form_submit_button("Create client", key="client_create")
     if create:
         try:
-            st.session_state["admin_new_client"] = new_api_client(rt, actor=identity, name=name, permissions=permissions)
+            st.session_state["admin_new_client"] = new_api_client(
+                rt, actor=identity, name=name, permissions=permissions, end_user_ip_header=header)
         except ValueError as exc:
             st.error(str(exc))
         else:
@@ -97,7 +105,19 @@ with clients_tab:
             else:
                 st.session_state["admin_flash"] = ("success", f"Tokens of {timed.name} now live {int(seconds)} s.")
                 st.rerun()
-        chosen = active[st.selectbox("Client to revoke", list(active), key="client_pick")]
+        chosen = active[st.selectbox("Client", list(active), key="client_pick")]
+        a, b = st.columns([3, 1], vertical_alignment="bottom")
+        new_header = a.text_input("End users' IP header", value=chosen.end_user_ip_header or "", help=header_help,
+                                  key=f"client_ip_header_{chosen.id}")
+        if b.button("Save", key="client_ip_header_save"):
+            try:
+                stored = set_api_client_end_user_ip_header(rt, actor=identity, client_id=chosen.id, header=new_header)
+            except (ValueError, LookupError) as exc:
+                st.error(str(exc))
+            else:
+                st.session_state["admin_flash"] = ("success", f"{chosen.name}: end users' IP from "
+                                                              f"{stored or 'nowhere (a backend)'}.")
+                st.rerun()
         if st.button("Revoke", key="client_revoke"):
             revoke_api_client(rt, actor=identity, client_id=chosen.id)
             st.session_state["admin_flash"] = ("success", f"Revoked {chosen.name}.")

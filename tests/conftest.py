@@ -27,13 +27,28 @@ START = datetime(2026, 11, 27, 10, 0, 0, tzinfo=timezone.utc)
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)]
 
 
+PG_SKIP_REASON = "OTP_TEST_DATABASE_URL is not set"
+
+
 def pytest_collection_modifyitems(config, items):  # type: ignore[no-untyped-def]
     if PG_URL:
         return
-    skip = pytest.mark.skip(reason="OTP_TEST_DATABASE_URL is not set")
+    skip = pytest.mark.skip(reason=PG_SKIP_REASON)
     for item in items:
         if "postgresql" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):  # type: ignore[no-untyped-def]
+    """Say at the end, in one line, how many PostgreSQL tests did not run and how to run them: a green run of
+    the README's command is otherwise easy to mistake for a run on both databases."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", [])
+               if isinstance(r.longrepr, tuple) and r.longrepr[2].endswith(PG_SKIP_REASON)]
+    if skipped:
+        terminalreporter.write_line(
+            f"{len(skipped)} PostgreSQL test{'s' if len(skipped) != 1 else ''} skipped: set OTP_TEST_DATABASE_URL"
+            f"=postgresql+psycopg://user@host/db (a database the tests may create schemas in) to run them too",
+            yellow=True, bold=True)
 
 
 @pytest.fixture(scope="session")

@@ -7,10 +7,14 @@ import shutil
 import subprocess
 import tempfile
 import sys
+import threading
 import time
+import uuid
 from pathlib import Path
 
 import httpx
+import uvicorn
+from sqlalchemy import create_engine, text
 
 from core.config import ROOT
 from tests.fakes import free_port
@@ -39,27 +43,33 @@ def stop(process: subprocess.Popen) -> None:
 
 
 class ApiServer:
-    """The API on a free loopback port with the given environment, started as the README says: `uvicorn api:app`
-    for one worker, `python serve.py --workers N` for more."""
+    """The API on a free loopback port with the given environment, started as the README says: `uvicorn api:app
+    --no-proxy-headers` for one worker, `python serve.py --workers N` for more."""
 
-    def __init__(self, env: dict[str, str], workers: int = 1, serve: bool | None = None) -> None:
-        """serve: start it with serve.py rather than `uvicorn api:app` (default: for more than one worker)."""
+    def __init__(self, env: dict[str, str], workers: int = 1, serve: bool | None = None,
+                 log: Path | None = None) -> None:
+        """serve: start it with serve.py rather than uvicorn (default: for more than one worker); log: write the
+        server's output there, at level info, rather than discard it."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **env}
         self.env.pop("OTP_SECRET_KEY", None) if "OTP_SECRET_KEY" not in env else None
         self.workers = workers
         self.serve = workers > 1 if serve is None else serve
+        self.log = log
         self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> "ApiServer":
-        launcher = ["serve.py"] if self.serve else ["-m", "uvicorn", "api:app"]
+        launcher = ["serve.py"] if self.serve else ["-m", "uvicorn", "api:app", "--no-proxy-headers"]
+        output = open(self.log, "w") if self.log else subprocess.DEVNULL
         self.process = subprocess.Popen(
             [sys.executable, *launcher, "--host", "127.0.0.1", "--port", str(self.port),
-             "--workers", str(self.workers), "--log-level", "warning",
+             "--workers", str(self.workers), "--log-level", "info" if self.log else "warning",
              # Long keep-alive: a connection closed by the server as the client reuses it is a test artefact.
              "--timeout-keep-alive", "60"],
-            cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            cwd=ROOT, env=self.env, stdout=output, stderr=subprocess.STDOUT if self.log else subprocess.DEVNULL)
+        if self.log:
+            output.close()  # the child holds its own copy
         try:
             wait_until_up(f"{self.url}/health")
         except Exception:
@@ -72,6 +82,73 @@ class ApiServer:
             stop(self.process)
 
 
+class PrivateSchema:
+    """A fresh, empty schema in the PostgreSQL database at url, dropped afterwards: a new database for a server."""
+
+    def __init__(self, url: str, prefix: str = "otp_srv") -> None:
+        self.name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+        self.admin = create_engine(url)
+        self.url = url + ("&" if "?" in url else "?") + f"options=-csearch_path%3D{self.name}"
+
+    def __enter__(self) -> str:
+        with self.admin.begin() as conn:
+            conn.execute(text(f"CREATE SCHEMA {self.name}"))
+        return self.url
+
+    def __exit__(self, *exc) -> None:
+        with self.admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {self.name} CASCADE"))
+        self.admin.dispose()
+
+
+class ForwardingProxy:
+    """A same-host reverse proxy, as nginx with `proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for`:
+    listens on 127.0.0.1, and passes each request on to upstream from 127.0.0.1 with the address it saw
+    appended to X-Forwarded-For (after whatever the caller wrote there)."""
+
+    _HOP = {b"host", b"content-length", b"connection", b"transfer-encoding", b"x-forwarded-for"}
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._server = uvicorn.Server(uvicorn.Config(self._app, host="127.0.0.1", port=self.port, lifespan="off",
+                                                     interface="asgi3", proxy_headers=False, log_level="warning"))
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    async def _app(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        sent = [v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"x-forwarded-for"]
+        headers = [(k.decode("latin-1"), v.decode("latin-1"))
+                   for k, v in scope["headers"] if k.lower() not in self._HOP]
+        headers.append(("X-Forwarded-For", ", ".join([*sent, scope["client"][0]])))
+        transport = httpx.AsyncHTTPTransport(local_address="127.0.0.1")
+        async with httpx.AsyncClient(transport=transport, timeout=60) as client:
+            answer = await client.request(scope["method"], self.upstream + scope["path"], content=body, headers=headers)
+        await send({"type": "http.response.start", "status": answer.status_code,
+                    "headers": [(b"content-type", answer.headers.get("content-type", "text/plain").encode()),
+                                (b"content-length", str(len(answer.content)).encode())]})
+        await send({"type": "http.response.body", "body": answer.content})
+
+    def __enter__(self) -> "ForwardingProxy":
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("the proxy did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=30)
+
+
 def cli(env: dict[str, str], *args: str) -> str:
     done = subprocess.run([sys.executable, "-m", "core.cli", *args], cwd=ROOT, env={**os.environ, **env},
                           capture_output=True, text=True, timeout=120)
@@ -79,8 +156,8 @@ def cli(env: dict[str, str], *args: str) -> str:
     return done.stdout
 
 
-def new_client(env: dict[str, str]) -> tuple[str, str]:
-    lines = dict(line.split(": ", 1) for line in cli(env, "client", "create", "tests").splitlines())
+def new_client(env: dict[str, str], *options: str) -> tuple[str, str]:
+    lines = dict(line.split(": ", 1) for line in cli(env, "client", "create", "tests", *options).splitlines())
     return lines["key"], lines["secret"]
 
 

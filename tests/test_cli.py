@@ -64,3 +64,24 @@ def test_client_token_ttl_is_set_from_the_shell(tmp_path):
     missing = cli(tmp_path, "client", "token-ttl", "999", "300")
     assert missing.returncode == 1 and "no active client" in missing.stderr
     engine.dispose()
+
+
+def test_client_end_user_ip_header_is_set_at_create_and_by_update(tmp_path):
+    made = cli(tmp_path, "client", "create", "app", "--end-user-ip-header", "X-End-User-IP")
+    assert made.returncode == 0, made.stderr
+    lines = dict(line.split(": ", 1) for line in made.stdout.splitlines())
+    key, secret = lines["key"], lines["secret"]
+
+    def header() -> str | None:
+        return ClientAuthenticator(make_engine(f"sqlite:///{tmp_path / 'otp.db'}"), ttl=60).verify(
+            key, secret).end_user_ip_header
+
+    assert header() == "X-End-User-IP" and "X-End-User-IP" in cli(tmp_path, "client", "list").stdout
+    bad = cli(tmp_path, "client", "update", lines["id"], "--end-user-ip-header", "X End User")
+    assert bad.returncode == 2 and "not an HTTP header name" in bad.stderr and header() == "X-End-User-IP"
+    assert cli(tmp_path, "client", "update", lines["id"], "--end-user-ip-header", "X-Forwarded-For").returncode == 0
+    assert header() == "X-Forwarded-For"
+    assert cli(tmp_path, "client", "update", lines["id"], "--end-user-ip-header", "none").returncode == 0
+    assert header() is None
+    missing = cli(tmp_path, "client", "update", "999", "--end-user-ip-header", "X-End-User-IP")
+    assert missing.returncode == 1 and "no active client with id 999" in missing.stderr

@@ -1,7 +1,13 @@
 """The console under Streamlit's AppTest: first start, sign-in, roles, templates with four eyes, test sends."""
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import tomllib
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -14,6 +20,8 @@ from core.engine import generate, run
 from core.enums import Action, Channel
 from core.staff import ConsoleSession, StaffIdentity, create_first_admin
 from tests.conftest import outbox
+from tests.fakes import free_port
+from tests.servers import stop, wait_until_up
 
 PHONE = "+919955882233"
 
@@ -309,6 +317,26 @@ def test_admin_sets_a_clients_token_life(rt, team):
     assert shop.client.id != other.client.id
 
 
+def test_admin_sets_where_a_clients_end_user_addresses_come_from(rt, team):
+    at = signed_in(rt, team["admin"]).run()
+    at.switch_page("pages/admin.py").run()
+    at.text_input(key="client_name").input("app")
+    at.text_input(key="client_ip_header").input("X-End-User-IP")
+    at.button(key="client_create").click().run()
+    made = [c.value for c in at.code if c.value.startswith("key: ")][0]
+    key, secret = made.split("key: ")[1].split("\n")[0], made.split("secret: ")[1].split("\n")[0]
+    assert rt.auth.verify(key, secret).end_user_ip_header == "X-End-User-IP"
+    client_id = rt.auth.verify(key, secret).id
+    field = f"client_ip_header_{client_id}"
+    at.text_input(key=field).input("not a header").run()
+    at.button(key="client_ip_header_save").click().run()
+    assert "not an HTTP header name" in texts(at)
+    assert rt.auth.verify(key, secret).end_user_ip_header == "X-End-User-IP"  # a bad name changes nothing
+    at.text_input(key=field).input("").run()
+    at.button(key="client_ip_header_save").click().run()
+    assert "nowhere (a backend)" in texts(at)
+    assert rt.auth.verify(key, secret).end_user_ip_header is None  # the console's own memory was dropped
+
 def test_core_refuses_writes_from_a_role_that_lacks_them(rt, team):
     from core.console_ops import save_action_config, test_generate
     from core.models import ActionConfigUpdate
@@ -357,3 +385,45 @@ def test_config_page_sets_per_action_abuse_limits(rt, team):
     assert "Saved the configuration of COUPON" in texts(at)
     config = rt.config_for(Action.COUPON)
     assert config.destination_limit == 2 and config.prefix_limit == 0 and config.ip_limit is None
+
+
+def listening_addresses(pid: int) -> set[tuple[str, int]]:
+    """(address, port) of every TCP socket process pid listens on, read from /proc."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = set()
+    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                hex_address, hex_port = fields[1].split(":")
+                raw = bytes.fromhex(hex_address)
+                # /proc prints each 32-bit word in host (little-endian) order.
+                raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+                found.add((socket.inet_ntop(family, raw), int(hex_port, 16)))
+    return found
+
+
+def test_the_readme_console_command_listens_on_loopback_only(tmp_path):
+    """`streamlit run console.py` from the repository, as the README says (only the port is ours): the
+    repository's .streamlit/config.toml keeps it on 127.0.0.1, sends no usage statistics, shows no Deploy."""
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["address"] == "127.0.0.1"
+    assert config["browser"]["gatherUsageStats"] is False and config["client"]["toolbarMode"] == "viewer"
+    port = free_port()
+    env = {**os.environ, "OTP_DATABASE_URL": f"sqlite:///{tmp_path / 'otp.db'}",
+           "OTP_SECRET_KEY_FILE": str(tmp_path / "secret.key")}
+    env.pop("OTP_SECRET_KEY", None)
+    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "console.py", "--server.port", str(port)],
+                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/_stcore/health")
+        assert listening_addresses(server.pid) == {("127.0.0.1", port)}
+    finally:
+        stop(server)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import uuid
 
 import httpx
 import pytest
@@ -14,7 +13,7 @@ from core.config import Settings
 from core.crypto import SecretBox, load_master_key
 from tests.conftest import PG_URL, TEST_KEY
 from tests.fakes import Answer, FakeProvider
-from tests.servers import ApiServer, PrivatePostgres, cli, new_client, postgres_bin
+from tests.servers import ApiServer, PrivatePostgres, PrivateSchema, cli, new_client, postgres_bin
 
 PHONE = "+919955882233"
 GENERATE = {"entityType": "MOBILE", "entityValue": PHONE, "action": "COUPON"}
@@ -33,16 +32,8 @@ async def _burst(url: str, headers: dict, path: str, bodies: list[dict], connect
 
 @pytest.fixture
 def pg_schema_env(tmp_path):
-    schema = f"otp_mw_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    url = PG_URL + ("&" if "?" in PG_URL else "?") + f"options=-csearch_path%3D{schema}"
-    env = {"OTP_DATABASE_URL": url, "OTP_SECRET_KEY": TEST_KEY, "OTP_ENV": "test", **NO_ABUSE_LIMITS}
-    yield env
-    with admin.begin() as conn:
-        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
+    with PrivateSchema(PG_URL, "otp_mw") as url:
+        yield {"OTP_DATABASE_URL": url, "OTP_SECRET_KEY": TEST_KEY, "OTP_ENV": "test", **NO_ABUSE_LIMITS}
 
 
 @pytest.mark.postgresql

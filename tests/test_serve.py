@@ -5,15 +5,18 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import create_engine, text
 
 from core.config import ROOT
+from core.enums import Action
 from serve import listening_socket
-from tests.conftest import TEST_KEY
-from tests.servers import ApiServer, cli
+from tests.conftest import PG_URL, TEST_KEY
+from tests.servers import ApiServer, PrivateSchema, cli
 
 
 def test_the_listening_socket_has_nodelay_and_reuseaddr():
@@ -80,3 +83,47 @@ def test_serve_answers_with_its_workers_and_stops_on_a_signal(tmp_path, workers,
     assert not [pid for pid in spawned if Path(f"/proc/{pid}").exists()]
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", server.port), timeout=5).close()
+
+
+def wait_for_startup(log: Path, workers: int, timeout: float = 120) -> str:
+    """The server's log once every worker has said it started, or one that it failed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        output = log.read_text()
+        if output.count("Application startup complete.") >= workers or "Application startup failed" in output:
+            return output
+        time.sleep(0.1)
+    raise AssertionError(f"{workers} workers did not report their start-up:\n{log.read_text()}")
+
+
+def start_four_workers_on_a_fresh_database(url: str, log: Path) -> float:
+    """serve.py --workers 4 on the empty database at url: all four start, it answers, it was migrated and seeded
+    exactly once. Returns the seconds until every worker was up."""
+    started = time.monotonic()
+    with ApiServer({"OTP_DATABASE_URL": url, "OTP_SECRET_KEY": TEST_KEY}, workers=4, log=log) as server:
+        output = wait_for_startup(log, 4)
+        seconds = time.monotonic() - started
+        assert "Application startup failed" not in output and "Traceback" not in output, output
+        assert server.process is not None and len(workers_of(server.process.pid)) == 4
+        assert httpx.get(f"{server.url}/health", timeout=30).json() == {"status": "ok", "database": "ok"}
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        heads = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+        actions = conn.execute(text("SELECT action FROM action_config")).scalars().all()
+    engine.dispose()
+    newest = sorted(p.name.split("_")[0] for p in (ROOT / "migrations" / "versions").glob("0*.py"))[-1]
+    assert heads == [newest] and sorted(actions) == sorted(a.value for a in Action)
+    return seconds
+
+
+@pytest.mark.postgresql
+@pytest.mark.parametrize("attempt", [1, 2, 3])
+def test_four_workers_start_together_on_a_fresh_postgresql_database(tmp_path, attempt):
+    with PrivateSchema(PG_URL, "otp_start") as url:
+        seconds = start_four_workers_on_a_fresh_database(url, tmp_path / "server.log")
+    print(f"\nPostgreSQL, 4 workers, fresh schema: up in {seconds:.1f} s")
+
+
+def test_four_workers_start_together_on_a_fresh_sqlite_file(tmp_path):
+    seconds = start_four_workers_on_a_fresh_database(f"sqlite:///{tmp_path / 'otp.db'}", tmp_path / "server.log")
+    print(f"\nSQLite, 4 workers, fresh file: up in {seconds:.1f} s")

@@ -4,7 +4,7 @@ Capillary's OAuth (POST /v3/oauth/token/generate) issues a token whose life is s
 expiry duration"); existing clients get Capillary's default of 300 seconds.
 
 Revision ID: 0011
-Revises: 0009
+Revises: 0010
 Create Date: 2026-12-01
 """
 from alembic import op
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 
 revision = '0011'
-down_revision = '0009'
+down_revision = '0010'
 branch_labels = None
 depends_on = None
 
