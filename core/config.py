@@ -27,6 +27,13 @@ class Settings(BaseSettings):
     daily_limit: int = 500
     brand: str = ""
     max_body_bytes: int = 64 * 1024
+    # Seconds a request body may take to arrive whole; a slower one is answered 408 and its connection closed,
+    # so a client trickling bytes cannot hold a worker's connection slot and memory for long.
+    body_read_seconds: float = 10.0
+    # /metrics (Prometheus text): "on" or "off"; with a token, a scrape must send "Authorization: Bearer <token>".
+    # Production requires the token while metrics are on.
+    metrics: Literal["on", "off"] = "on"
+    metrics_token: str = ""
     # Seconds a process trusts its cached configuration and templates before re-reading them;
     # changes made in the same process invalidate the cache at once.
     cache_seconds: float = 5.0
@@ -107,6 +114,13 @@ class Settings(BaseSettings):
             raise ValueError("test_code must be 4 to 50 ASCII letters or digits")
         return value.upper()
 
+    @field_validator("body_read_seconds")
+    @classmethod
+    def _positive_read_time(cls, value: float) -> float:
+        if not value > 0:
+            raise ValueError("body_read_seconds must be more than 0")
+        return value
+
     @field_validator("daily_limit")
     @classmethod
     def _positive_limit(cls, value: int) -> int:
@@ -126,6 +140,8 @@ class Settings(BaseSettings):
                       if getattr(self, f"gateway_{c}") == "outbox"]
             if outbox:
                 raise ValueError(f"the outbox gateway is refused in production (channels: {', '.join(outbox)})")
+            if self.metrics == "on" and not self.metrics_token:
+                raise ValueError("OTP_METRICS_TOKEN is required when OTP_ENV=production and OTP_METRICS=on")
         return self
 
     @property

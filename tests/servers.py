@@ -42,8 +42,10 @@ class ApiServer:
     """The API on a free loopback port with the given environment, started as the README says: `uvicorn api:app`
     for one worker, `python serve.py --workers N` for more."""
 
-    def __init__(self, env: dict[str, str], workers: int = 1, serve: bool | None = None) -> None:
-        """serve: start it with serve.py rather than `uvicorn api:app` (default: for more than one worker)."""
+    def __init__(self, env: dict[str, str], workers: int = 1, serve: bool | None = None,
+                 log: Path | None = None) -> None:
+        """serve: start it with serve.py rather than `uvicorn api:app` (default: for more than one worker).
+        log: a file that gets the server's standard error (its log, at level warning); else it is discarded."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **env}
@@ -51,15 +53,21 @@ class ApiServer:
         self.workers = workers
         self.serve = workers > 1 if serve is None else serve
         self.process: subprocess.Popen | None = None
+        self.log = log
 
     def __enter__(self) -> "ApiServer":
         launcher = ["serve.py"] if self.serve else ["-m", "uvicorn", "api:app"]
-        self.process = subprocess.Popen(
-            [sys.executable, *launcher, "--host", "127.0.0.1", "--port", str(self.port),
-             "--workers", str(self.workers), "--log-level", "warning",
-             # Long keep-alive: a connection closed by the server as the client reuses it is a test artefact.
-             "--timeout-keep-alive", "60"],
-            cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stderr = self.log.open("ab") if self.log is not None else None
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, *launcher, "--host", "127.0.0.1", "--port", str(self.port),
+                 "--workers", str(self.workers), "--log-level", "warning",
+                 # Long keep-alive: a connection closed by the server as the client reuses it is a test artefact.
+                 "--timeout-keep-alive", "60"],
+                cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=stderr or subprocess.DEVNULL)
+        finally:
+            if stderr is not None:
+                stderr.close()  # the server has its own copy
         try:
             wait_until_up(f"{self.url}/health")
         except Exception:
