@@ -254,9 +254,10 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
         poller.cancel()
         await close_shared_client()
 
-    # FastAPIOffline serves Swagger UI's and ReDoc's files itself (FastAPI's /docs loads them from a CDN):
-    # the docs work on a host with no internet access, and the page runs no third-party script.
-    app = FastAPIOffline(title="OTP service", version="1.0",
+    # FastAPIOffline serves Swagger UI's files itself (FastAPI's /docs loads them from a CDN): the docs work on a
+    # host with no internet access, and the page runs no third-party script. No ReDoc page: its bundle still
+    # fetches a logo from its vendor's CDN, and /docs is the one the contract names.
+    app = FastAPIOffline(title="OTP service", version="1.0", redoc_url=None,
                          description="Capillary-compatible /v2/otp generate and validate.", lifespan=lifespan)
     app.add_middleware(AnswerUnexpectedErrors)
     if runtime is not None:
