@@ -4,19 +4,23 @@ from __future__ import annotations
 import asyncio
 import base64
 import gc
+import hmac
 import json
 import logging
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from core import engine, receipts
+from core import engine, faults, metrics, receipts
 from core import errors as E
 from core.clients import PERMISSION_OTP_WRITE, ClientIdentity
 from core.errors import OtpError
@@ -108,7 +112,7 @@ TOKEN_HEADERS = ("CAP-API-ACCESS-TOKEN", "X-CAP-API-OAUTH-TOKEN")
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 401, 403, 413, 422, 429, 502, 503)}
+    status: {"model": ErrorResponse} for status in (400, 401, 403, 408, 413, 422, 429, 500, 502, 503)}
 
 
 def _body_schema(model: type[BaseModel], components: dict[str, Any]) -> dict[str, Any]:
@@ -120,16 +124,25 @@ def _body_schema(model: type[BaseModel], components: dict[str, Any]) -> dict[str
         "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
 
 
-def _error_response(error: OtpError) -> JSONResponse:
-    headers = {"Retry-After": str(error.retry_after)} if error.retry_after else None
+def _error_response(error: OtpError, headers: dict[str, str] | None = None) -> JSONResponse:
+    headers = dict(headers or {})
+    if error.retry_after:
+        headers["Retry-After"] = str(error.retry_after)
     if error.http_status == 401:
-        headers = {"WWW-Authenticate": 'Basic realm="otp", Bearer'}
-    return JSONResponse(error.envelope(), status_code=error.http_status, headers=headers)
+        headers["WWW-Authenticate"] = 'Basic realm="otp", Bearer'
+    if error.http_status == 408:  # the rest of the body may still trickle in: end the connection, not the wait
+        headers["Connection"] = "close"
+    return JSONResponse(error.envelope(), status_code=error.http_status, headers=headers or None)
 
 
 async def read_body(request: Request) -> bytes:
-    """The raw body, refusing an oversized one before reading it whole."""
-    limit = request.app.state.runtime.settings.max_body_bytes
+    """The raw body, refusing an oversized one before reading it whole, and a slow one after body_read_seconds.
+
+    Without the time limit a client sending one byte a second holds a connection (and what it sent so far)
+    for as long as it likes; many such clients exhaust a worker. 408 closes the connection.
+    """
+    settings = request.app.state.runtime.settings
+    limit = settings.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None:
         if not (declared.isascii() and declared.isdigit()):
@@ -137,11 +150,16 @@ async def read_body(request: Request) -> bytes:
         if int(declared) > limit:
             raise OtpError.single(E.INVALID_BODY, f"the request body is larger than {limit} bytes", 413)
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise OtpError.single(E.INVALID_BODY, f"the request body is larger than {limit} bytes", 413)
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(settings.body_read_seconds):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise OtpError.single(E.INVALID_BODY, f"the request body is larger than {limit} bytes", 413)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise OtpError.single(E.INVALID_BODY, f"the request body did not arrive within "
+                              f"{settings.body_read_seconds:g} seconds", 408) from None
     return b"".join(chunks)
 
 
@@ -218,6 +236,44 @@ async def authorised_client(request: Request) -> ClientIdentity:
     return client
 
 
+class AnswerUnexpectedErrors:
+    """The outermost handler of our own: an exception no handler expected becomes one log entry and an answer.
+
+    A bug answers 500 with 7005 and its traceback, messages withheld (core.faults); the database being
+    unavailable answers 503 with 606. Starlette's own catch-all (exception_handler(Exception)) re-raises
+    after answering, so the server would log the exception a second time with its message: this one ends it.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except Exception as exc:
+            if scope["type"] != "http":
+                raise
+            error = faults.unexpected_failure(exc, method=scope["method"], path=scope["path"])
+            try:
+                await _error_response(error)(scope, receive, send)
+            except RuntimeError:  # the response had already started: the server closes the connection
+                pass
+
+
+def _metrics_response(request: Request) -> Response:
+    """The Prometheus text, or 404 when metrics are off, or 401 without the configured bearer token."""
+    settings = request.app.state.runtime.settings
+    if settings.metrics != "on":
+        raise OtpError.single(404, "Not Found", 404)
+    if settings.metrics_token:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(),
+                                                                 settings.metrics_token.encode()):
+            raise OtpError.single(401, "the metrics need Authorization: Bearer <OTP_METRICS_TOKEN>", 401)
+    body, media_type = metrics.exposition()
+    return Response(body, media_type=media_type)
+
+
 async def _fail_over_forever(runtime: Runtime) -> None:
     """Send the next channel for deliveries whose receipt did not arrive in time."""
     while True:
@@ -245,13 +301,18 @@ def create_app(runtime: Runtime | None = None, settings: Settings | None = None)
         if not hasattr(app.state, "runtime"):  # a server process (a test passes its own runtime)
             app.state.runtime = Runtime(settings)
             _freeze_startup_heap()
+        metrics.worker_started()
         poller = asyncio.create_task(_fail_over_forever(app.state.runtime))
         yield
         poller.cancel()
         await close_shared_client()
 
-    app = FastAPI(title="OTP service", version="1.0",
-                  description="Capillary-compatible /v2/otp generate and validate.", lifespan=lifespan)
+    # FastAPIOffline serves Swagger UI's files itself (FastAPI's /docs loads them from a CDN): the docs work on a
+    # host with no internet access, and the page runs no third-party script. No ReDoc page: its bundle still
+    # fetches a logo from its vendor's CDN, and /docs is the one the contract names.
+    app = FastAPIOffline(title="OTP service", version="1.0", redoc_url=None,
+                         description="Capillary-compatible /v2/otp generate and validate.", lifespan=lifespan)
+    app.add_middleware(AnswerUnexpectedErrors)
     if runtime is not None:
         app.state.runtime = runtime
     body_components: dict[str, Any] = {}
@@ -286,13 +347,20 @@ def create_app(runtime: Runtime | None = None, settings: Settings | None = None)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        # Unknown paths and wrong methods answer in the same envelope as everything else.
-        return _error_response(OtpError.single(exc.status_code, str(exc.detail), exc.status_code))
+        # Unknown paths and wrong methods answer in the same envelope as everything else, with their
+        # headers: a 405 names the allowed methods in Allow (RFC 9110). Routes set it; the docs' static
+        # files (a mount) do not, and serve only GET and HEAD.
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers.setdefault("Allow", "GET, HEAD")
+        return _error_response(OtpError.single(exc.status_code, str(exc.detail), exc.status_code), headers)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
-        log.error("unexpected error: %s", type(exc).__name__)
-        return _error_response(OtpError.single(E.STORAGE_FAILURE, "unable to process the request at the moment", 503))
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, _exc: ClientDisconnect) -> Response:
+        # Nobody is left to answer; the reply below goes nowhere. One line, no traceback: a client's
+        # network dropping is not our bug.
+        log.warning("client hung up before sending the whole request body: %s %s", request.method, request.url.path)
+        return Response(status_code=400)
 
     @app.post("/v2/otp/generate", response_model=GenerateResponse, responses=_ERRORS,
               openapi_extra={"requestBody": generate_body})
@@ -351,6 +419,10 @@ def create_app(runtime: Runtime | None = None, settings: Settings | None = None)
         if outcome.changed and outcome.status == "failed":
             await engine.fail_over_delivery(runtime_, outcome.delivery_id)
         return JSONResponse({"delivery": outcome.delivery_id, "status": outcome.status})
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics(request: Request) -> Response:
+        return await run_in_threadpool(_metrics_response, request)  # merging the workers' files reads disk
 
     @app.get("/health", responses={503: {"description": "the database is unreachable"}})
     async def health(request: Request) -> JSONResponse:

@@ -13,13 +13,21 @@ exactly as `uvicorn.run` hands them the socket it binds itself.
 uvicorn's own proxy-header handling is off: by default it believes X-Forwarded-For from 127.0.0.1 and rewrites
 the client address before the app sees it, so anyone on the host (or a same-host proxy passing the header on)
 could pick the address the per-address limit counts. OTP_TRUSTED_PROXIES (core.net) is the only authority.
+
+With several workers, /metrics must sum all of them, so each start gets a fresh PROMETHEUS_MULTIPROC_DIR
+(prometheus_client's multiprocess mode: each worker writes its figures to files there) that the supervisor
+tidies when a worker dies and removes when it stops.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
 import socket
 import sys
+import tempfile
+from pathlib import Path
 
 import uvicorn
 from uvicorn.config import LOG_LEVELS, STARTUP_FAILURE
@@ -46,6 +54,46 @@ def listening_socket(host: str, port: int, backlog: int = 2048) -> socket.socket
         sock.close()
         raise
     return sock
+
+
+def fresh_metrics_directory() -> Path:
+    """An empty directory for the workers' metric files, named in PROMETHEUS_MULTIPROC_DIR for them to inherit.
+
+    Fresh per start: files left by an earlier run would add its figures to this one's (and prometheus_client
+    requires the directory to be emptied between runs). Set before any worker imports prometheus_client,
+    which reads the variable once, at import.
+    """
+    path = Path(tempfile.mkdtemp(prefix="otp-metrics-"))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    return path
+
+
+class Supervisor(Multiprocess):
+    """uvicorn's worker supervisor, which also removes a gone worker's live-gauge files (mark_process_dead).
+
+    Counters and histograms of a dead worker stay, so totals never go backwards; gauges that describe live
+    processes (otp_workers) would otherwise count the dead worker next to its replacement.
+    """
+
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket], metrics_dir: Path) -> None:
+        super().__init__(config, sockets=sockets)
+        self.metrics_dir = metrics_dir
+
+    def _forget_gone(self, before: set[int | None]) -> None:
+        from prometheus_client.multiprocess import mark_process_dead  # after PROMETHEUS_MULTIPROC_DIR is set
+        for pid in before - {p.pid for p in self.processes}:
+            if pid is not None:
+                mark_process_dead(pid, str(self.metrics_dir))
+
+    def keep_subprocess_alive(self) -> None:  # replaces a worker that died or hung
+        before = {p.pid for p in self.processes}
+        super().keep_subprocess_alive()
+        self._forget_gone(before)
+
+    def handle_signals(self) -> None:  # SIGHUP replaces every worker, SIGTTOU retires one
+        before = {p.pid for p in self.processes}
+        super().handle_signals()
+        self._forget_gone(before)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,11 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         return STARTUP_FAILURE
     host = f"[{args.host}]" if ":" in args.host else args.host
     log.info("Uvicorn running on http://%s:%d (Press CTRL+C to quit)", host, sock.getsockname()[1])
+    metrics_dir = fresh_metrics_directory() if config.workers > 1 else None  # one worker counts in memory
     try:
-        if config.workers == 1:
+        if metrics_dir is None:
             uvicorn.Server(config).run(sockets=[sock])
             return 0
-        supervisor = Multiprocess(config, sockets=[sock])
+        supervisor = Supervisor(config, sockets=[sock], metrics_dir=metrics_dir)
         supervisor.run()
         # uvicorn's supervisor stops when a worker cannot start, but exits 0; say so to systemd and the like.
         return STARTUP_FAILURE if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes) else 0
@@ -91,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         sock.close()
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

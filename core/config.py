@@ -89,6 +89,13 @@ class Settings(BaseSettings):
     daily_limit: int = Field(500, ge=1)
     brand: str = Field("", max_length=100)
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    # Seconds a request body may take to arrive whole; a slower one is answered 408 and its connection closed,
+    # so a client trickling bytes cannot hold a worker's connection slot and memory for long.
+    body_read_seconds: float = Field(10.0, gt=0, le=600)
+    # /metrics (Prometheus text): "on" or "off"; with a token, a scrape must send "Authorization: Bearer <token>".
+    # Production requires the token while metrics are on.
+    metrics: Literal["on", "off"] = "on"
+    metrics_token: str = ""
     # Seconds a process trusts its cached configuration and templates before re-reading them;
     # changes made in the same process invalidate the cache at once.
     cache_seconds: float = Field(5.0, ge=0, le=3600)
@@ -174,6 +181,14 @@ class Settings(BaseSettings):
                 raise ValueError("must be base64 (e.g. from: openssl rand -base64 32)") from None
             if len(key) != 32:
                 raise ValueError(f"must be base64 of exactly 32 bytes, not {len(key)}")
+        return value
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _header_safe_token(cls, value: str) -> str:
+        # It travels in an Authorization header: printable ASCII with no spaces, and long enough not to guess.
+        if value and not re.fullmatch(r"[\x21-\x7e]{16,200}", value):
+            raise ValueError("must be 16 to 200 printable ASCII characters with no spaces")
         return value
 
     @field_validator("brand")
@@ -273,6 +288,8 @@ class Settings(BaseSettings):
                       if getattr(self, f"gateway_{c}") == "outbox"]
             if outbox:
                 raise ValueError(f"the outbox gateway is refused in production (channels: {', '.join(outbox)})")
+            if self.metrics == "on" and not self.metrics_token:
+                raise ValueError("OTP_METRICS_TOKEN is required when OTP_ENV=production and OTP_METRICS=on")
         return self
 
     @property

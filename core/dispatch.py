@@ -8,6 +8,7 @@ import time
 from dataclasses import replace
 from collections.abc import Sequence
 
+from core import metrics
 from core.gateways import Gateway, OutgoingMessage, SendResult
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ async def _send_one(gateway: Gateway | None, message: OutgoingMessage, timeout: 
     error = scrub(result.error, message.code)[:1000] if result.error else None
     log.debug("delivery %s over %s via %s: %s", message.delivery_id, message.channel.value, gateway.name,
               result.status)
+    metrics.gateway_send(gateway.name, message.channel.value, latency / 1000, failed=result.status == "failed")
     return replace(result, error=error, latency_ms=latency)
 
 

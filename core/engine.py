@@ -18,6 +18,7 @@ from sqlalchemy import Connection, bindparam, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from core import errors as E
+from core import metrics
 from core.codes import CheckOutcome, CodeSendsExhausted, IssuedCode, LiveCodeRace, check_code, give_back_send, \
     issue_or_resend, locked_until, record_failure, reset_failures
 from core.dispatch import dispatch
@@ -28,6 +29,7 @@ from core.enums import Action, Channel, EntityType
 from core.errors import OtpError, Problem
 from core.limits import Counter, Refusal, Refused, count, explain_refusal, generate_counters, give_back, send_counters, \
     validate_counter
+from core.faults import storage_failure
 from core.messages import ResolvedTemplate, failover_plan, plan_channels, render_message, resolve_all
 from core.models import Delivery, LimitEvent, OtpCode, OtpRequest, OtpValidation, SecurityEvent, UsageCounter
 from core.otpconfig import OtpConfig
@@ -97,8 +99,7 @@ def _seconds_until(moment: datetime, now: datetime) -> int:
 
 
 def _storage_error(exc: Exception) -> OtpError:
-    log.error("storage failure: %s", type(exc).__name__)
-    return OtpError.single(E.STORAGE_FAILURE, "unable to generate OTP at the moment: storage is unavailable", 503)
+    return storage_failure(exc, "unable to generate OTP at the moment: storage is unavailable")
 
 
 async def _record_refusal(rt: Runtime, refused: Refused, *, user_key: str, action: str, client_id: int | None,
@@ -114,7 +115,9 @@ async def _record_refusal(rt: Runtime, refused: Refused, *, user_key: str, actio
         await rt.writer.run(record)
     except DBAPIError as exc:  # the refusal stands even if it cannot be recorded
         log.warning("could not record a %s refusal: %s", refused.limit_type, type(exc).__name__)
+        metrics.database_error(exc)
     log.info("refused %s for %s (%s)", action, mask(user_key), refused.limit_type)
+    metrics.refused(refused.limit_type)
     return OtpError.single(E.RATE_LIMITED, refused.message, 429, refused.retry_after, reason=refused.limit_type)
 
 
@@ -224,6 +227,8 @@ def _send_within(conn: Connection, rt: Runtime, config: OtpConfig, *, request_id
                                        latency_ms=None if message is None else (time.perf_counter() - started) * 1000)
         if message is not None:
             gateway.send_within(conn, replace(message, delivery_id=delivery_id))  # type: ignore[union-attr]
+            metrics.gateway_send(_gateway_label(gateway), target.channel.value, time.perf_counter() - started,
+                                 failed=False)
         reports.append(DeliveryReport(delivery_id, target.channel.value, target.destination,
                                       _gateway_label(gateway), status, error))
     return reports
@@ -309,6 +314,7 @@ async def _write_after_send(rt: Runtime, write, what: str) -> bool:  # type: ign
         except DBAPIError as exc:
             if delay is None:
                 log.error("could not record %s: %s", what, type(exc).__name__)
+                metrics.database_error(exc)
                 return False
             log.warning("recording %s failed (%s); retrying", what, type(exc).__name__)
             await asyncio.sleep(delay)
@@ -443,6 +449,9 @@ async def generate(rt: Runtime, payload: object, *, client_id: int | None = None
     log.info("%s code %s for %s action %s over %s", "re-sent" if issued.resent else "issued", issued.code_id,
              mask(request.entity.value), config.action.value, ",".join(r.channel for r in reports))
     failed = [r for r in reports if r.status == "failed"]
+    for report in reports:
+        metrics.generated(config.action.value, report.channel,
+                          "failed" if report.status == "failed" else "resent" if issued.resent else "sent")
     warnings = [Problem(E.GATEWAY_ERROR, f"{r.channel} to {mask(r.destination)} failed: {_public_reason(r)}")
                 for r in failed]
     nobody = bool(reports) and len(failed) == len(reports)
@@ -573,6 +582,7 @@ async def validate(rt: Runtime, payload: object, *, client_id: int | None = None
     except DBAPIError as exc:
         raise _storage_error(exc) from None
     log.info("validation for %s action %s: %s", mask(request.entity.value), action, outcome.outcome)
+    metrics.validated(action, outcome.outcome)
     if outcome.outcome == "ok":
         return ValidateResult(True)
     return ValidateResult(False, [_WARNINGS[outcome.outcome]])

@@ -66,3 +66,5 @@ COUNTRY_NOT_ALLOWED = 7003
 # Not in Capillary's table, a warning: a phone channel is in safe mode (its daily budget is spent) and the code
 # went by email instead.
 SAFE_MODE_EMAIL = 7004
+# Not in Capillary's table: an unexpected server error (500), a bug of ours; 606 stays for storage being unavailable.
+UNEXPECTED_ERROR = 7005

@@ -8,6 +8,7 @@ from core.config import Settings
 from core.entities import InvalidEntity, NormalisedEntity, normalise_email, normalise_phone
 from core.enums import Action, Channel, EntityType
 from core.errors import OtpError, Problem
+from core.linebreaks import line_break_in
 from core.templates import check_template
 
 MAX_CHANNELS = 10
@@ -196,6 +197,8 @@ def parse_generate(payload: object, settings: Settings) -> GenerateRequest:
                               ("zaloTemplateIdentifier", zalo_id, E.ZALO_TEMPLATE_MISSING)):
         if value is not None and len(value) > MAX_NAME_CHARS:
             problems.append(Problem(code, f"{name} is longer than {MAX_NAME_CHARS} characters"))
+        elif value is not None and (found := line_break_in(value)):  # a name is one line (the subject: templates)
+            problems.append(Problem(code, f"{name} must be one line; it contains {found}"))
 
     if problems:
         raise OtpError(problems, 400)

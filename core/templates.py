@@ -14,6 +14,7 @@ from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from core.enums import Channel
+from core.linebreaks import line_break_in
 
 PLACEHOLDER = "validation_code"
 ALLOWED_VARIABLES = frozenset({"validation_code", "expiry_minutes", "action", "brand"})
@@ -106,6 +107,9 @@ def check_template(source: object, *, kind: str = "text", require_placeholder: b
     if len(source) > limit:
         check.errors.append(TemplateIssue(f"the template is {len(source)} characters long; at most {limit} are allowed"))
         return check
+    if kind == "subject" and (found := line_break_in(source)):
+        check.errors.append(TemplateIssue(f"the subject must be one line; it contains {found}"))
+        return check
     try:
         tree = _env_text.parse(source)
     except TemplateSyntaxError as exc:
@@ -137,6 +141,9 @@ def check_template(source: object, *, kind: str = "text", require_placeholder: b
                 f"the filter '{node.name}' is not allowed (allowed: {', '.join(sorted(SAFE_FILTERS))})", node.lineno))
         elif isinstance(node, nodes.Name) and node.ctx == "load":
             names.append(node.name)
+        elif kind == "subject" and isinstance(node, nodes.Const) and isinstance(node.value, str) \
+                and (found := line_break_in(node.value)):  # {{ "\n" }} renders a real line feed
+            refused.append(TemplateIssue(f"the subject must be one line; a constant contains {found}", node.lineno))
     # One message per construct and line is enough for a person to fix it.
     seen: set[str] = set()
     for issue in refused:
@@ -192,6 +199,8 @@ def render(source: str, variables: dict[str, object], *, html: bool = False, kin
         raise RenderError(f"the template failed to render: {exc}") from exc
     if len(output) > MAX_OUTPUT_CHARS:
         raise RenderError(f"the rendered message is longer than {MAX_OUTPUT_CHARS} characters")
+    if kind == "subject" and (found := line_break_in(output)):  # a variable (the brand setting) brought it
+        raise RenderError(f"the rendered subject must be one line; it contains {found}")
     return output
 
 

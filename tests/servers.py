@@ -47,29 +47,31 @@ class ApiServer:
     --no-proxy-headers` for one worker, `python serve.py --workers N` for more."""
 
     def __init__(self, env: dict[str, str], workers: int = 1, serve: bool | None = None,
-                 log: Path | None = None) -> None:
-        """serve: start it with serve.py rather than uvicorn (default: for more than one worker); log: write the
-        server's output there, at level info, rather than discard it."""
+                 log: Path | None = None, log_level: str = "warning") -> None:
+        """serve: start it with serve.py rather than `uvicorn api:app` (default: for more than one worker).
+        log: a file that gets the server's standard error (its log, at log_level); else it is discarded."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **env}
         self.env.pop("OTP_SECRET_KEY", None) if "OTP_SECRET_KEY" not in env else None
         self.workers = workers
         self.serve = workers > 1 if serve is None else serve
-        self.log = log
+        self.log, self.log_level = log, log_level
         self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> "ApiServer":
         launcher = ["serve.py"] if self.serve else ["-m", "uvicorn", "api:app", "--no-proxy-headers"]
-        output = open(self.log, "w") if self.log else subprocess.DEVNULL
-        self.process = subprocess.Popen(
-            [sys.executable, *launcher, "--host", "127.0.0.1", "--port", str(self.port),
-             "--workers", str(self.workers), "--log-level", "info" if self.log else "warning",
-             # Long keep-alive: a connection closed by the server as the client reuses it is a test artefact.
-             "--timeout-keep-alive", "60"],
-            cwd=ROOT, env=self.env, stdout=output, stderr=subprocess.STDOUT if self.log else subprocess.DEVNULL)
-        if self.log:
-            output.close()  # the child holds its own copy
+        stderr = self.log.open("ab") if self.log is not None else None
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, *launcher, "--host", "127.0.0.1", "--port", str(self.port),
+                 "--workers", str(self.workers), "--log-level", self.log_level,
+                 # Long keep-alive: a connection closed by the server as the client reuses it is a test artefact.
+                 "--timeout-keep-alive", "60"],
+                cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=stderr or subprocess.DEVNULL)
+        finally:
+            if stderr is not None:
+                stderr.close()  # the server has its own copy
         try:
             wait_until_up(f"{self.url}/health")
         except Exception:

@@ -116,7 +116,7 @@ def wrong_code(code: str) -> str:
 
 @pytest.fixture
 def api(rt):
-    # Server exceptions become responses, as a real client sees them; an unexpected one is a 503 (606).
+    # Server exceptions become responses, as a real client sees them; an unexpected one is a 500 (7005).
     with TestClient(create_app(rt), raise_server_exceptions=False) as client:
         yield client
 

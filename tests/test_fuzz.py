@@ -79,7 +79,7 @@ def client_auth(rt, name: str = "fuzz") -> dict[str, str]:
 
 @pytest.fixture
 def api(rt):
-    """create_app(rt) behind Starlette's TestClient; an unexpected exception is a 503 (606), as a client sees it."""
+    """create_app(rt) behind Starlette's TestClient; an unexpected exception is a 500 (7005), as a client sees it."""
     with TestClient(create_app(rt), raise_server_exceptions=False) as client:
         yield client
 

@@ -100,7 +100,8 @@ def start_four_workers_on_a_fresh_database(url: str, log: Path) -> float:
     """serve.py --workers 4 on the empty database at url: all four start, it answers, it was migrated and seeded
     exactly once. Returns the seconds until every worker was up."""
     started = time.monotonic()
-    with ApiServer({"OTP_DATABASE_URL": url, "OTP_SECRET_KEY": TEST_KEY}, workers=4, log=log) as server:
+    with ApiServer({"OTP_DATABASE_URL": url, "OTP_SECRET_KEY": TEST_KEY}, workers=4, log=log,
+                   log_level="info") as server:
         output = wait_for_startup(log, 4)
         seconds = time.monotonic() - started
         assert "Application startup failed" not in output and "Traceback" not in output, output
