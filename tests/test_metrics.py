@@ -132,10 +132,10 @@ def runtime_with(db_url, tmp_path, clock):
 
 
 def test_the_metrics_token_and_the_off_switch(runtime_with):
-    with runtime_with(metrics_token="scrape-me") as api:
+    with runtime_with(metrics_token="scrape-me-0123456789") as api:
         assert api.get("/metrics").status_code == 401
         assert api.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
-        answer = api.get("/metrics", headers={"Authorization": "Bearer scrape-me"})
+        answer = api.get("/metrics", headers={"Authorization": "Bearer scrape-me-0123456789"})
         assert answer.status_code == 200 and "otp_generates_total" in answer.text
     with runtime_with(metrics="off") as api:
         assert api.get("/metrics").status_code == 404
@@ -147,5 +147,5 @@ def test_production_needs_a_metrics_token_or_metrics_off(tmp_path):
                       **{f"gateway_{c}": "none" for c in ("sms", "email", "phone", "whatsapp", "zalo")})
     with pytest.raises(ValidationError, match="OTP_METRICS_TOKEN is required"):
         Settings(**production)
-    assert Settings(**production, metrics_token="scrape-me").metrics == "on"
+    assert Settings(**production, metrics_token="scrape-me-0123456789").metrics == "on"
     assert Settings(**production, metrics="off").metrics == "off"
