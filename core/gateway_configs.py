@@ -123,14 +123,30 @@ def check_gateway(config: GatewayConfigBase) -> list[str]:
     return problems
 
 
+def _audited(row: GatewayConfig | None, box: SecretBox) -> dict | None:
+    """A gateway as its audit entry shows it: every setting, credentials (and webhook header values, which
+    may carry a key) only as hints."""
+    if row is None:
+        return None
+    options = json.loads(row.options or "{}")
+    if isinstance(options, dict) and isinstance(options.get("headers"), dict):
+        options = {**options, "headers": _hint(options["headers"])}
+    credentials = json.loads(box.open(row.credentials_enc, f"gateway:{row.name}")) if row.credentials_enc else {}
+    return {"channel": row.channel, "provider": row.provider, "endpoint": row.endpoint, "sender": row.sender,
+            "options": options, "default": row.is_default, "enabled": row.enabled,
+            "credentials": _hint(credentials) or None}
+
+
 def save_gateway(session: Session, box: SecretBox, *, actor: StaffIdentity, config: GatewayConfigBase,
-                 credentials: dict | None) -> GatewayConfigPublic:
-    """Create or update a gateway by name; credentials None keeps the stored ones (they are never shown back)."""
+                 credentials: dict | None, reason: str | None = None) -> GatewayConfigPublic:
+    """Create or update a gateway by name; credentials None keeps the stored ones (they are never shown back).
+    The audit entry holds the settings before and after, credentials as hints, and the reason given."""
     require(session, actor, "config.edit")
     problems = check_gateway(config)
     if problems:
         raise GatewayConfigError("; ".join(problems))
     row = session.exec(model_select(GatewayConfig).where(GatewayConfig.name == config.name.strip())).first()
+    before = _audited(row, box)
     if row is None:
         row = GatewayConfig(**config.model_dump())
     else:
@@ -146,9 +162,10 @@ def save_gateway(session: Session, box: SecretBox, *, actor: StaffIdentity, conf
                 session.add(other)
     row.updated_at = utcnow()
     session.add(row)
+    after = _audited(row, box)
     audit.record(session, actor=actor.username, action="gateway.save", target=f"gateway:{row.name}",
-                 detail={"provider": row.provider, "channel": row.channel, "default": row.is_default,
-                         "credentials_changed": credentials is not None})
+                 detail={"before": before, "after": after, "credentials_changed": credentials is not None},
+                 reason=(reason or "").strip() or None)
     session.commit()
     session.refresh(row)
     return public(row, box)
