@@ -49,6 +49,7 @@ with st.form("gw_form"):
     default = st.checkbox("Default gateway for this channel", value=current.is_default if current else True,
                           key="gw_default")
     enabled = st.checkbox("Enabled", value=current.enabled if current else True, key="gw_enabled")
+    reason = st.text_input("Why this change (kept in the audit log)", key="gw_reason")
     saved = st.form_submit_button("Save gateway", type="primary", key="gw_save")
 
 if saved:
@@ -57,7 +58,7 @@ if saved:
         if secrets_ is not None and not isinstance(secrets_, dict):
             raise GatewayConfigError("credentials must be a JSON object")
         with rt.session() as db:
-            save_gateway(db, rt.box, actor=identity, credentials=secrets_, config=GatewayConfigBase(
+            save_gateway(db, rt.box, actor=identity, credentials=secrets_, reason=reason, config=GatewayConfigBase(
                 name=name.strip(), channel=channel, provider=provider, endpoint=endpoint.strip(),
                 sender=sender.strip(), options=options or "{}", is_default=default, enabled=enabled))
     except json.JSONDecodeError as exc:
