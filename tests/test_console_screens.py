@@ -65,3 +65,37 @@ def test_revoke_asks_first(rt, team):
     assert "Revoked shop" in texts(at)
     with rt.db.connect() as conn:
         assert conn.execute(text("SELECT revoked_at FROM api_client")).scalar() is not None
+
+
+def test_dashboard_filters_stay_put_across_pages(rt, team):
+    at = signed_in(rt, team["viewer"]).run()
+    at.switch_page("pages/dash_usage.py").run()
+    at.selectbox(key="usage_tz").select("Asia/Kolkata").run()
+    at.selectbox(key="usage_action").select("COUPON").run()
+    at.selectbox(key="usage_channel").select("SMS").run()
+    at.date_input(key="usage_days").set_value((date(2026, 11, 1), date(2026, 11, 20))).run()
+    assert not at.exception
+    for page, prefix, has_channel in (("pages/dash_delivery.py", "delivery", True),
+                                      ("pages/dash_limits.py", "limits", False),
+                                      ("pages/home.py", None, False),  # a page without the filters between
+                                      ("pages/dash_usage.py", "usage", True)):
+        at.switch_page(page).run()
+        assert not at.exception, page
+        if prefix is None:
+            continue
+        assert at.selectbox(key=f"{prefix}_tz").value == "Asia/Kolkata", page
+        assert at.selectbox(key=f"{prefix}_action").value == "COUPON", page
+        assert at.date_input(key=f"{prefix}_days").value == (date(2026, 11, 1), date(2026, 11, 20)), page
+        if has_channel:
+            assert at.selectbox(key=f"{prefix}_channel").value == "SMS", page
+        assert "2026-11-01 to 2026-11-20" in " ".join(c.value for c in at.caption), page
+
+
+def test_unchanged_kpis_show_a_grey_zero_not_a_red_plus_zero(rt, team):
+    at = signed_in(rt, team["viewer"]).run()
+    at.switch_page("pages/dash_limits.py").run()
+    deltas = {m.label: m.delta for m in at.metric}
+    assert deltas["Daily limit"] == "0" and deltas["Lock"] == "0", deltas
+    at.switch_page("pages/dash_usage.py").run()
+    labels = [m.label for m in at.metric]
+    assert "Time to validate p50" in labels and "Time to validate p95" in labels
