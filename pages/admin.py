@@ -16,11 +16,12 @@ st.title("Staff and API clients")
 if flash := st.session_state.pop("admin_flash", None):
     getattr(st, flash[0])(flash[1])
 
-STAFF_FIELDS = ("staff_username", "staff_password", "staff_role")
-CLIENT_FIELDS = ("client_name", "client_permissions")
-# A form is emptied only after it saved: an error (a taken username) keeps what was typed.
-for field in st.session_state.pop("admin_clear", ()):
-    st.session_state.pop(field, None)
+STAFF_FIELDS = {"staff_username": "", "staff_password": "", "staff_role": ROLES[0]}
+CLIENT_FIELDS = {"client_name": "", "client_permissions": "otp:write"}
+# A form is emptied only after it saved: an error (a taken username) keeps what was typed. The values are set,
+# not deleted: the browser keeps a widget's old value unless the script sends a new one.
+for field, empty in st.session_state.pop("admin_clear", {}).items():
+    st.session_state[field] = empty
 
 
 def when(moment: datetime | None) -> str:
@@ -100,8 +101,7 @@ with clients_tab:
                                 "created": when(c.created_at), "revoked": when(c.revoked_at) if c.revoked_at else ""}
                                for c in clients]),
                  hide_index=True, width="stretch", key="clients_table")
-    if "client_permissions" not in st.session_state:
-        st.session_state["client_permissions"] = "otp:write"
+    st.session_state.setdefault("client_permissions", CLIENT_FIELDS["client_permissions"])
     with st.form("client_new"):
         a, b = st.columns(2)
         name = a.text_input("Client name", key="client_name")
