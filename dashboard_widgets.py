@@ -2,7 +2,6 @@
 CSV button."""
 from __future__ import annotations
 
-import math
 from datetime import timedelta
 from typing import Callable
 from zoneinfo import ZoneInfo
@@ -102,16 +101,16 @@ def delta(now: float | None, before: float | None, *, percent: bool = False) -> 
 
 
 def day_x(filters: Filters, field: str = "day") -> alt.X:
-    """The day axis of every dashboard chart: one format ("29 Nov"), a tick per day or per few days, read as the
-    UTC calendar date the query returned (the browser's own time zone must not shift it)."""
-    step = max(1, math.ceil(filters.day_count / 14))
-    return alt.X(f"{field}:T", title=None, timeUnit="utcyearmonthdate", scale=alt.Scale(type="utc"),
-                 axis=alt.Axis(format="%d %b", formatType="utc", labelAngle=0,
-                               tickCount={"interval": "day", "step": step}))
+    """The day axis of every dashboard chart: one label per day in one format ("29 Nov"; Vega's default mixed
+    "Nov 29", "Mon 30" and "December"), under the day's bar or point rather than at its edge, read as the UTC
+    calendar date the query returned so the browser's own time zone cannot shift it."""
+    return alt.X(f"{field}:O", timeUnit="utcyearmonthdate", title=None,
+                 axis=alt.Axis(labelExpr="utcFormat(datum.value, '%d %b')", labelAngle=0,
+                               labelOverlap="parity" if filters.day_count > 14 else False))
 
 
 def day_tooltip(field: str = "day") -> alt.Tooltip:
-    return alt.Tooltip(f"{field}:T", title="day", timeUnit="utcyearmonthdate", format="%d %b %Y", formatType="utc")
+    return alt.Tooltip(f"{field}:O", title="day", timeUnit="utcyearmonthdate", format="%d %b %Y")
 
 
 def pct(value: float | None) -> str:

@@ -26,8 +26,8 @@ with rt.session() as db:
     rows = search(db, kind=None if kind == ALL else kind, actor=None if actor == ALL else actor,
                   start=datetime.combine(first, time(), timezone.utc),
                   end=datetime.combine(last + timedelta(days=1), time(), timezone.utc))
-st.dataframe(pd.DataFrame([{"when": r.at, "who": r.actor, "what": r.action, "target": r.target, "why": r.reason,
-                            "detail": r.detail} for r in rows], columns=["when", "who", "what", "target", "why", "detail"]),
+st.dataframe(pd.DataFrame([{"when": r.at, "who": r.actor, "what": r.action, "target": r.target, "why": r.reason or "",
+                            "detail": r.detail or ""} for r in rows], columns=["when", "who", "what", "target", "why", "detail"]),
              hide_index=True, width="stretch", key="audit_table",
              column_config={"when": st.column_config.DatetimeColumn("when (UTC)", format="YYYY-MM-DD HH:mm:ss")})
 st.caption(f"{len(rows)} entr{'y' if len(rows) == 1 else 'ies'}, newest first (at most 1,000).")

@@ -81,7 +81,7 @@ else:
         st.markdown("**Why deliveries failed**")
         st.altair_chart(alt.Chart(failures).mark_bar().encode(
             y=alt.Y("error:N", sort="-x", title=None, axis=alt.Axis(labelLimit=0)),
-            x=alt.X("count:Q", title="failed messages"),
+            x=alt.X("count:Q", title="failed messages", axis=alt.Axis(tickMinStep=1, format="d")),
             color=alt.Color("channel:N"), tooltip=["channel:N", "gateway:N", "error:N", "count:Q"]), width="stretch")
 
 st.subheader("One request")

@@ -74,7 +74,15 @@ def settled(page, timeout: float = 60_000) -> None:
 def shot(page, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     settled(page)
+    # Streamlit scrolls inside its own main container, so a full-page shot would stop at the window: the
+    # window grows to the content's height for the shot instead.
+    size = page.viewport_size
+    height = page.evaluate("""() => Math.max(...[...document.querySelectorAll('[data-testid="stMain"], section')]
+        .map(e => e.scrollHeight), document.body.scrollHeight)""")
+    page.set_viewport_size({"width": size["width"], "height": max(size["height"], min(height, 6000))})
+    settled(page)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    page.set_viewport_size(size)
 
 
 def wait_text(page, text: str, timeout: float = 20_000) -> None:
@@ -174,8 +182,12 @@ def test_console_end_to_end_in_chromium(console_url, browser):
         clipped = page.evaluate("""() => [...document.querySelectorAll('[data-testid="stMetricValue"]')]
             .filter(v => v.scrollWidth > v.clientWidth + 1).map(v => v.innerText)""")
         assert clipped == [], (heading, clipped)
-        deltas = [d.inner_text().strip() for d in page.get_by_test_id("stMetricDelta").all()]
-        assert not [d for d in deltas if d.lstrip("+-").strip() in ("0", "0.0 pp")], (heading, deltas)
+        deltas = page.get_by_test_id("stMetricDelta").all()
+        texts = [d.inner_text().strip() for d in deltas]
+        assert not [t for t in texts if t.startswith(("+0", "-0")) and t.lstrip("+-").strip() in ("0", "0.0 pp")], texts
+        arrows = [d.locator("svg").count() for d in deltas]
+        assert all(not a for a, t in zip(arrows, texts) if t == "0"), texts  # grey, no arrow
+        assert all(a for a, t in zip(arrows, texts) if t != "0"), texts  # (a real change has one)
         shot(page, name)
 
     # 7. The dashboard filters stay put across pages.
