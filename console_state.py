@@ -40,11 +40,14 @@ def current_session() -> ConsoleSession | None:
     session: ConsoleSession | None = st.session_state.get(SESSION_KEY)
     if session is None:
         token = _cookie_token()
-        if not token:
+        # The cookies are those the browser sent when this page was opened; a token found dead is not asked
+        # about again on every rerun, and the browser is told to drop it.
+        if not token or token == st.session_state.get("dead_cookie"):
             return None
         with rt.session() as db:
             identity = resume_session(db, token=token, idle_minutes=rt.settings.console_session_minutes, now=now)
         if identity is None:
+            st.session_state["dead_cookie"], st.session_state[COOKIE_KEY] = token, ""
             return None
         session = ConsoleSession.start(identity, rt.settings.console_session_minutes, now, token=token)
         st.session_state[SESSION_KEY] = session
@@ -67,6 +70,7 @@ def _end(session: ConsoleSession, why: str | None, message: str) -> None:
     if why:
         with runtime().session() as db:
             end_session(db, identity=session.identity, token=session.token, why=why)
+    st.session_state["dead_cookie"] = session.token
     st.session_state.pop(SESSION_KEY, None)
     st.session_state[COOKIE_KEY] = ""
     st.session_state["signed_out_reason"] = message
