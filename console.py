@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import streamlit as st
 
-from console_state import can, current_session, runtime, sign_out
+from console_state import can, current_session, runtime, sign_out, write_session_cookie
 from core.config import Settings, checked_settings
 from core.runtime import Runtime
 from core.staff import needs_first_admin
@@ -26,6 +27,35 @@ def get_runtime(_settings: Settings) -> Runtime:
     return Runtime(_settings)
 
 
+# Every page behind the sign-in: (script, title, icon, permission or None for every role). Home is "status".
+PAGES = [
+    ("pages/home.py", "Status", ":material/monitor_heart:", None),
+    ("pages/templates.py", "Templates", ":material/edit_note:", None),
+    ("pages/dash_usage.py", "Daily usage", ":material/bar_chart:", None),
+    ("pages/dash_delivery.py", "Delivery", ":material/local_shipping:", None),
+    ("pages/dash_limits.py", "Rate limits", ":material/speed:", None),
+    ("pages/test_send.py", "Test send", ":material/send:", "test.send"),
+    ("pages/outbox.py", "Outbox", ":material/inbox:", "outbox.view"),
+    ("pages/config.py", "OTP configuration", ":material/tune:", "config.edit"),
+    ("pages/gateways.py", "Gateways", ":material/hub:", "config.edit"),
+    ("pages/admin.py", "Staff and API clients", ":material/group:", "staff.manage"),
+    ("pages/audit.py", "Audit log", ":material/history:", "templates.approve"),
+]
+
+
+def url_path(script: str) -> str:
+    return "status" if script == "pages/home.py" else Path(script).stem
+
+
+def gate_pages(script: str, title: str, icon: str) -> list:
+    """The sign-in (or first-admin) page under the status page's url_path, and hidden under every other page's
+    too: a reload or a bookmark of /templates while signed out lands on the sign-in form rather than a "page not
+    found", and the rerun after signing in runs the page that was asked for."""
+    return [st.Page(script, title=title, icon=icon, default=True, url_path="status"),
+            *(st.Page(script, title=title, icon=icon, url_path=url_path(p), visibility="hidden")
+              for p, *_ in PAGES[1:])]
+
+
 st.set_page_config(page_title="OTP console", page_icon=":material/lock:", layout="wide")
 if "runtime" not in st.session_state:  # tests hand in their own runtime
     settings, problems = get_settings_once()
@@ -39,33 +69,20 @@ with runtime().session() as db:
     first_start = needs_first_admin(db)
 session = None if first_start else current_session()
 
-# The gate pages share the status page's url_path: a rerun after signing in (or out) then lands on the
-# page that takes that place instead of a "page not found".
 if first_start:
-    pages = [st.Page("pages/setup.py", title="Create the first admin", icon=":material/person_add:", default=True, url_path="status")]
+    pages = gate_pages("pages/setup.py", "Create the first admin", ":material/person_add:")
 elif session is None:
-    pages = [st.Page("pages/login.py", title="Sign in", icon=":material/login:", default=True, url_path="status")]
+    pages = gate_pages("pages/login.py", "Sign in", ":material/login:")
 else:
-    pages = [st.Page("pages/home.py", title="Status", icon=":material/monitor_heart:", default=True, url_path="status"),
-             st.Page("pages/templates.py", title="Templates", icon=":material/edit_note:"),
-             st.Page("pages/dash_usage.py", title="Daily usage", icon=":material/bar_chart:"),
-             st.Page("pages/dash_delivery.py", title="Delivery", icon=":material/local_shipping:"),
-             st.Page("pages/dash_limits.py", title="Rate limits", icon=":material/speed:")]
-    if can("test.send"):
-        pages.append(st.Page("pages/test_send.py", title="Test send", icon=":material/send:"))
-    if can("outbox.view") and runtime().settings.is_development:
-        pages.append(st.Page("pages/outbox.py", title="Outbox", icon=":material/inbox:"))
-    if can("config.edit"):
-        pages.append(st.Page("pages/config.py", title="OTP configuration", icon=":material/tune:"))
-        pages.append(st.Page("pages/gateways.py", title="Gateways", icon=":material/hub:"))
-    if can("staff.manage"):
-        pages.append(st.Page("pages/admin.py", title="Staff and API clients", icon=":material/group:"))
-    if can("templates.approve"):
-        pages.append(st.Page("pages/audit.py", title="Audit log", icon=":material/history:"))
+    pages = [st.Page(script, title=title, icon=icon, default=script == "pages/home.py", url_path=url_path(script))
+             for script, title, icon, permission in PAGES
+             if (permission is None or can(permission))
+             and (script != "pages/outbox.py" or runtime().settings.is_development)]
     with st.sidebar:
         st.caption(f"Signed in as **{session.identity.username}** ({session.identity.role})")
         if st.button("Sign out", key="sign_out"):
             sign_out()
             st.rerun()
 
+write_session_cookie()
 st.navigation(pages).run()

@@ -147,8 +147,11 @@ def _snapshot(row: GatewayConfig | None, credentials: dict) -> dict | None:
     """A gateway as the audit log keeps it: every setting, credentials only as hints."""
     if row is None:
         return None
+    options = json.loads(row.options or "{}")
+    if isinstance(options, dict) and isinstance(options.get("headers"), dict):  # a webhook's headers may hold a key
+        options = {**options, "headers": {k: secret_hint(v) for k, v in sorted(options["headers"].items())}}
     return {"channel": row.channel, "provider": row.provider, "endpoint": row.endpoint, "sender": row.sender,
-            "options": row.options, "default": row.is_default, "enabled": row.enabled,
+            "options": options, "default": row.is_default, "enabled": row.enabled,
             "credentials": {k: secret_hint(v) for k, v in sorted(credentials.items())}}
 
 
@@ -175,7 +178,7 @@ def write_gateway(session: Session, box: SecretBox, *, actor: StaffIdentity, row
                  detail={"provider": row.provider, "channel": row.channel, "default": row.is_default,
                          "credentials_changed": sorted(k for k in {*credentials, *before_credentials}
                                                        if credentials.get(k) != before_credentials.get(k)),
-                         "before": before, "after": _snapshot(row, credentials)}, reason=reason)
+                         "before": before, "after": _snapshot(row, credentials)}, reason=(reason or "").strip() or None)
     session.commit()
     session.refresh(row)
     return public(row, box)

@@ -293,6 +293,16 @@ class AuditLog(SQLModel, table=True):
     reason: str | None = Field(default=None, max_length=1000)
 
 
+class ConsoleSessionRow(SQLModel, table=True):
+    """A signed-in console session: the SHA-256 of the token in the browser's cookie, never the token itself."""
+    __tablename__ = "console_session"
+    id: int | None = Field(default=None, primary_key=True)
+    token_hash: str = Field(max_length=64, unique=True)
+    staff_id: int = Field(foreign_key="staff.id")
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
+
+
 class TemplateVersionCreate(TemplateVersionBase):
     pass
 

@@ -86,8 +86,11 @@ def create_first_admin(session: Session, *, username: str, password: str) -> Sta
         raise InvalidStaff("; ".join(problems))
     now = utcnow()
     values = sa_select(literal(username), literal("admin"), literal(_hasher.hash(password)),
-                       literal(now, Staff.__table__.c.created_at.type)).where(~exists(sa_select(Staff.id)))
-    made = session.execute(insert(Staff).from_select(["username", "role", "password_hash", "created_at"], values)
+                       literal(now, Staff.__table__.c.created_at.type),
+                       literal(now, Staff.__table__.c.last_login_at.type)).where(~exists(sa_select(Staff.id)))
+    # The first admin is signed in at once, so that is their first sign-in too.
+    made = session.execute(insert(Staff).from_select(["username", "role", "password_hash", "created_at",
+                                                      "last_login_at"], values)
                            .returning(Staff.id)).scalar()
     if made is None:
         session.rollback()
@@ -158,12 +161,26 @@ def authenticate(session: Session, *, username: str, password: str, failure_dela
     except (VerificationError, InvalidHashError):
         ok = False
     if not ok:
+        why = "no such account" if row is None else ("account disabled" if row.disabled_at else "wrong password")
+        audit.record(session, actor=typed_name(username, known=row is not None), action="session.sign_in_failed",
+                     target="console", detail={"why": why})  # the log is for admins; the screen says less
+        session.commit()
         time.sleep(failure_delay)
         return None
     row.last_login_at = utcnow()
     session.add(row)
+    audit.record(session, actor=row.username, action="session.sign_in", target=f"staff:{row.username}")
     session.commit()
     return StaffIdentity(row.id, row.username, row.role)
+
+
+def typed_name(username: str, *, known: bool) -> str:
+    """A sign-in name as the audit log may keep it: an account's name in full; a name matching no account only
+    as its first character and length, since it is often a password typed into the wrong field."""
+    username = username.strip()
+    if known:
+        return username[:60]
+    return f"{username[:1]}… ({len(username)} chars, no such account)" if username else "(empty)"
 
 
 @dataclass
@@ -172,11 +189,14 @@ class ConsoleSession:
     identity: StaffIdentity
     expires_at: datetime
     idle_minutes: float
+    token: str | None = None  # the cookie's token of the server-side row (core.console_sessions)
+    synced_at: datetime | None = None  # when the row's expiry was last pushed out
 
     @classmethod
-    def start(cls, identity: StaffIdentity, idle_minutes: float, now: datetime | None = None) -> "ConsoleSession":
+    def start(cls, identity: StaffIdentity, idle_minutes: float, now: datetime | None = None,
+              token: str | None = None) -> "ConsoleSession":
         now = now or utcnow()
-        return cls(identity, now + timedelta(minutes=idle_minutes), idle_minutes)
+        return cls(identity, now + timedelta(minutes=idle_minutes), idle_minutes, token, now)
 
     def touch(self, now: datetime | None = None) -> bool:
         """Extend the session if it is still alive; False once it has expired."""

@@ -1,4 +1,6 @@
 """Staff and API clients: who may use the console, and which applications may call the API."""
+from datetime import datetime
+
 import pandas as pd
 import streamlit as st
 
@@ -16,14 +18,40 @@ st.title("Staff and API clients")
 if flash := st.session_state.pop("admin_flash", None):
     getattr(st, flash[0])(flash[1])
 
+STAFF_FIELDS = {"staff_username": "", "staff_password": "", "staff_role": ROLES[0]}
+CLIENT_FIELDS = {"client_name": "", "client_permissions": "otp:write", "client_ip_header": ""}
+# A form is emptied only after it saved: an error (a taken username) keeps what was typed. The values are set,
+# not deleted: the browser keeps a widget's old value unless the script sends a new one.
+for field, empty in st.session_state.pop("admin_clear", {}).items():
+    st.session_state[field] = empty
+
+
+def when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M UTC") if moment else "never"
+
+
+def confirm(action: str, target: int, question: str, yes_label: str) -> bool:
+    """Two steps for an action that cannot be undone from here: the first click asks, "Yes" does it; the
+    question names its target, and choosing another target withdraws it."""
+    if st.session_state.get("admin_confirm") != (action, target):
+        return False
+    st.warning(question)
+    yes, no = st.columns(2)
+    if no.button("Cancel", key=f"{action}_cancel"):
+        st.session_state.pop("admin_confirm", None)
+        st.rerun()
+    return yes.button(yes_label, key=f"{action}_yes", type="primary")
+
+
 staff_tab, clients_tab = st.tabs(["Staff", "API clients"])
 with staff_tab:
     with rt.session() as db:
         people = list_staff(db)
     st.dataframe(pd.DataFrame([{"id": p.id, "username": p.username, "role": p.role,
-                                "active": p.disabled_at is None, "last sign-in": p.last_login_at} for p in people]),
+                                "active": p.disabled_at is None, "last sign-in": when(p.last_login_at)}
+                               for p in people]),
                  hide_index=True, width="stretch", key="staff_table")
-    with st.form("staff_new", clear_on_submit=True):
+    with st.form("staff_new"):
         st.markdown("**Add a staff member**")
         a, b, c = st.columns(3)
         username = a.text_input("Username", key="staff_username")
@@ -38,6 +66,7 @@ with staff_tab:
             st.error(str(exc))
         else:
             st.session_state["admin_flash"] = ("success", f"Added {username} as {role}.")
+            st.session_state["admin_clear"] = STAFF_FIELDS
             st.rerun()
     others = {f"{p.username} ({p.role})": p for p in people if p.id != identity.id and p.disabled_at is None}
     if others:
@@ -53,8 +82,12 @@ with staff_tab:
                 st.session_state["admin_flash"] = ("success", f"{who.username} is now {new_role}.")
                 st.rerun()
             if d.button("Disable account", key="staff_disable"):
+                st.session_state["admin_confirm"] = ("staff_disable", who.id)
+            if confirm("staff_disable", who.id, f"Disable {who.username}? They can no longer sign in, and only a "
+                                                "new account brings them back.", f"Yes, disable {who.username}"):
                 with rt.session() as db:
                     disable_staff(db, actor=identity, staff_id=who.id)
+                st.session_state.pop("admin_confirm", None)
                 st.session_state["admin_flash"] = ("success", f"{who.username} can no longer sign in.")
                 st.rerun()
         except InvalidStaff as exc:
@@ -68,17 +101,19 @@ with clients_tab:
         clients = list_clients(db)
     st.dataframe(pd.DataFrame([{"id": c.id, "name": c.name, "key": c.key, "permissions": c.permissions,
                                 "end users' IP from": c.end_user_ip_header or "-",
-                                "token TTL (s)": c.token_ttl_seconds, "created": c.created_at,
-                                "revoked": c.revoked_at} for c in clients]),
+                                "token TTL (s)": c.token_ttl_seconds,
+                                "created": when(c.created_at), "revoked": when(c.revoked_at) if c.revoked_at else ""}
+                               for c in clients]),
                  hide_index=True, width="stretch", key="clients_table")
     header_help = ("For the per-address limit. Empty: the client is a backend acting for many customers; its own "
                    "address is no customer's and no per-address count is taken. A header name such as "
                    "X-End-User-IP: the client sends each customer's IP in it. X-Forwarded-For: the client's "
                    "requests come from its end users, directly or through OTP_TRUSTED_PROXIES.")
-    with st.form("client_new", clear_on_submit=True):
+    st.session_state.setdefault("client_permissions", CLIENT_FIELDS["client_permissions"])
+    with st.form("client_new"):
         a, b, c = st.columns(3)
         name = a.text_input("Client name", key="client_name")
-        permissions = b.text_input("Permissions", value="otp:write", key="client_permissions")
+        permissions = b.text_input("Permissions", key="client_permissions")
         header = c.text_input("End users' IP header", key="client_ip_header", help=header_help)
         create = st.form_submit_button("Create client", key="client_create")
     if create:
@@ -88,6 +123,7 @@ with clients_tab:
         except ValueError as exc:
             st.error(str(exc))
         else:
+            st.session_state["admin_clear"] = CLIENT_FIELDS
             st.rerun()
     active = {f"{c.name} ({c.key})": c for c in clients if c.revoked_at is None}
     if active:
@@ -119,6 +155,11 @@ with clients_tab:
                                                               f"{stored or 'nowhere (a backend)'}.")
                 st.rerun()
         if st.button("Revoke", key="client_revoke"):
+            st.session_state["admin_confirm"] = ("client_revoke", chosen.id)
+        if confirm("client_revoke", chosen.id, f"Revoke {chosen.name}? Its calls are refused from now on (on "
+                   f"other API processes within {rt.settings.auth_cache_seconds:g} s); this cannot be undone.",
+                   f"Yes, revoke {chosen.name}"):
             revoke_api_client(rt, actor=identity, client_id=chosen.id)
+            st.session_state.pop("admin_confirm", None)
             st.session_state["admin_flash"] = ("success", f"Revoked {chosen.name}.")
             st.rerun()

@@ -7,7 +7,8 @@ from console_state import gate, runtime
 from core.dashboards import delivery_by_day, delivery_summary, failures_by_error, find_requests, live_delivery, \
     request_timeline
 from core.entities import InvalidEntity, normalise_email, normalise_phone
-from dashboard_widgets import csv_button, delta, pct, period_caption, query, rollups_up_to_date, sidebar_filters
+from dashboard_widgets import csv_button, day_tooltip, day_x, delta, pct, period_caption, query, rollups_up_to_date, \
+    sidebar_filters
 
 gate("status.view")
 rt = runtime()
@@ -69,16 +70,18 @@ else:
     csv_button(table, f"otp-delivery-{filters.first}-{filters.last}.csv", "delivery_csv")
 
     days = pd.DataFrame([vars(d) for d in query(delivery_by_day, filters)])
-    left, right = st.columns(2)
-    left.altair_chart(alt.Chart(days).mark_bar().encode(
-        x=alt.X("day:T", title=None), y=alt.Y("messages:Q"), color=alt.Color("channel:N"),
-        tooltip=["day:T", "channel:N", "messages:Q", "delivered:Q", "failed:Q"]), width="stretch")
+    # One above the other: beside each other, the failure reasons' labels were cut off.
+    st.altair_chart(alt.Chart(days).mark_bar().encode(
+        x=day_x(filters), y=alt.Y("messages:Q"), color=alt.Color("channel:N"),
+        tooltip=[day_tooltip(), "channel:N", "messages:Q", "delivered:Q", "failed:Q"]), width="stretch")
     failures = pd.DataFrame([vars(f) for f in query(failures_by_error, filters)])
     if failures.empty:
-        right.success("No failed deliveries in this period.")
+        st.success("No failed deliveries in this period.")
     else:
-        right.altair_chart(alt.Chart(failures).mark_bar().encode(
-            y=alt.Y("error:N", sort="-x", title=None), x=alt.X("count:Q", title="failed messages"),
+        st.markdown("**Why deliveries failed**")
+        st.altair_chart(alt.Chart(failures).mark_bar().encode(
+            y=alt.Y("error:N", sort="-x", title=None, axis=alt.Axis(labelLimit=0)),
+            x=alt.X("count:Q", title="failed messages", axis=alt.Axis(tickMinStep=1, format="d")),
             color=alt.Color("channel:N"), tooltip=["channel:N", "gateway:N", "error:N", "count:Q"]), width="stretch")
 
 st.subheader("One request")

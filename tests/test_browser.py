@@ -57,10 +57,32 @@ def browser():
         chromium.close()
 
 
+def settled(page, timeout: float = 60_000) -> None:
+    """Wait until Streamlit's script run is over, no element is stale (greyed from the run before) and every
+    chart has drawn its canvas: the conditions a person waits for before reading the screen."""
+    page.wait_for_function("""() => {
+        const app = document.querySelector('[data-test-script-state]');
+        if (!app || app.getAttribute('data-test-script-state') !== 'notRunning') return false;
+        if (document.querySelector('[data-stale="true"]')) return false;
+        return [...document.querySelectorAll('[data-testid="stVegaLiteChart"]')].every(chart => {
+            const drawn = chart.querySelector('canvas, svg.marks');
+            return drawn && drawn.getBoundingClientRect().width > 0;
+        });
+    }""", timeout=timeout)
+
+
 def shot(page, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.wait_for_timeout(400)  # let Streamlit finish painting
+    settled(page)
+    # Streamlit scrolls inside its own main container, so a full-page shot would stop at the window: the
+    # window grows to the content's height for the shot instead.
+    size = page.viewport_size
+    height = page.evaluate("""() => Math.max(...[...document.querySelectorAll('[data-testid="stMain"], section')]
+        .map(e => e.scrollHeight), document.body.scrollHeight)""")
+    page.set_viewport_size({"width": size["width"], "height": max(size["height"], min(height, 6000))})
+    settled(page)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    page.set_viewport_size(size)
 
 
 def wait_text(page, text: str, timeout: float = 20_000) -> None:
@@ -153,11 +175,164 @@ def test_console_end_to_end_in_chromium(console_url, browser):
         wait_text(page, filled, timeout=60_000)
         page.get_by_test_id("stVegaLiteChart").first.wait_for(timeout=60_000)
         page.get_by_test_id("stDataFrame").first.wait_for(timeout=60_000)
-        page.wait_for_timeout(1500)  # the charts draw after their data arrives
+        settled(page)
         values = [v.inner_text() for v in page.get_by_test_id("stMetricValue").all()]
         assert values and any(v.strip() not in ("0", "–", "0.0%") for v in values), (heading, values)
+        # No KPI value is cut off ("12.3 s / 45.6 s" was), and no unchanged KPI claims a change ("↑ +0").
+        clipped = page.evaluate("""() => [...document.querySelectorAll('[data-testid="stMetricValue"]')]
+            .filter(v => v.scrollWidth > v.clientWidth + 1).map(v => v.innerText)""")
+        assert clipped == [], (heading, clipped)
+        deltas = page.get_by_test_id("stMetricDelta").all()
+        texts = [d.inner_text().strip() for d in deltas]
+        assert not [t for t in texts if t.startswith(("+0", "-0")) and t.lstrip("+-").strip() in ("0", "0.0 pp")], texts
+        arrows = [d.locator("svg").count() for d in deltas]
+        assert all(not a for a, t in zip(arrows, texts) if t == "0"), texts  # grey, no arrow
+        assert all(a for a, t in zip(arrows, texts) if t != "0"), texts  # (a real change has one)
         shot(page, name)
+
+    # 7. The dashboard filters stay put across pages.
+    sidebar = page.get_by_test_id("stSidebar")
+    sidebar.get_by_label("Action", exact=True).click()
+    page.get_by_role("option", name="COUPON", exact=True).click()
+    settled(page)
+    for link, heading in (("Daily usage", "Daily usage"), ("Status", "OTP service status"), ("Delivery", "Delivery")):
+        go(page, link, heading)
+    settled(page)
+    chosen = sidebar.get_by_label("Action", exact=True).input_value()
+    assert chosen == "COUPON", chosen
+    shot(page, "11-filters-kept")
     context.close()
     for name in ("01-first-admin", "02-status", "03-staff", "04-template-edit", "05-template-approved",
-                 "06-test-send", "07-outbox", "08-dash-usage", "09-dash-delivery", "10-dash-limits"):
+                 "06-test-send", "07-outbox", "08-dash-usage", "09-dash-delivery", "10-dash-limits",
+                 "11-filters-kept"):
         assert (ARTIFACTS / f"{name}.png").stat().st_size > 10_000
+
+
+def heading(page, text: str) -> None:
+    page.get_by_role("heading", name=text).first.wait_for(timeout=20_000)
+
+
+def choose(page, label: str, option: str) -> None:
+    page.get_by_label(label, exact=True).click()
+    page.get_by_role("option", name=option, exact=True).click()
+    settled(page)
+
+
+def test_sessions_audit_and_admin_screens_in_chromium(console_url, browser):
+    """A reload keeps the session; a signed-out reload of a page lands on the sign-in form and then on that
+    page; every sign-in, failure, test send and change is in the audit log, filtered and exported; a taken
+    username keeps the form; Disable and Revoke ask first."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    page = context.new_page()
+    page.goto(console_url)
+    wait_text(page, "create the first admin")
+    page.get_by_label("Username", exact=True).fill("ada")
+    page.get_by_label("Password (at least 10 characters)", exact=True).fill("correct horse 1")
+    page.get_by_label("Repeat the password", exact=True).fill("correct horse 1")
+    page.get_by_role("button", name="Create admin account").click()
+    heading(page, "OTP service status")
+
+    # 1. A reload keeps the session: the cookie holds a random token, the URL holds nothing secret.
+    go(page, "Templates", "Templates")
+    settled(page)
+    [cookie] = [c for c in context.cookies() if c["name"] == "otp_console_session"]
+    assert len(cookie["value"]) >= 40 and cookie["value"] not in page.url
+    page.reload()
+    heading(page, "Templates")
+    wait_text(page, "Signed in as")
+    assert page.url.endswith("/templates")
+    shot(page, "20-reload-keeps-session")
+
+    # 2. Sign out, then reload a page: the sign-in form, no "Page not found", and back to that page after.
+    page.get_by_role("button", name="Sign out").click()
+    heading(page, "Sign in to the OTP console")
+    settled(page)
+    assert not [c for c in context.cookies() if c["name"] == "otp_console_session"]
+    page.goto(f"{console_url}/templates")
+    heading(page, "Sign in to the OTP console")
+    settled(page)
+    assert page.get_by_text("Page not found").count() == 0
+    shot(page, "21-signed-out-reload")
+    page.get_by_label("Username", exact=True).fill("ada")
+    page.get_by_label("Password", exact=True).fill("not the password")
+    page.get_by_role("button", name="Sign in").click()
+    wait_text(page, "Unknown username or wrong password.")
+    page.get_by_label("Password", exact=True).fill("correct horse 1")
+    page.get_by_role("button", name="Sign in").click()
+    heading(page, "Templates")
+    assert page.url.endswith("/templates")
+
+    # 3. Add staff: a taken username keeps what was typed; then the right name saves and empties the form.
+    go(page, "Staff and API clients", "Staff and API clients")
+    page.get_by_label("Username", exact=True).fill("ada")
+    page.get_by_label("Initial password", exact=True).fill("password-123")
+    choose(page, "Role", "approver")
+    page.get_by_role("button", name="Add").click()
+    wait_text(page, "the username ada is taken")
+    settled(page)
+    assert page.get_by_label("Username", exact=True).input_value() == "ada"
+    assert page.get_by_label("Initial password", exact=True).input_value() == "password-123"
+    assert page.get_by_label("Role", exact=True).input_value() == "approver"
+    shot(page, "22-staff-taken-name-kept")
+    page.get_by_label("Username", exact=True).fill("abe")
+    page.get_by_role("button", name="Add").click()
+    wait_text(page, "Added abe as approver")
+    settled(page)
+    assert page.get_by_label("Username", exact=True).input_value() == ""
+    grid = page.get_by_test_id("stDataFrame").first
+    grid.locator("td[role=gridcell]", has_text="UTC").first.wait_for(state="attached")
+    assert grid.locator("td[role=gridcell]", has_text="None").count() == 0
+
+    # 4. Disable asks first; Cancel leaves the account alone.
+    page.get_by_role("button", name="Disable account").click()
+    wait_text(page, "Disable abe?")
+    shot(page, "23-disable-asks-first")
+    page.get_by_role("button", name="Cancel").click()
+    page.get_by_text("Disable abe?").wait_for(state="detached")
+    settled(page)
+    assert page.get_by_text("can no longer sign in").count() == 0
+
+    # 5. Revoke asks first, then revokes.
+    page.get_by_role("tab", name="API clients").click()
+    page.get_by_label("Client name", exact=True).fill("shop")
+    page.get_by_role("button", name="Create client").click()
+    wait_text(page, "Copy the secret now")
+    settled(page)
+    page.get_by_role("tab", name="API clients").click()
+    page.get_by_role("button", name="Revoke").click()
+    wait_text(page, "Revoke shop?")
+    shot(page, "24-revoke-asks-first")
+    page.get_by_role("button", name="Yes, revoke shop").click()
+    wait_text(page, "Revoked shop.")
+
+    # 6. A test send and a validation, audited without the code.
+    go(page, "Test send", "Test send")
+    page.get_by_label("Mobile number or email", exact=True).fill("9955882233")
+    page.get_by_role("button", name="Send test OTP").click()
+    wait_text(page, "what the recipient sees")
+    settled(page)
+    code = page.evaluate(r"""() => [...document.querySelectorAll('[data-testid="stText"]')]
+        .map(t => t.innerText).find(t => /\d{4,}/.test(t))""").rsplit(" ", 1)[-1].rstrip(".")
+    page.get_by_label("Try a code", exact=True).fill(code)
+    page.get_by_role("button", name="Validate").click()
+    wait_text(page, "Valid: the code is now used.")
+
+    # 7. The audit log: filtered by kind, exported as CSV without a password or a code.
+    go(page, "Audit log", "Audit log")
+    choose(page, "Kind", "Sign-ins and sign-outs")
+    grid = page.get_by_test_id("stDataFrame").first
+    grid.locator("td[role=gridcell]", has_text="staff.create").first.wait_for(state="detached")
+    for action in ("session.sign_in_failed", "session.sign_out", "session.sign_in"):
+        grid.locator("td[role=gridcell]", has_text=action).first.wait_for(state="attached")
+    shot(page, "25-audit-sign-ins")
+    choose(page, "Kind", "everything")
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download CSV").click()
+    exported = Path(download.value.path()).read_text()
+    for action in ("session.sign_in_failed", "session.sign_out", "test.send", "test.validate", "staff.create",
+                   "client.create", "client.revoke"):
+        assert action in exported, action
+    assert "correct horse" not in exported and "not the password" not in exported and code not in exported
+    assert "9955882233" not in exported
+    shot(page, "26-audit-all")
+    context.close()

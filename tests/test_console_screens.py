@@ -1,0 +1,101 @@
+"""Console screens under AppTest: forms keep input after an error, irreversible actions ask first, dashboard
+filters stay put across pages."""
+from __future__ import annotations
+
+from datetime import date
+
+from sqlalchemy import text
+
+from tests.test_console import signed_in, texts
+
+
+def staff_rows(rt) -> list[tuple]:
+    with rt.db.connect() as conn:
+        return conn.execute(text("SELECT username, role, disabled_at IS NULL FROM staff ORDER BY id")).all()
+
+
+def test_a_taken_username_keeps_the_form_and_a_saved_one_empties_it(rt, team):
+    at = signed_in(rt, team["admin"]).run()
+    at.switch_page("pages/admin.py").run()
+    at.text_input(key="staff_username").input("eve")
+    at.text_input(key="staff_password").input("password-456")
+    at.selectbox(key="staff_role").select("approver")
+    at.button(key="staff_add").click().run()
+    assert "the username eve is taken" in texts(at)
+    assert (at.text_input(key="staff_username").value, at.text_input(key="staff_password").value,
+            at.selectbox(key="staff_role").value) == ("eve", "password-456", "approver")
+    at.text_input(key="staff_username").input("eva")
+    at.button(key="staff_add").click().run()
+    assert "Added eva as approver" in texts(at)
+    assert at.text_input(key="staff_username").value == "" and at.selectbox(key="staff_role").value == "viewer"
+
+
+def test_the_admins_last_sign_in_is_shown_not_none(rt, team):
+    at = signed_in(rt, team["admin"]).run()
+    at.switch_page("pages/admin.py").run()
+    table = at.dataframe[0].value.set_index("username")
+    assert table.loc["ada", "last sign-in"].endswith(" UTC")  # the first admin was signed in on creation
+    assert table.loc["vic", "last sign-in"] == "never"
+
+
+def test_disable_asks_first_and_cancel_does_nothing(rt, team):
+    at = signed_in(rt, team["admin"]).run()
+    at.switch_page("pages/admin.py").run()
+    at.selectbox(key="staff_pick").select("vic (viewer)").run()
+    at.button(key="staff_disable").click().run()
+    assert "Disable vic?" in texts(at) and staff_rows(rt)[-1] == ("vic", "viewer", True)
+    at.button(key="staff_disable_cancel").click().run()
+    assert "Disable vic?" not in texts(at) and staff_rows(rt)[-1] == ("vic", "viewer", True)
+    at.button(key="staff_disable").click().run()
+    at.button(key="staff_disable_yes").click().run()
+    assert "vic can no longer sign in" in texts(at) and staff_rows(rt)[-1] == ("vic", "viewer", False)
+
+
+def test_revoke_asks_first(rt, team):
+    at = signed_in(rt, team["admin"]).run()
+    at.switch_page("pages/admin.py").run()
+    at.text_input(key="client_name").input("shop")
+    at.button(key="client_create").click().run()
+    at.run()
+    at.button(key="client_revoke").click().run()
+    assert "Revoke shop?" in texts(at)
+    with rt.db.connect() as conn:
+        assert conn.execute(text("SELECT revoked_at FROM api_client")).scalar() is None
+    at.button(key="client_revoke_yes").click().run()
+    assert "Revoked shop" in texts(at)
+    with rt.db.connect() as conn:
+        assert conn.execute(text("SELECT revoked_at FROM api_client")).scalar() is not None
+
+
+def test_dashboard_filters_stay_put_across_pages(rt, team):
+    at = signed_in(rt, team["viewer"]).run()
+    at.switch_page("pages/dash_usage.py").run()
+    at.selectbox(key="usage_tz").select("Asia/Kolkata").run()
+    at.selectbox(key="usage_action").select("COUPON").run()
+    at.selectbox(key="usage_channel").select("SMS").run()
+    at.date_input(key="usage_days").set_value((date(2026, 11, 1), date(2026, 11, 20))).run()
+    assert not at.exception
+    for page, prefix, has_channel in (("pages/dash_delivery.py", "delivery", True),
+                                      ("pages/dash_limits.py", "limits", False),
+                                      ("pages/home.py", None, False),  # a page without the filters between
+                                      ("pages/dash_usage.py", "usage", True)):
+        at.switch_page(page).run()
+        assert not at.exception, page
+        if prefix is None:
+            continue
+        assert at.selectbox(key=f"{prefix}_tz").value == "Asia/Kolkata", page
+        assert at.selectbox(key=f"{prefix}_action").value == "COUPON", page
+        assert at.date_input(key=f"{prefix}_days").value == (date(2026, 11, 1), date(2026, 11, 20)), page
+        if has_channel:
+            assert at.selectbox(key=f"{prefix}_channel").value == "SMS", page
+        assert "2026-11-01 to 2026-11-20" in " ".join(c.value for c in at.caption), page
+
+
+def test_unchanged_kpis_show_a_grey_zero_not_a_red_plus_zero(rt, team):
+    at = signed_in(rt, team["viewer"]).run()
+    at.switch_page("pages/dash_limits.py").run()
+    deltas = {m.label: m.delta for m in at.metric}
+    assert deltas["Daily limit"] == "0" and deltas["Lock"] == "0", deltas
+    at.switch_page("pages/dash_usage.py").run()
+    labels = [m.label for m in at.metric]
+    assert "Time to validate p50" in labels and "Time to validate p95" in labels
