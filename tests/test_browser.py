@@ -7,100 +7,30 @@ dashboards it fills; a screenshot of each page is saved under tests/artifacts/.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from core.config import ROOT
-from tests.fakes import free_port
-from tests.servers import stop, wait_until_up
+from tests.browser import ARTIFACTS, console_server, go, headless_chromium, require_chromium, settled, shot, \
+    sign_in, wait_text
 
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = ROOT / "tests" / "artifacts"
 pytestmark = pytest.mark.browser
-
-if not Path(CHROMIUM).exists():
-    if os.environ.get("CI"):
-        raise RuntimeError(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium")
-    pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)", allow_module_level=True)
+require_chromium()
 
 
 @pytest.fixture
 def console_url(tmp_path):
-    port = free_port()
     env = {**os.environ, "OTP_DATABASE_URL": f"sqlite:///{tmp_path / 'otp.db'}",
            "OTP_SECRET_KEY_FILE": str(tmp_path / "secret.key"), "OTP_LOGIN_FAILURE_DELAY_SECONDS": "0.1"}
     env.pop("OTP_SECRET_KEY", None)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "console.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
-         "--server.fileWatcherType", "none"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_up(f"{url}/_stcore/health")
+    with console_server(env) as url:
         yield url
-    finally:
-        stop(server)
 
 
 @pytest.fixture
 def browser():
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+    with headless_chromium() as chromium:
         yield chromium
-        chromium.close()
-
-
-def settled(page, timeout: float = 60_000) -> None:
-    """Wait until Streamlit's script run is over, no element is stale (greyed from the run before) and every
-    chart has drawn its canvas: the conditions a person waits for before reading the screen."""
-    page.wait_for_function("""() => {
-        const app = document.querySelector('[data-test-script-state]');
-        if (!app || app.getAttribute('data-test-script-state') !== 'notRunning') return false;
-        if (document.querySelector('[data-stale="true"]')) return false;
-        return [...document.querySelectorAll('[data-testid="stVegaLiteChart"]')].every(chart => {
-            const drawn = chart.querySelector('canvas, svg.marks');
-            return drawn && drawn.getBoundingClientRect().width > 0;
-        });
-    }""", timeout=timeout)
-
-
-def shot(page, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    settled(page)
-    # Streamlit scrolls inside its own main container, so a full-page shot would stop at the window: the
-    # window grows to the content's height for the shot instead.
-    size = page.viewport_size
-    height = page.evaluate("""() => Math.max(...[...document.querySelectorAll('[data-testid="stMain"], section')]
-        .map(e => e.scrollHeight), document.body.scrollHeight)""")
-    page.set_viewport_size({"width": size["width"], "height": max(size["height"], min(height, 6000))})
-    settled(page)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-    page.set_viewport_size(size)
-
-
-def wait_text(page, text: str, timeout: float = 20_000) -> None:
-    page.get_by_text(text, exact=False).first.wait_for(timeout=timeout)
-
-
-def sign_in(page, url: str, username: str, password: str) -> None:
-    page.goto(url)
-    wait_text(page, "Sign in to the OTP console")
-    page.get_by_label("Username", exact=True).fill(username)
-    page.get_by_label("Password", exact=True).fill(password)
-    page.get_by_role("button", name="Sign in").click()
-    wait_text(page, "OTP service status")
-
-
-def go(page, title: str, heading: str) -> None:
-    page.get_by_role("link", name=title).click()
-    page.get_by_role("heading", name=heading).first.wait_for(timeout=20_000)
 
 
 def test_console_end_to_end_in_chromium(console_url, browser):

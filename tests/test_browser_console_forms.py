@@ -9,30 +9,22 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
-from core.config import ROOT, Settings
+from core.config import Settings
 from core.gateway_configs import save_gateway
 from core.models import GatewayConfigBase
 from core.runtime import Runtime
 from core.staff import StaffIdentity, create_first_admin
-from tests.fakes import Answer, FakeProvider, free_port
-from tests.servers import stop, wait_until_up
+from tests.browser import ARTIFACTS, console_server, go, headless_chromium, require_chromium, settled, shot, \
+    wait_text
+from tests.fakes import Answer, FakeProvider
 
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = ROOT / "tests" / "artifacts"
 SID, TOKEN = "AC0123456789abcdef", "tok-secret-0123456789wxyz"
 pytestmark = pytest.mark.browser
-
-if not Path(CHROMIUM).exists():
-    if os.environ.get("CI"):
-        raise RuntimeError(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium")
-    pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)", allow_module_level=True)
+require_chromium()
 
 
 @pytest.fixture
@@ -64,52 +56,16 @@ def seeded(tmp_path, twilio_fake):
 @pytest.fixture
 def console_url(seeded):
     env, _rt = seeded
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "console.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
-         "--server.fileWatcherType", "none"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_up(f"{url}/_stcore/health")
+    with console_server(env) as url:
         yield url
-    finally:
-        stop(server)
 
 
 @pytest.fixture
 def page():
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+    with headless_chromium() as chromium:
         context = chromium.new_context(viewport={"width": 1400, "height": 1000})
         yield context.new_page()
         context.close()
-        chromium.close()
-
-
-def settled(page) -> None:
-    """Wait until Streamlit has finished the run (its 'running' indicator is gone)."""
-    page.get_by_test_id("stStatusWidget").wait_for(state="hidden", timeout=30_000)
-
-
-def shot(page, name: str) -> None:
-    settled(page)
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-
-
-def wait_text(page, shown: str, timeout: float = 30_000) -> None:
-    page.get_by_text(shown, exact=False).first.wait_for(timeout=timeout)
-
-
-def go(page, title: str, heading: str) -> None:
-    page.get_by_role("link", name=title).click()
-    page.get_by_role("heading", name=heading).first.wait_for(timeout=30_000)
-    settled(page)
 
 
 def test_gateway_and_configuration_forms_in_chromium(console_url, page, seeded, twilio_fake):
