@@ -100,8 +100,9 @@ def test_gateway_save_records_before_and_after_with_credentials_as_hints_and_the
     assert json.loads(first["detail"])["before"] is None and first["reason"] == "first SMS provider"
     change = json.loads(second["detail"])
     assert change["before"]["sender"] == "+15005550006" and change["after"]["sender"] == "+15005550007"
-    assert change["after"]["credentials"] == "account_sid: AC…90, auth_token: ve…en"
-    assert change["credentials_changed"] is False and second["reason"] == "new sender number"
+    assert change["after"]["credentials"] == {"account_sid": "••••7890", "auth_token": "••••oken"}
+    assert change["credentials_changed"] == [] and second["reason"] == "new sender number"
+    assert json.loads(first["detail"])["credentials_changed"] == ["account_sid", "auth_token"]
     logged = everything(rt)
     assert "very-secret-token" not in logged and "AC1234567890" not in logged
 
