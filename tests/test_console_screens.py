@@ -99,3 +99,20 @@ def test_unchanged_kpis_show_a_grey_zero_not_a_red_plus_zero(rt, team):
     at.switch_page("pages/dash_usage.py").run()
     labels = [m.label for m in at.metric]
     assert "Time to validate p50" in labels and "Time to validate p95" in labels
+
+
+def test_the_new_role_shown_is_the_picked_persons_own(rt, team):
+    """Picking another staff member shows their own role under "New role", not the one shown for the last."""
+    at = signed_in(rt, team["admin"]).run()
+    at.switch_page("pages/admin.py").run()
+
+    def new_role() -> str:
+        [box] = [s for s in at.selectbox if s.label == "New role"]
+        return box.value
+
+    at.selectbox(key="staff_pick").select("eve (editor)").run()
+    assert new_role() == "editor"
+    at.selectbox(key="staff_pick").select("vic (viewer)").run()
+    assert new_role() == "viewer"
+    at.button(key="staff_change_role").click().run()  # unchanged: vic stays a viewer
+    assert staff_rows(rt)[-1] == ("vic", "viewer", True)
