@@ -116,3 +116,49 @@ def test_the_new_role_shown_is_the_picked_persons_own(rt, team):
     assert new_role() == "viewer"
     at.button(key="staff_change_role").click().run()  # unchanged: vic stays a viewer
     assert staff_rows(rt)[-1] == ("vic", "viewer", True)
+
+
+def page_text(at) -> str:
+    """Everything written on the page as text: messages, markdown and captions."""
+    return "\n".join([texts(at), *(m.value for m in at.markdown), *(c.value for c in at.caption)])
+
+
+def test_dry_run_shows_the_message_as_text_not_python(rt, team):
+    at = signed_in(rt, team["editor"]).run()
+    at.switch_page("pages/test_send.py").run()
+    at.text_input(key="ts_entity_value").input("9955882233")
+    at.checkbox(key="ts_dry").check()
+    at.button(key="ts_submit").click().run()
+    [message] = [c for c in at.code if "validation" in c.value]  # the built-in SMS, rendered with a sample code
+    assert message.language != "python"
+
+
+def test_a_send_through_a_provider_claims_no_outbox_message(rt, team):
+    """The outbox heading appears only over messages the outbox took; a Twilio send leaves it out and says so."""
+    import json
+
+    from core.gateway_configs import save_gateway
+    from core.models import GatewayConfigBase
+    from tests.fakes import Answer, FakeProvider
+    at = signed_in(rt, team["editor"]).run()
+    at.switch_page("pages/test_send.py").run()
+    at.text_input(key="ts_entity_value").input("9955882233")
+    at.multiselect(key="ts_channels").select("SMS")
+    at.button(key="ts_submit").click().run()
+    assert "Outbox: what the recipient sees" in page_text(at)  # the development outbox sent it
+    with FakeProvider() as twilio:
+        twilio.script = [Answer(201, {"sid": "SMscreen1"})]
+        with rt.session() as db:
+            save_gateway(db, rt.box, actor=team["admin"], reason="walk",
+                         credentials={"account_sid": "AC0123456789abcdef", "auth_token": "tok-0123456789"},
+                         config=GatewayConfigBase(name="twilio-main", channel="SMS", provider="twilio_sms",
+                                                  endpoint=twilio.url, sender="+15005550006",
+                                                  options=json.dumps({"timeout_seconds": 5}), is_default=True))
+        rt.configuration_changed()
+        at.text_input(key="ts_entity_value").input("9955882244")
+        at.button(key="ts_submit").click().run()
+        assert len(twilio.requests) == 1
+    assert not at.exception
+    assert list(at.dataframe[0].value["gateway"]) == ["twilio-main"]
+    assert "Outbox: what the recipient sees" not in page_text(at)
+    assert "Nothing of this send is in the outbox" in page_text(at)
