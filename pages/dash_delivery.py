@@ -7,7 +7,7 @@ from console_state import gate, runtime
 from core.dashboards import delivery_by_day, delivery_summary, failures_by_error, find_requests, live_delivery, \
     request_timeline
 from core.entities import InvalidEntity, normalise_email, normalise_phone
-from dashboard_widgets import csv_button, day_tooltip, day_x, delta, pct, period_caption, query, rollups_up_to_date, \
+from dashboard_widgets import count_y, csv_button, day_tooltip, day_x, delta, pct, period_caption, query, rollups_up_to_date, \
     sidebar_filters
 
 gate("status.view")
@@ -72,7 +72,7 @@ else:
     days = pd.DataFrame([vars(d) for d in query(delivery_by_day, filters)])
     # One above the other: beside each other, the failure reasons' labels were cut off.
     st.altair_chart(alt.Chart(days).mark_bar().encode(
-        x=day_x(filters), y=alt.Y("messages:Q"), color=alt.Color("channel:N"),
+        x=day_x(filters), y=count_y("messages"), color=alt.Color("channel:N"),
         tooltip=[day_tooltip(), "channel:N", "messages:Q", "delivered:Q", "failed:Q"]), width="stretch")
     failures = pd.DataFrame([vars(f) for f in query(failures_by_error, filters)])
     if failures.empty:

@@ -162,3 +162,22 @@ def test_a_send_through_a_provider_claims_no_outbox_message(rt, team):
     assert list(at.dataframe[0].value["gateway"]) == ["twilio-main"]
     assert "Outbox: what the recipient sees" not in page_text(at)
     assert "Nothing of this send is in the outbox" in page_text(at)
+
+
+def chart_specs(at) -> list[dict]:
+    import json
+    return [json.loads(chart.proto.spec) for chart in at.get("vega_lite_chart")]
+
+
+def test_count_axes_tick_whole_numbers_and_no_empty_time_to_validate_chart(rt, team):
+    """Two codes, none used: the per-day chart counts in whole ticks, and no time-to-validate chart is drawn
+    around nothing (it drew a lone "0.000000" axis); a caption says why."""
+    from core.engine import generate, run
+    for number in ("+919955882233", "+919812345678"):
+        run(generate(rt, {"entityType": "MOBILE", "entityValue": number, "action": "COUPON"}))
+    at = signed_in(rt, team["viewer"]).run()
+    at.switch_page("pages/dash_usage.py").run()
+    assert not at.exception
+    [per_day] = chart_specs(at)
+    assert per_day["encoding"]["y"]["axis"]["tickMinStep"] == 1
+    assert "no code issued in this period has been used yet" in page_text(at)
