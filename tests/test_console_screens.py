@@ -181,3 +181,29 @@ def test_count_axes_tick_whole_numbers_and_no_empty_time_to_validate_chart(rt, t
     [per_day] = chart_specs(at)
     assert per_day["encoding"]["y"]["axis"]["tickMinStep"] == 1
     assert "no code issued in this period has been used yet" in page_text(at)
+
+
+def test_forms_show_what_is_stored_after_visiting_another_page(rt, team):
+    """Streamlit drops a widget's state when a run on another page does not draw it: coming back, the OTP
+    configuration, gateway and template forms load what is stored again rather than showing 0s and blanks."""
+    at = signed_in(rt, team["admin"]).run()
+    at.switch_page("pages/config.py").run()
+    assert at.number_input(key="cfg_code_length").value == 6
+    at.switch_page("pages/templates.py").run()
+    text_key = "tpl_text_COUPON_SMS"
+    assert "validation_code" in at.text_area(key=text_key).value  # the built-in SMS
+    at.switch_page("pages/gateways.py").run()
+    assert at.checkbox(key="gw_enabled").value is True  # a new gateway starts enabled
+    at.switch_page("pages/home.py").run()
+    at.switch_page("pages/config.py").run()
+    assert not at.exception
+    assert (at.number_input(key="cfg_code_length").value, at.number_input(key="cfg_validity").value) == (6, 10)
+    at.switch_page("pages/templates.py").run()
+    assert "validation_code" in at.text_area(key=text_key).value
+    at.selectbox(key="tpl_channel").select("EMAIL").run()
+    assert at.text_input(key="tpl_subject_COUPON_EMAIL").value == "Validation Code"
+    at.switch_page("pages/gateways.py").run()
+    assert at.checkbox(key="gw_enabled").value is True
+    at.switch_page("pages/templates.py").run()  # the channel picked stays EMAIL only if its key survived
+    at.selectbox(key="tpl_channel").select("EMAIL").run()
+    assert at.text_input(key="tpl_subject_COUPON_EMAIL").value == "Validation Code"
