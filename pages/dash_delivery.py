@@ -23,7 +23,8 @@ def live_panel() -> None:
     """The last 15 minutes, refreshed on its own every 15 seconds."""
     with rt.read_db.connect() as conn:
         live = live_delivery(conn, now=rt.clock(), minutes=15)
-    st.markdown("**Live: the last 15 minutes** (refreshes every 15 s)")
+    # The sidebar's filters do not apply here: say so, or a COUPON view shows another action's EMAIL.
+    st.markdown("**Live: the last 15 minutes, every action** (the filters do not apply; refreshes every 15 s)")
     if not live:
         st.caption("No messages in the last 15 minutes.")
         return

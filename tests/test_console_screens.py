@@ -207,3 +207,15 @@ def test_forms_show_what_is_stored_after_visiting_another_page(rt, team):
     at.switch_page("pages/templates.py").run()  # the channel picked stays EMAIL only if its key survived
     at.selectbox(key="tpl_channel").select("EMAIL").run()
     assert at.text_input(key="tpl_subject_COUPON_EMAIL").value == "Validation Code"
+
+
+def test_the_live_delivery_panel_says_the_filters_do_not_apply(rt, team):
+    """It counts every action's messages: with the action filter on COUPON it must not pass for COUPON's."""
+    from core.engine import generate, run
+    run(generate(rt, {"entityType": "EMAIL", "entityValue": "walker@example.com", "action": "POINTS"}))
+    at = signed_in(rt, team["viewer"]).run()
+    at.switch_page("pages/dash_delivery.py").run()
+    at.selectbox(key="delivery_action").select("COUPON").run()
+    assert not at.exception
+    assert [m.value for m in at.metric if m.label == "EMAIL"] == ["1 sent"]  # POINTS' email, shown under COUPON
+    assert "the filters do not apply" in page_text(at)
