@@ -128,3 +128,10 @@ def gate(permission: str) -> StaffIdentity:
         st.error("Your role does not allow this page.")
         st.stop()
     return identity
+
+
+def form_needs_loading(marker: str, loaded: object, *widget_keys: str) -> bool:
+    """Whether a form must be filled with what is stored: it shows something else (marker holds what was
+    loaded), or its widgets' state is gone. Streamlit drops a widget's state when a run on another page does not
+    draw it, while a plain marker stays, so after a visit elsewhere the marker alone would keep 0s and blanks."""
+    return st.session_state.get(marker) != loaded or any(key not in st.session_state for key in widget_keys)

@@ -109,6 +109,11 @@ def day_x(filters: Filters, field: str = "day") -> alt.X:
                                labelOverlap="parity" if filters.day_count > 14 else False))
 
 
+def count_y(field: str, title: str | None = None) -> alt.Y:
+    """A y axis of counts: whole-number ticks only (Vega's default put 0.2, 0.4 ... under a count of 2)."""
+    return alt.Y(f"{field}:Q", title=title or field, axis=alt.Axis(tickMinStep=1, format="d"))
+
+
 def day_tooltip(field: str = "day") -> alt.Tooltip:
     return alt.Tooltip(f"{field}:O", title="day", timeUnit="utcyearmonthdate", format="%d %b %Y")
 

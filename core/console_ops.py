@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from sqlmodel import select
+from sqlmodel import Session, select
 
 from core import audit, engine
 from core.clients import (NewClientCredentials, check_end_user_ip_header, create_client, revoke_client,
@@ -134,6 +134,13 @@ def new_api_client(rt: Runtime, *, actor: StaffIdentity, name: str, permissions:
                                                                     end_user_ip_header=header))
 
 
+def _client_target(session: Session, client_id: int) -> str:
+    """An API client as the audit log names it: by name, as its creation was recorded, so one filter or search
+    finds every entry of a client (the id goes in the detail)."""
+    row = session.get(ApiClient, client_id)
+    return f"client:{row.name if row else client_id}"
+
+
 def set_api_client_end_user_ip_header(rt: Runtime, *, actor: StaffIdentity, client_id: int,
                                       header: str | None) -> str | None:
     """Where a client's end users' addresses come from (core.net.end_user_address); ValueError for a bad name."""
@@ -141,7 +148,7 @@ def set_api_client_end_user_ip_header(rt: Runtime, *, actor: StaffIdentity, clie
     with rt.session() as session:
         require(session, actor, "clients.manage")
         audit.record(session, actor=actor.username, action="client.end_user_ip_header",
-                     target=f"client:{client_id}", detail={"end_user_ip_header": value})
+                     target=_client_target(session, client_id), detail={"id": client_id, "end_user_ip_header": value})
         stored = set_end_user_ip_header(session, client_id=client_id, header=value)
     rt.auth.forget_all()
     return stored
@@ -151,8 +158,7 @@ def revoke_api_client(rt: Runtime, *, actor: StaffIdentity, client_id: int) -> b
     with rt.session() as session:
         require(session, actor, "clients.manage")
         row = session.get(ApiClient, client_id)
-        audit.record(session, actor=actor.username, action="client.revoke",
-                     target=f"client:{row.name if row else client_id}",
+        audit.record(session, actor=actor.username, action="client.revoke", target=_client_target(session, client_id),
                      detail={"id": client_id, "key": row.key if row else None})
         revoked = revoke_client(session, client_id=client_id)
     rt.auth.forget_all()
@@ -165,8 +171,8 @@ def set_api_client_token_ttl(rt: Runtime, *, actor: StaffIdentity, client_id: in
     with rt.session() as session:
         require(session, actor, "clients.manage")
         # Recorded first: set_token_ttl's commit makes both durable; a refusal commits neither.
-        audit.record(session, actor=actor.username, action="client.token_ttl", target=f"client:{client_id}",
-                     detail={"token_ttl_seconds": seconds})
+        audit.record(session, actor=actor.username, action="client.token_ttl", target=_client_target(session, client_id),
+                     detail={"id": client_id, "token_ttl_seconds": seconds})
         changed = set_token_ttl(session, client_id=client_id, seconds=seconds)
     rt.auth.forget_all()
     return changed

@@ -20,7 +20,7 @@ from core.enums import Action, Channel
 from core.models import TemplateVersion, TemplateVersionCreate, TemplateVersionPublic
 from core.otpconfig import OtpConfig
 from core.staff import StaffIdentity, require
-from core.templates import SmsStats, TemplateIssue, check_template, render, sample_variables, sms_stats
+from core.templates import SmsStats, TemplateCheck, TemplateIssue, check_template, render, sample_variables, sms_stats
 
 ActiveTemplates = dict[tuple[Action, Channel], dict]
 CONTENT_FIELDS = ("text", "subject", "body", "is_html", "whatsapp_name", "whatsapp_language", "zalo_template_id")
@@ -66,6 +66,13 @@ def _prefixed(label: str, issues: list[TemplateIssue]) -> list[str]:
     return [f"{label}: {issue}" for issue in issues]
 
 
+def _brand_hint(report: TemplateReport, brand: str, *checks: TemplateCheck) -> None:
+    """A template that says {{ brand }} while OTP_BRAND is empty renders nothing there ("Your  code"): the
+    preview shows it, this says why, before customers read it."""
+    if not brand.strip() and any("brand" in check.variables for check in checks):
+        report.hints.append("{{ brand }} is empty: OTP_BRAND is not set, so messages have nothing where it goes")
+
+
 def check_version(fields: TemplateVersionCreate, config: OtpConfig, *, brand: str = "") -> TemplateReport:
     """Every problem with a template version for its channel, and a preview rendered with a sample code.
 
@@ -99,12 +106,14 @@ def check_version(fields: TemplateVersionCreate, config: OtpConfig, *, brand: st
         report.placeholder_count = body.placeholder_count
         report.preview_subject = _best_effort(fields.subject or "", variables, kind="subject", html=False)
         report.preview_text = _best_effort(fields.body or "", variables, kind="body", html=fields.is_html)
+        _brand_hint(report, brand, subject, body)
         return report
     text = check_template(fields.text or "", kind="text")
     report.issues += _prefixed("text", text.errors)
     report.unsafe += _prefixed("text", text.unsafe)
     report.placeholder_count = text.placeholder_count
     report.preview_text = _best_effort(fields.text or "", variables, kind="text", html=False)
+    _brand_hint(report, brand, text)
     if channel is Channel.SMS and report.preview_text is not None:
         report.sms = sms_stats(report.preview_text)
         if report.sms.segments > 1:

@@ -43,7 +43,8 @@ def confirm(action: str, target: int, question: str, yes_label: str) -> bool:
     return yes.button(yes_label, key=f"{action}_yes", type="primary")
 
 
-staff_tab, clients_tab = st.tabs(["Staff", "API clients"])
+# Keyed and tracked, so the rerun after a save on "API clients" (which adds a message above the tabs) stays there.
+staff_tab, clients_tab = st.tabs(["Staff", "API clients"], key="admin_tab", on_change="rerun")
 with staff_tab:
     with rt.session() as db:
         people = list_staff(db)
@@ -73,7 +74,8 @@ with staff_tab:
         st.markdown("**Change a role or disable an account**")
         a, b = st.columns(2)
         who = others[a.selectbox("Staff member", list(others), key="staff_pick")]
-        new_role = b.selectbox("New role", ROLES, index=ROLES.index(who.role), key="staff_new_role")
+        # Keyed per person, so picking someone shows their own role rather than the one shown for the last.
+        new_role = b.selectbox("New role", ROLES, index=ROLES.index(who.role), key=f"staff_new_role_{who.id}")
         c, d = st.columns(2)
         try:
             if c.button("Change role", key="staff_change_role"):
@@ -141,7 +143,8 @@ with clients_tab:
             else:
                 st.session_state["admin_flash"] = ("success", f"Tokens of {timed.name} now live {int(seconds)} s.")
                 st.rerun()
-        chosen = active[st.selectbox("Client", list(active), key="client_pick")]
+        st.markdown("**End users' IP header, or revoke**")
+        chosen = active[st.selectbox("Client to change or revoke", list(active), key="client_pick")]
         a, b = st.columns([3, 1], vertical_alignment="bottom")
         new_header = a.text_input("End users' IP header", value=chosen.end_user_ip_header or "", help=header_help,
                                   key=f"client_ip_header_{chosen.id}")

@@ -1,7 +1,7 @@
 """OTP configuration per action: the stored values, saved all at once or not at all, with a reason for the audit."""
 import streamlit as st
 
-from console_state import gate, runtime
+from console_state import form_needs_loading, gate, runtime
 from core.console_ops import save_action_config
 from core.enums import Action, Channel
 from core.models import ActionConfigUpdate
@@ -68,7 +68,7 @@ def shown(*names: str, place=st) -> None:
 
 
 action = Action(st.selectbox("Action", [a.value for a in Action], key="cfg_action"))
-if st.session_state.get("cfg_loaded") != action.value:
+if form_needs_loading("cfg_loaded", action.value, "cfg_code_length"):
     load_stored(action)
 if problems:
     count = sum(len(found) for found in problems.values())

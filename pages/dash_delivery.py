@@ -7,7 +7,7 @@ from console_state import gate, runtime
 from core.dashboards import delivery_by_day, delivery_summary, failures_by_error, find_requests, live_delivery, \
     request_timeline
 from core.entities import InvalidEntity, normalise_email, normalise_phone
-from dashboard_widgets import csv_button, day_tooltip, day_x, delta, pct, period_caption, query, rollups_up_to_date, \
+from dashboard_widgets import count_y, csv_button, day_tooltip, day_x, delta, pct, period_caption, query, rollups_up_to_date, \
     sidebar_filters
 
 gate("status.view")
@@ -23,7 +23,8 @@ def live_panel() -> None:
     """The last 15 minutes, refreshed on its own every 15 seconds."""
     with rt.read_db.connect() as conn:
         live = live_delivery(conn, now=rt.clock(), minutes=15)
-    st.markdown("**Live: the last 15 minutes** (refreshes every 15 s)")
+    # The sidebar's filters do not apply here: say so, or a COUPON view shows another action's EMAIL.
+    st.markdown("**Live: the last 15 minutes, every action** (the filters do not apply; refreshes every 15 s)")
     if not live:
         st.caption("No messages in the last 15 minutes.")
         return
@@ -72,7 +73,7 @@ else:
     days = pd.DataFrame([vars(d) for d in query(delivery_by_day, filters)])
     # One above the other: beside each other, the failure reasons' labels were cut off.
     st.altair_chart(alt.Chart(days).mark_bar().encode(
-        x=day_x(filters), y=alt.Y("messages:Q"), color=alt.Color("channel:N"),
+        x=day_x(filters), y=count_y("messages"), color=alt.Color("channel:N"),
         tooltip=[day_tooltip(), "channel:N", "messages:Q", "delivered:Q", "failed:Q"]), width="stretch")
     failures = pd.DataFrame([vars(f) for f in query(failures_by_error, filters)])
     if failures.empty:

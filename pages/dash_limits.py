@@ -10,7 +10,7 @@ from core.entities import InvalidEntity, normalise_email, normalise_phone
 from core.ratelimit import local_day
 from core.security_events import event_counts, recent_events
 from core.staff import PermissionDenied
-from dashboard_widgets import csv_button, day_tooltip, day_x, delta, period_caption, query, sidebar_filters
+from dashboard_widgets import count_y, csv_button, day_tooltip, day_x, delta, period_caption, query, sidebar_filters
 
 identity = gate("status.view")
 rt = runtime()
@@ -59,7 +59,7 @@ if by_day.empty:
     st.info("No refusals in this period.")
 else:
     st.altair_chart(alt.Chart(by_day).mark_bar().encode(
-        x=day_x(filters), y=alt.Y("refused:Q"), color=alt.Color("limit:N"),
+        x=day_x(filters), y=count_y("refused"), color=alt.Color("limit:N"),
         tooltip=[day_tooltip(), "limit:N", "refused:Q"]), width="stretch")
 
 left, right = st.columns(2)

@@ -5,7 +5,7 @@ import streamlit as st
 
 from console_state import gate
 from core.dashboards import daily_usage, time_to_validate_by_day, usage_totals
-from dashboard_widgets import csv_button, day_tooltip, day_x, delta, pct, period_caption, query, rollups_up_to_date, \
+from dashboard_widgets import count_y, csv_button, day_tooltip, day_x, delta, pct, period_caption, query, rollups_up_to_date, \
     seconds, sidebar_filters
 
 gate("status.view")
@@ -47,12 +47,16 @@ st.subheader("Per day")
 series = per_day.melt(id_vars="day", value_vars=["requests", "issued", "re-sends", "validated"],
                       var_name="figure", value_name="count")
 st.altair_chart(alt.Chart(series).mark_line(point=True).encode(
-    x=day_x(filters), y=alt.Y("count:Q", title="count"), color=alt.Color("figure:N", title=None),
+    x=day_x(filters), y=count_y("count"), color=alt.Color("figure:N", title=None),
     tooltip=[day_tooltip(), "figure:N", "count:Q"]), width="stretch")
-st.altair_chart(alt.Chart(per_day.melt(id_vars="day", value_vars=["ttv p50 (s)", "ttv p95 (s)"],
-                                       var_name="percentile", value_name="seconds").dropna())
-                .mark_line(point=True).encode(x=day_x(filters), y=alt.Y("seconds:Q", title="time to validate (s)"),
-                                              color=alt.Color("percentile:N", title=None)), width="stretch")
+ttv = per_day.melt(id_vars="day", value_vars=["ttv p50 (s)", "ttv p95 (s)"], var_name="percentile",
+                   value_name="seconds").dropna()
+if ttv.empty:  # an empty chart would draw a lone "0.000000" axis
+    st.caption("Time to validate: no code issued in this period has been used yet.")
+else:
+    st.altair_chart(alt.Chart(ttv).mark_line(point=True).encode(
+        x=day_x(filters), y=alt.Y("seconds:Q", title="time to validate (s)"),
+        color=alt.Color("percentile:N", title=None)), width="stretch")
 
 st.subheader("Per day and action")
 st.dataframe(table, hide_index=True, width="stretch", key="usage_table", column_config={

@@ -2,7 +2,7 @@
 import pandas as pd
 import streamlit as st
 
-from console_state import gate, runtime
+from console_state import form_needs_loading, gate, runtime
 from core.console_ops import send_gateway_test
 from core.enums import Channel
 from core.gateway_configs import GatewayRefused, list_gateways
@@ -87,7 +87,7 @@ def shown(key: str) -> None:
 
 st.subheader("Add or change a gateway")
 chosen = st.selectbox("Gateway", [NEW, *(g.name for g in configured)], key="gw_pick")
-if st.session_state.get("gw_loaded") != chosen:
+if form_needs_loading("gw_loaded", chosen, "gw_enabled"):
     load(chosen)
 editing = chosen != NEW
 if problems:

@@ -2,7 +2,7 @@
 import pandas as pd
 import streamlit as st
 
-from console_state import can, me, runtime
+from console_state import can, form_needs_loading, me, runtime
 from core.enums import Action, Channel
 from core.errors import OtpError
 from core.messages import in_force, resolve_template
@@ -42,7 +42,8 @@ with edit_tab:
     current = in_force(channel, action, rt.active_templates())
     suffix = f"{action.value}_{channel.value}"
     in_force_id = (current.version_id if current else None) or "builtin"
-    if st.session_state.get(f"tpl_loaded_{suffix}") != in_force_id:
+    if form_needs_loading(f"tpl_loaded_{suffix}", in_force_id,
+                          *(f"tpl_{field}_{suffix}" for field in ("text", "subject", "body", "wa_name", "zalo"))):
         st.session_state.update({
             f"tpl_text_{suffix}": (current.text if current else "") or "",
             f"tpl_subject_{suffix}": (current.subject if current else "") or "",

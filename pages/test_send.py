@@ -59,7 +59,7 @@ if submitted:
                 if message.subject:
                     st.text(f"Subject: {message.subject}")
                 st.code(message.body or message.text or f"template {message.whatsapp_template_name or message.zalo_template_id}",
-                        wrap_lines=True)
+                        language=None, wrap_lines=True)  # message text, not Python
         else:
             result = test_generate(rt, actor=identity, payload=payload)
             st.session_state["ts_last_result"] = result
@@ -81,8 +81,13 @@ if result is not None:
                                 "error": d.error} for d in result.deliveries]),
                  hide_index=True, width="stretch", key="ts_deliveries")
     if rt.settings.is_development:
-        st.markdown("**Outbox: what the recipient sees** (development only)")
-        for message in outbox_messages(rt, actor=identity, delivery_ids=[d.delivery_id for d in result.deliveries]):
+        # Only deliveries the outbox gateway took are in the outbox: a provider's message reached a real phone.
+        kept = outbox_messages(rt, actor=identity, delivery_ids=[d.delivery_id for d in result.deliveries])
+        if kept:
+            st.markdown("**Outbox: what the recipient sees** (development only)")
+        else:
+            st.caption("Nothing of this send is in the outbox: it went through the gateways above.")
+        for message in kept:
             with st.container(border=True):
                 st.caption(f"{message.channel} to {message.recipient}")
                 if message.subject:

@@ -117,3 +117,18 @@ def test_checks_per_channel(rt):
     long_sms = check_version(sms("ç {{ validation_code }} " + "x" * 80), config)
     assert long_sms.ok and long_sms.sms.encoding == "UCS-2" and long_sms.sms.segments == 2
     assert any("segments" in h for h in long_sms.hints)
+
+
+def test_a_template_using_an_empty_brand_says_so(rt):
+    """With OTP_BRAND unset, "Your {{ brand }} code" previews as "Your  code": the check says why; with a brand,
+    or without the variable, it says nothing."""
+    config = rt.config_for(Action.COUPON)
+    branded = sms("Your {{ brand }} code is {{ validation_code }}")
+    empty = check_version(branded, config, brand="")
+    assert empty.ok and empty.preview_text == "Your  code is 123456"
+    assert any("OTP_BRAND is not set" in h for h in empty.hints)
+    assert not any("OTP_BRAND" in h for h in check_version(branded, config, brand="Acme").hints)
+    assert not any("OTP_BRAND" in h for h in check_version(sms("Code {{ validation_code }}"), config).hints)
+    email = check_version(TemplateVersionCreate(action="COUPON", channel="EMAIL", subject="{{ brand }} code",
+                                                body="{{ validation_code }}"), config)
+    assert any("OTP_BRAND is not set" in h for h in email.hints)
