@@ -142,6 +142,16 @@ def test_a_budget_refusal_says_whose_budget_and_why_email_did_not_stand_in(build
         "the daily SMS budget of REGISTRATION of 1 is spent: the channel is in safe mode until tomorrow")
 
 
+def test_a_spent_email_budget_is_never_rerouted(build):
+    """Only phone channels fall back to EMAIL: a spent EMAIL budget refuses the request, it is not dropped in
+    silence while the SMS goes out under a warning that claims the code went by EMAIL."""
+    rt = build(channel_budgets="SMS=5,EMAIL=1", safe_mode="email_only")
+    run(generate(rt, {"entityType": "EMAIL", "entityValue": "a@example.com", "action": "COUPON"}))
+    error = refused(gen, rt, channels=[sms(), email()])
+    assert error.problems[0].reason == "budget" and "EMAIL budget" in error.problems[0].message
+    assert channels_sent(rt) == [("EMAIL", "a@example.com")]
+
+
 def test_the_dry_run_shows_what_safe_mode_would_do(build):
     rt = build(channel_budgets="SMS=1")
     gen(rt, "+919812345671")
