@@ -222,7 +222,7 @@ def test_a_submitted_code_is_normalised_or_refused(value, alphanumeric, expected
 
 
 def test_the_key_file_is_made_once_private_and_reused(tmp_path):
-    path = tmp_path / "keys" / "secret.key"
+    path = tmp_path / "data" / "keys" / "secret.key"  # folders made as needed
     settings = Settings(env="test", secret_key_file=path)
     first = load_master_key(settings)
     assert len(first) == 32 and (path.stat().st_mode & 0o777) == 0o600
@@ -237,8 +237,8 @@ def test_a_key_of_the_wrong_size_stops_start_up(tmp_path, length):
     path.write_text(base64.b64encode(bytes(length)).decode() + "\n")
     with pytest.raises(ValueError, match="exactly 32 bytes"):
         load_master_key(Settings(env="test", secret_key_file=path))
-    # The setting is checked when read too; load_master_key refuses it again if handed one unchecked.
-    with pytest.raises(ValueError, match="exactly 32 bytes"):
+    # The setting is checked when read too; load_master_key refuses it again, by name, if handed one unchecked.
+    with pytest.raises(ValueError, match="^OTP_SECRET_KEY must be base64 of exactly 32 bytes$"):
         load_master_key(Settings.model_construct(secret_key=base64.b64encode(bytes(length)).decode()))
 
 
