@@ -110,6 +110,18 @@ def test_expiry_to_the_second(rt, clock):
     assert not fresh.resent and fresh.created_id != 1
 
 
+def test_a_generate_after_an_unseen_expiry_sends_a_new_code(rt, clock):
+    """No validate marked the code expired: the generate finds it stale, expires it and issues a fresh one, sent
+    with its own code and not reported as a re-send."""
+    gen(rt)
+    clock.advance(minutes=10)
+    fresh = gen(rt)
+    assert not fresh.resent and fresh.warnings == [] and fresh.created_id != 1
+    with rt.db.connect() as conn:
+        assert list(conn.execute(text("SELECT state FROM otp_code ORDER BY id")).scalars()) == ["expired", "active"]
+    assert val(rt, code_sent_to(rt, PHONE)).valid
+
+
 def test_code_valid_until_its_last_second(rt, clock):
     gen(rt)
     code = code_sent_to(rt, PHONE)
