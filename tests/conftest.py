@@ -51,6 +51,17 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):  # type: igno
             yellow=True, bold=True)
 
 
+@pytest.fixture(autouse="MUTANT_UNDER_TEST" in os.environ)
+def statements_built_per_test():
+    """Under mutmut (README "Mutation testing") only: build the once-per-process statements and caches afresh for
+    each test. Otherwise the first test builds them, mutmut maps a statement builder to that test alone, and a
+    mutated INSERT ... ON CONFLICT or lock ceiling is checked by one test that never looks at it."""
+    from core import codes, limits, ratelimit
+    for prepared in (codes._INSERT_CODE, codes._RECORD_FAILURE, ratelimit._BUMP):  # noqa: SLF001
+        prepared._compiled.clear()  # noqa: SLF001
+    limits._local_midnight_after.cache_clear()  # noqa: SLF001
+
+
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory) -> str:
     """A migrated, seeded SQLite file copied for each test: migrations run once per session."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from core import errors as E
 from core.engine import generate, run, validate
@@ -110,6 +110,18 @@ def test_expiry_to_the_second(rt, clock):
     assert not fresh.resent and fresh.created_id != 1
 
 
+def test_a_generate_after_an_unseen_expiry_sends_a_new_code(rt, clock):
+    """No validate marked the code expired: the generate finds it stale, expires it and issues a fresh one, sent
+    with its own code and not reported as a re-send."""
+    gen(rt)
+    clock.advance(minutes=10)
+    fresh = gen(rt)
+    assert not fresh.resent and fresh.warnings == [] and fresh.created_id != 1
+    with rt.db.connect() as conn:
+        assert list(conn.execute(text("SELECT state FROM otp_code ORDER BY id")).scalars()) == ["expired", "active"]
+    assert val(rt, code_sent_to(rt, PHONE)).valid
+
+
 def test_code_valid_until_its_last_second(rt, clock):
     gen(rt)
     code = code_sent_to(rt, PHONE)
@@ -173,6 +185,70 @@ def test_consecutive_failures_lock_across_codes(rt, clock):
     clock.advance(minutes=30)
     assert val(rt, code_sent_to(rt, PHONE)).valid  # the lock lifts; a success resets the count
     assert scalar(rt, "SELECT consecutive FROM failure_counter WHERE action='COUPON'") == 0
+
+
+def test_a_ceiling_of_one_locks_on_the_first_failure(rt, clock):
+    """max_consecutive_failures=1: the insert that records the first failure must set the lock itself (no row yet
+    to update), so one wrong code locks the user for lock_minutes."""
+    configure(rt, Action.COUPON, max_consecutive_failures=1, lock_minutes=20, validate_limit=100, validity_minutes=60)
+    gen(rt)
+    code = code_sent_to(rt, PHONE)
+    assert not val(rt, "0").valid
+    error = refused(val, rt, code)
+    assert codes(error) == [E.RATE_LIMITED] and error.retry_after == 20 * 60
+    clock.advance(minutes=20)
+    assert val(rt, code).valid
+
+
+def test_every_validation_row_names_the_code_it_was_checked_against(rt, clock):
+    """The audit trail links each outcome to its code row: wrong, burned, expired and ok alike."""
+    configure(rt, Action.COUPON, attempts_per_code=2, validate_limit=100)
+    gen(rt)
+    val(rt, "0"), val(rt, "0")  # wrong, then burned: code 1
+    gen(rt)
+    clock.advance(minutes=10)
+    val(rt, code_sent_to(rt, PHONE))  # expired: code 2
+    gen(rt)
+    assert val(rt, code_sent_to(rt, PHONE)).valid  # ok: code 3
+    with rt.db.connect() as conn:
+        rows = conn.execute(text("SELECT outcome, code_id FROM otp_validation ORDER BY id")).all()
+    assert [tuple(r) for r in rows] == [("wrong", 1), ("burned", 1), ("expired", 2), ("ok", 3)]
+
+
+def _mark_used_before(rt, marker: str):
+    """Another request uses the live code just before this one's statement containing marker runs: the race a
+    single-row read followed by a conditional UPDATE must lose gracefully."""
+    def steal(conn, cursor, statement, parameters, context, executemany):  # noqa: ARG001
+        if statement.startswith("UPDATE otp_code") and marker in statement:
+            cursor.connection.cursor().execute("UPDATE otp_code SET state = 'used' WHERE state = 'active'")
+    event.listen(rt.db, "before_cursor_execute", steal)
+    return steal
+
+
+def test_a_code_used_by_another_request_after_the_read_is_not_used_again(rt):
+    gen(rt)
+    code = code_sent_to(rt, PHONE)
+    steal = _mark_used_before(rt, "used_at")
+    try:
+        result = val(rt, code)
+    finally:
+        event.remove(rt.db, "before_cursor_execute", steal)
+    assert not result.valid and result.warnings[0].message == "the OTP was already used"
+    assert scalar(rt, "SELECT outcome || ':' || code_id FROM otp_validation") == "used_elsewhere:1"
+
+
+def test_a_wrong_guess_racing_a_success_is_not_counted_as_a_failure(rt):
+    gen(rt)
+    wrong = "000000" if code_sent_to(rt, PHONE) != "000000" else "111111"
+    steal = _mark_used_before(rt, "failed_attempts")
+    try:
+        result = val(rt, wrong)
+    finally:
+        event.remove(rt.db, "before_cursor_execute", steal)
+    assert not result.valid and result.warnings[0].message == "the OTP was already used"
+    assert scalar(rt, "SELECT failed_attempts FROM otp_code") == 0
+    assert scalar(rt, "SELECT count(*) FROM failure_counter WHERE consecutive > 0") == 0
+    assert scalar(rt, "SELECT outcome || ':' || code_id FROM otp_validation") == "used_elsewhere:1"
 
 
 def test_daily_limit_501st_refused_without_send(rt):
@@ -391,6 +467,7 @@ def test_alphanumeric_codes_compare_case_insensitively(rt):
     gen(rt)
     code = code_sent_to(rt, PHONE)
     assert len(code) == 12 and code.isalnum() and code == code.upper()
+    assert not code.isdigit()  # letters are drawn too: twelve digits in a row has odds of 2e-7
     assert val(rt, code.lower()).valid
 
 

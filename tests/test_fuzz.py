@@ -19,6 +19,7 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import re
 import string
 import time
@@ -65,7 +66,9 @@ ALL_KEYS = tuple(dict.fromkeys(GENERATE_FIELDS + VALIDATE_FIELDS + ("type", "val
 
 
 def fuzz_settings(max_examples: int) -> settings:
-    return settings(max_examples=max_examples, deadline=None, database=None,
+    # OTP_FUZZ_MAX_EXAMPLES caps every count for a quick pass (the mutation run executes these tests per mutant).
+    cap = int(os.environ.get("OTP_FUZZ_MAX_EXAMPLES") or max_examples)
+    return settings(max_examples=min(max_examples, cap), deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                            HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture])
 

@@ -10,7 +10,8 @@ import math
 import re
 import sqlite3
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import httpx
 import psycopg
@@ -26,6 +27,7 @@ from core.errors import OtpError
 from core.gateway_configs import save_gateway
 from core.limits import explain_refusal
 from core.models import GatewayConfigBase, Staff, TemplateVersion
+from core.ratelimit import bump, local_day, seconds_until_next_day, window_start
 from core.requests import ChannelTarget
 from core.runtime import Runtime
 from core.staff import StaffIdentity, create_first_admin
@@ -421,3 +423,34 @@ def test_the_console_dry_run_names_the_limit_a_real_send_meets(db_url, tmp_path,
             "at most 2 codes per 10 minutes to one destination: a generate would be refused (destination, 2 of 2)"]
     finally:
         rt.db.dispose()
+
+
+# --- core.ratelimit: the one atomic count, and the period arithmetic every limit uses -------------------------
+
+def test_a_count_stops_at_its_limit_and_a_refusal_changes_nothing(rt):
+    """limit 3 lets exactly 3 through; the fourth is refused and the row still says 3 (not 4, not 2)."""
+    with rt.db.begin() as conn:
+        got = [bump(conn, scope="s", user_key="u", period="p", limit=3) for _ in range(5)]
+        other = bump(conn, scope="s", user_key="u", period="p2", limit=3)  # another period starts at one
+        stored = conn.execute(text("SELECT count FROM usage_counter WHERE scope='s' AND period='p'")).scalar_one()
+    assert got == [1, 2, 3, None, None] and stored == 3 and other == 1
+    with rt.db.begin() as conn:
+        assert bump(conn, scope="s", user_key="u", period="p", limit=4) == 4  # a raised limit lets one more in
+
+
+def test_fixed_windows_start_on_their_boundary():
+    start = datetime(2026, 11, 27, 10, 0, tzinfo=timezone.utc)
+    for offset in (timedelta(0), timedelta(minutes=7, seconds=30), timedelta(minutes=14, seconds=59, microseconds=9)):
+        assert window_start(start + offset, 15) == int(start.timestamp())
+    assert window_start(start + timedelta(minutes=15), 15) == int(start.timestamp()) + 900
+    assert window_start(start + timedelta(seconds=61), 1) == int(start.timestamp()) + 60
+
+
+def test_the_day_and_the_time_left_in_it_are_local():
+    new_york = ZoneInfo("America/New_York")
+    late = datetime(2026, 11, 27, 4, 59, 59, 500000, tzinfo=timezone.utc)  # 23:59:59.5 on the 26th in New York
+    assert local_day(late, new_york) == "2026-11-26" and local_day(late, timezone.utc) == "2026-11-27"
+    assert seconds_until_next_day(late, new_york) == 1  # half a second left: rounded up, never 0
+    assert seconds_until_next_day(late - timedelta(seconds=1, microseconds=300000), new_york) == 2
+    assert seconds_until_next_day(late + timedelta(microseconds=500000), new_york) == 24 * 3600
+    assert seconds_until_next_day(datetime(2026, 11, 27, 12, tzinfo=timezone.utc), ZoneInfo("UTC")) == 12 * 3600

@@ -2,6 +2,8 @@
 the budget_trip event, the home page alert, the configuration page and the rate-limit dashboard."""
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import pytest
 from sqlalchemy import event, text
 
@@ -109,6 +111,45 @@ def test_email_only_drops_the_spent_phone_channel_for_the_requests_email_channel
     assert counters(rt) == {("budget", "SMS"): 1}  # the dropped channel was not counted
     assert run(validate(rt, {"entityType": "MOBILE", "entityValue": PHONE, "action": "COUPON",
                              "code": code_sent_to(rt, EMAIL)})).valid
+
+
+def test_email_only_reads_todays_local_budget_only(build, clock):
+    """The counters read to choose the channels are today's, in the service's time zone: yesterday's spent budget
+    reroutes nothing, and after local midnight (19:00 UTC in Kolkata) today's spent budget does."""
+    rt = build(channel_budgets="SMS=1", safe_mode="email_only", timezone="Asia/Kolkata", daily_limit=50)
+    clock.now = datetime(2026, 11, 27, 19, 0, tzinfo=timezone.utc)  # 00:30 on the 28th in Kolkata
+    gen(rt, "+919812345671")  # spends the 28th's SMS budget
+    rerouted = gen(rt, channels=[sms(), email()])
+    assert [d.channel for d in rerouted.deliveries] == ["EMAIL"] and rerouted.warnings[0].code == E.SAFE_MODE_EMAIL
+    clock.advance(days=1)  # the 29th: a new budget, yesterday's count reroutes nothing
+    fresh = gen(rt, "+919812345672", channels=[sms("+919812345672"), email("b@example.com")])
+    assert sorted(d.channel for d in fresh.deliveries) == ["EMAIL", "SMS"] and fresh.warnings == []
+
+
+def test_a_budget_refusal_says_whose_budget_and_why_email_did_not_stand_in(build):
+    rt = build(channel_budgets="SMS=1,EMAIL=1", safe_mode="email_only")
+    gen(rt, "+919812345671", "COUPON")
+    assert refused(gen, rt, "+919812345672", "COUPON").problems[0].message == (
+        "the daily SMS budget of 1 is spent: the channel is in safe mode until tomorrow"
+        " (email only, and this request has no email destination)")
+    run(generate(rt, {"entityType": "EMAIL", "entityValue": "a@example.com", "action": "COUPON"}))
+    assert refused(run, generate(rt, {"entityType": "EMAIL", "entityValue": "b@example.com", "action": "COUPON"})) \
+        .problems[0].message == "the daily EMAIL budget of 1 is spent: the channel is in safe mode until tomorrow"
+    rt2 = build(safe_mode="refuse")
+    configure(rt2, Action.REGISTRATION, channel_budgets="SMS=1")
+    gen(rt2, "+919812345671", "REGISTRATION")
+    assert refused(gen, rt2, "+919812345672", "REGISTRATION").problems[0].message == (
+        "the daily SMS budget of REGISTRATION of 1 is spent: the channel is in safe mode until tomorrow")
+
+
+def test_a_spent_email_budget_is_never_rerouted(build):
+    """Only phone channels fall back to EMAIL: a spent EMAIL budget refuses the request, it is not dropped in
+    silence while the SMS goes out under a warning that claims the code went by EMAIL."""
+    rt = build(channel_budgets="SMS=5,EMAIL=1", safe_mode="email_only")
+    run(generate(rt, {"entityType": "EMAIL", "entityValue": "a@example.com", "action": "COUPON"}))
+    error = refused(gen, rt, channels=[sms(), email()])
+    assert error.problems[0].reason == "budget" and "EMAIL budget" in error.problems[0].message
+    assert channels_sent(rt) == [("EMAIL", "a@example.com")]
 
 
 def test_the_dry_run_shows_what_safe_mode_would_do(build):

@@ -1,12 +1,21 @@
 """A code never leaks: not in logs (every logger at DEBUG), responses, or any column but hash, copy and outbox."""
 from __future__ import annotations
 
-import pytest
-from sqlalchemy import inspect, text
-
+import base64
+import hashlib
+import hmac
 from collections import Counter
 
-from core.crypto import ALPHANUMERIC, DIGITS, new_code
+import pytest
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from sqlalchemy import inspect, text
+
+from core.config import Settings
+from core.crypto import (ALPHANUMERIC, DIGITS, CodeKeys, SecretBox, equal, load_master_key, new_code,
+                         normalise_submitted_code, token_key)
 from core.engine import generate, run, validate
 from core.enums import Action
 from tests.conftest import code_sent_to, configure
@@ -125,3 +134,120 @@ def test_codes_are_uniform_in_every_position_leading_zeros_included():
         expected = draws / len(alphabet)  # 2000 per position and character: a standard deviation of ~44
         assert set(counts) == {(p, c) for p in range(length) for c in alphabet}
         assert all(abs(n - expected) < 0.2 * expected for n in counts.values()), min(counts.values())
+
+
+# The primitives themselves (core.crypto): what each binds, and what a stored row depends on -----------------
+def test_a_stored_mac_and_copy_are_the_documented_construction(tmp_path):
+    """Rows written by one release must verify under the next: the MAC is HMAC-SHA256 under HKDF(key, "otp-code-hmac")
+    of user, action and code joined by 0x1f, and the copy AES-GCM under HKDF(key, "otp-code-aesgcm") with user and
+    action as associated data. Any change here silently fails every live code at the upgrade."""
+    master = bytes(range(32))
+    keys = CodeKeys.from_master(master)
+
+    def hkdf(label: bytes) -> bytes:
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=label).derive(master)
+
+    expected = hmac.new(hkdf(b"otp-code-hmac"), b"MOBILE:+15550001111\x1fCOUPON\x1f042917", hashlib.sha256).digest()
+    assert keys.code_mac("MOBILE:+15550001111", "COUPON", "042917") == expected
+    blob = keys.encrypt_code("MOBILE:+15550001111", "COUPON", "042917")
+    assert AESGCM(hkdf(b"otp-code-aesgcm")).decrypt(blob[:12], blob[12:], b"MOBILE:+15550001111\x1fCOUPON") == b"042917"
+    sealed = SecretBox.from_master(master).seal(b"api-secret", "gateway:7:token")
+    assert AESGCM(hkdf(b"otp-stored-secrets")).decrypt(sealed[:12], sealed[12:], b"gateway:7:token") == b"api-secret"
+    assert token_key(master) == hkdf(b"otp-oauth-access-token-hs256")
+
+
+def test_each_purpose_has_its_own_key():
+    """A key serves one purpose: the MAC key cannot decrypt copies, sign tokens, or open stored secrets."""
+    master = bytes(range(32))
+    keys = CodeKeys.from_master(master)
+    derived = {keys.mac_key, keys.enc_key, token_key(master)}
+    assert len(derived) == 3 and all(len(k) == 32 for k in derived)
+    sealed = SecretBox.from_master(master).seal(b"password", "gateway:1:password")
+    for key in derived:
+        with pytest.raises(InvalidTag):
+            SecretBox(key).open(sealed, "gateway:1:password")
+
+
+def test_a_copy_opens_only_for_its_own_user_and_action():
+    keys = CodeKeys.from_master(bytes(range(32)))
+    blob = keys.encrypt_code("MOBILE:+1", "COUPON", "123456")
+    assert len(blob) == 12 + 6 + 16  # a fresh 96-bit nonce, the code, the GCM tag
+    assert keys.decrypt_code("MOBILE:+1", "COUPON", blob) == "123456"
+    assert keys.encrypt_code("MOBILE:+1", "COUPON", "123456")[:12] != blob[:12]  # never a repeated nonce
+    for user, action in (("MOBILE:+2", "COUPON"), ("MOBILE:+1", "POINTS"), ("MOBILE:+1\x1fCOUPON", "")):
+        with pytest.raises(InvalidTag):
+            keys.decrypt_code(user, action, blob)
+
+
+def test_a_stored_secret_opens_only_in_its_own_context():
+    box = SecretBox.from_master(bytes(range(32)))
+    sealed = box.seal(b"password", "gateway:1:password")
+    assert box.open(sealed, "gateway:1:password") == b"password"
+    assert box.seal(b"password", "gateway:1:password")[:12] != sealed[:12]
+    with pytest.raises(InvalidTag):
+        box.open(sealed, "gateway:2:password")
+
+
+def test_the_mac_binds_every_part_and_its_boundaries():
+    keys = CodeKeys.from_master(bytes(range(32)))
+    mac = keys.code_mac("MOBILE:+1", "COUPON", "123456")
+    assert len(mac) == 32
+    assert mac not in {keys.code_mac("MOBILE:+1", "COUPON", "123457"), keys.code_mac("MOBILE:+1", "COUPO", "N123456"),
+                       keys.code_mac("MOBILE:+1C", "OUPON", "123456")}
+    assert CodeKeys.from_master(bytes(32)).code_mac("MOBILE:+1", "COUPON", "123456") != mac
+
+
+def test_equal_is_true_only_for_identical_bytes():
+    assert equal(b"\x01" * 32, b"\x01" * 32)
+    assert not equal(b"\x01" * 32, b"\x01" * 31 + b"\x02")
+    assert not equal(b"\x01" * 32, b"\x01" * 31)
+
+
+@pytest.mark.parametrize("alphanumeric", [False, True])
+def test_code_length_and_alphabet(alphanumeric):
+    alphabet = ALPHANUMERIC if alphanumeric else DIGITS
+    for length in (1, 4, 6, 10):
+        codes = {new_code(length, alphanumeric) for _ in range(200)}
+        assert all(len(c) == length and set(c) <= set(alphabet) for c in codes)
+    assert len({new_code(10, alphanumeric) for _ in range(50)}) == 50  # drawn afresh each time
+
+
+@pytest.mark.parametrize(("value", "alphanumeric", "expected"), [
+    ("042917", False, "042917"), ("ab12cd", True, "AB12CD"), ("ab12cd", False, "ab12cd"), ("Z", True, "Z"),
+    ("", False, None), ("", True, None), ("12 34", False, None), ("１２３４", False, None), ("١٢٣٤", False, None),
+    ("12-4", True, None), ("é123", True, None), ("1234\n", False, None),
+])
+def test_a_submitted_code_is_normalised_or_refused(value, alphanumeric, expected):
+    assert normalise_submitted_code(value, alphanumeric) == expected
+
+
+def test_the_key_file_is_made_once_private_and_reused(tmp_path):
+    path = tmp_path / "data" / "keys" / "secret.key"  # folders made as needed
+    settings = Settings(env="test", secret_key_file=path)
+    first = load_master_key(settings)
+    assert len(first) == 32 and (path.stat().st_mode & 0o777) == 0o600
+    assert base64.b64decode(path.read_text()) == first
+    assert load_master_key(settings) == first  # a second process reads the same key, never makes another
+    assert load_master_key(Settings(env="test", secret_key=base64.b64encode(first).decode())) == first
+
+
+@pytest.mark.parametrize("length", [16, 31, 33, 64])
+def test_a_key_of_the_wrong_size_stops_start_up(tmp_path, length):
+    path = tmp_path / "secret.key"
+    path.write_text(base64.b64encode(bytes(length)).decode() + "\n")
+    with pytest.raises(ValueError, match="exactly 32 bytes"):
+        load_master_key(Settings(env="test", secret_key_file=path))
+    # The setting is checked when read too; load_master_key refuses it again, by name, if handed one unchecked.
+    with pytest.raises(ValueError, match="^OTP_SECRET_KEY must be base64 of exactly 32 bytes$"):
+        load_master_key(Settings.model_construct(secret_key=base64.b64encode(bytes(length)).decode()))
+
+
+def test_a_key_that_is_not_strict_base64_stops_start_up(tmp_path):
+    """Lenient base64 drops stray characters and could turn a mistyped key into a different one: refused."""
+    typo = base64.b64encode(bytes(range(32))).decode().replace("A", "A!", 1)
+    path = tmp_path / "secret.key"
+    path.write_text(typo + "\n")
+    with pytest.raises(ValueError):
+        load_master_key(Settings(env="test", secret_key_file=path))
+    with pytest.raises(ValueError):
+        load_master_key(Settings.model_construct(secret_key=typo))
