@@ -12,9 +12,16 @@ import pytest
 
 from tests.conftest import TEST_KEY
 from tests.servers import ApiServer, cli
-from tests.test_browser import CHROMIUM, browser  # noqa: F401 (the fixture; test_browser skips without Chromium)
+from tests.browser import headless_chromium, require_chromium
 
 pytestmark = pytest.mark.browser
+require_chromium()
+
+
+@pytest.fixture
+def browser():
+    with headless_chromium() as chromium:
+        yield chromium
 LOOPBACK = {"127.0.0.1", "localhost", "[::1]", "::1"}
 
 
@@ -26,7 +33,7 @@ def docs_server(tmp_path):
         yield server
 
 
-def _offline_page(browser):  # noqa: F811
+def _offline_page(browser):
     """A page whose requests to anywhere but loopback are aborted, and the list of those it aborted."""
     context = browser.new_context()
     refused: list[str] = []
@@ -42,7 +49,7 @@ def _offline_page(browser):  # noqa: F811
     return context, context.new_page(), refused
 
 
-def test_swagger_ui_renders_every_operation_with_no_internet(docs_server, browser):  # noqa: F811
+def test_swagger_ui_renders_every_operation_with_no_internet(docs_server, browser):
     context, page, refused = _offline_page(browser)
     try:
         page.goto(f"{docs_server.url}/docs", wait_until="load")

@@ -16,7 +16,6 @@ import pytest
 from starlette.datastructures import Headers
 
 from core.config import ROOT, Settings
-from core.config import Settings
 from core.net import end_user_address
 from tests.conftest import PG_URL, TEST_KEY
 from tests.servers import ApiServer, ForwardingProxy, PrivateSchema, new_client
