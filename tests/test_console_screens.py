@@ -6,7 +6,9 @@ from datetime import date
 
 from sqlalchemy import text
 
-from tests.test_console import signed_in, texts
+from tests.test_console import _clear_streamlit_caches, signed_in, texts  # noqa: F401 (autouse: the dashboards'
+# 30 s query cache is keyed by the database URL, which PostgreSQL tests share, so one test's figures would
+# otherwise be another's)
 
 
 def staff_rows(rt) -> list[tuple]:
