@@ -19,6 +19,14 @@ SYNC_EVERY = timedelta(seconds=60)
 
 
 def runtime() -> Runtime:
+    """The console's runtime, set up by console.py's frame.
+
+    Right after the console starts, Streamlit still routes a deep link (a bookmark of /config) straight to the
+    page's script in pages/, without the frame; the frame is run instead, which signs the visitor in (or finds
+    the session) and from then on routes every page itself.
+    """
+    if "runtime" not in st.session_state:
+        st.switch_page("console.py")
     return st.session_state["runtime"]
 
 

@@ -266,3 +266,15 @@ def test_sessions_audit_and_admin_screens_in_chromium(console_url, browser):
     assert "9955882233" not in exported
     shot(page, "26-audit-all")
     context.close()
+
+
+def test_a_deep_link_right_after_the_console_starts_lands_on_its_frame(console_url, browser):
+    """Until console.py's frame has run once, Streamlit routes /config straight to pages/config.py; that page must
+    hand over to the frame (sign-in or first admin), not show a KeyError and a sidebar of file names."""
+    page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    page.goto(f"{console_url}/config")  # the first request this server gets
+    wait_text(page, "create the first admin")
+    settled(page)
+    body = page.inner_text("body")
+    assert "KeyError" not in body and "Traceback" not in body and "dash limits" not in body, body[:500]
+    shot(page, "27-deep-link-after-start")
