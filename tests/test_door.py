@@ -154,17 +154,25 @@ def test_a_trickling_body_is_cut_off_with_408_after_the_read_time(door):
                 return
             stop.wait(0.1)
 
-    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
-        sock.sendall(_head(server.port, "/v2/otp/generate", auth, 100_000 // 2) + b'{"entityType": "MOBILE",')
-        started = time.monotonic()
-        sender = threading.Thread(target=trickle, args=(sock,))
-        sender.start()
-        try:
-            answer = _read_until_closed(sock)  # the server ends the connection itself
-        finally:
-            stop.set()
-            sender.join()
-        elapsed = time.monotonic() - started
+    # A byte that arrives just as the server closes makes its kernel answer with a reset, which can take the
+    # 408 with it: a TCP artefact of a client still sending, so the scenario is tried again (at most 3 times).
+    for attempt in range(3):
+        stop.clear()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.sendall(_head(server.port, "/v2/otp/generate", auth, 100_000 // 2) + b'{"entityType": "MOBILE",')
+            started = time.monotonic()
+            sender = threading.Thread(target=trickle, args=(sock,))
+            sender.start()
+            try:
+                answer = _read_until_closed(sock)  # the server ends the connection itself
+            except ConnectionResetError:
+                answer = b""
+            finally:
+                stop.set()
+                sender.join()
+            elapsed = time.monotonic() - started
+        if answer:
+            break
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408 "), answer[:300]
     assert b"\r\nconnection: close" in head.lower(), head
