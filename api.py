@@ -20,20 +20,24 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from core import engine, faults, metrics, receipts
 from core import errors as E
-from core.clients import PERMISSION_OTP_WRITE, ClientIdentity
+from core import faults, metrics
+from core.services import receipts
+from core.services.failover import fail_over_delivery, run_due_failovers
+from core.services.generation import generate
+from core.services.validation import validate
+from core.admin.clients import PERMISSION_OTP_WRITE, ClientIdentity
 from core.errors import OtpError
-from core.gateways.http import close_shared_client
-from core.config import Settings, settings_or_exit
+from core.delivery.gateways.http import close_shared_client
+from core.settings import Settings, settings_or_exit
 from core.net import end_user_address
 from core.runtime import Runtime
-from core.tokens import read_token_request
+from core.admin.tokens import read_token_request
 
 log = logging.getLogger("otp.api")
 
 
-# Shapes for the OpenAPI description only: bodies are read and checked by core.requests, which
+# Shapes for the OpenAPI description only: bodies are read and checked by core.issuing.requests, which
 # reports every problem with Capillary's codes instead of FastAPI's 422.
 class ChannelBody(BaseModel):
     type: Literal["EMAIL", "SMS", "MOBILE", "PHONE", "WHATSAPP", "ZALO"] = Field(
@@ -279,7 +283,7 @@ async def _fail_over_forever(runtime: Runtime) -> None:
     while True:
         await asyncio.sleep(runtime.settings.failover_poll_seconds)
         try:
-            await engine.run_due_failovers(runtime)
+            await run_due_failovers(runtime)
         except Exception as exc:  # the poller must outlive a failed round (a database restart, say)
             log.warning("failover round failed: %s", type(exc).__name__)
 
@@ -369,14 +373,14 @@ def create_app(runtime: Runtime | None = None, settings: Settings | None = None)
         runtime_: Runtime = request.app.state.runtime
         peer = request.client.host if request.client else ""
         ip = end_user_address(peer, request.headers, runtime_.settings, end_user_ip_header=client.end_user_ip_header)
-        result = await engine.generate(runtime_, await read_json(request), client_id=client.id, client_ip=ip)
+        result = await generate(runtime_, await read_json(request), client_id=client.id, client_ip=ip)
         return JSONResponse(result.body())
 
     @app.post("/v2/otp/validate", response_model=ValidateResponse, responses=_ERRORS,
               openapi_extra={"requestBody": validate_body})
     async def validate_otp(request: Request) -> JSONResponse:
         client = await authorised_client(request)
-        result = await engine.validate(request.app.state.runtime, await read_json(request), client_id=client.id)
+        result = await validate(request.app.state.runtime, await read_json(request), client_id=client.id)
         return JSONResponse(result.body())
 
     @app.post("/v3/oauth/token/generate", response_model=TokenResponse,
@@ -417,7 +421,7 @@ def create_app(runtime: Runtime | None = None, settings: Settings | None = None)
         except receipts.ReceiptRefused as exc:
             raise OtpError.single(exc.http_status, str(exc), exc.http_status) from None
         if outcome.changed and outcome.status == "failed":
-            await engine.fail_over_delivery(runtime_, outcome.delivery_id)
+            await fail_over_delivery(runtime_, outcome.delivery_id)
         return JSONResponse({"delivery": outcome.delivery_id, "status": outcome.status})
 
     @app.get("/metrics", include_in_schema=False)

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from console_state import can, current_session, runtime, sign_out, write_session_cookie
-from core.config import Settings, checked_settings
+from console_ui.state import can, current_session, runtime, sign_out, write_session_cookie
+from core.settings import Settings, checked_settings
 from core.runtime import Runtime
-from core.staff import needs_first_admin
+from core.admin.staff import needs_first_admin
 
 
 @st.cache_resource

@@ -33,7 +33,7 @@ import uvicorn
 from uvicorn.config import LOG_LEVELS, STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
-from core.config import settings_or_exit
+from core.settings import settings_or_exit
 
 
 def listening_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:

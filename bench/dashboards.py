@@ -8,7 +8,7 @@ ids increasing with time as in production. Pseudo-random values come from a mult
 number, since SQLite may evaluate random() more than once per row. With --postgresql the same rows are
 copied into a private schema of that database, which is dropped afterwards.
 
-The dashboards' rollups (core/rollups.py) are built first and timed on their own: the first build reads
+The dashboards' rollups (core/reporting/rollups.py) are built first and timed on their own: the first build reads
 every raw row once; then the refresh after an hour of new rows, and the check when nothing is new (which
 every query below includes). Each dashboard query is timed over the whole 30 days (the worst case) and
 over one day, the median of 3 runs, beside the same figure computed by loading the raw rows of the range
@@ -30,8 +30,8 @@ from sqlalchemy import Engine, create_engine, func, select, text, update
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core import dashboards as D  # noqa: E402
-from core.db import make_engine  # noqa: E402
+from core.reporting import dashboards as D  # noqa: E402
+from core.db.engine import make_engine  # noqa: E402
 from core.runtime import prepare_database  # noqa: E402
 
 START = datetime(2026, 10, 28, tzinfo=timezone.utc)
@@ -270,8 +270,8 @@ def drop_schema(url: str, schema: str) -> None:
 def time_rollups(engine: Engine) -> None:
     """The first build of the rollups, a refresh after one hour of new rows, and the check when nothing is new."""
     try:
-        from core import rollups
-        from core.models import RollupState
+        from core.reporting import rollups
+        from core.db.models import RollupState
     except ImportError:  # the code before the rollups: nothing to build
         return
     done = rollups.refresh(engine)

@@ -7,12 +7,12 @@ Everything runs on fresh SQLite files in a temporary directory (never data/), wi
 one distinct valid Indian mobile (+9199000xxxxx) per generate so that no limit is reached, and servers on
 127.0.0.1 only:
 
-  engine generate   core.engine.generate awaited in a loop in one event loop (Runtime(Settings(...)))
-  engine validate   core.engine.validate of the right code, for the numbers just generated
+  engine generate   core.services.generation.generate awaited in a loop in one event loop (Runtime(Settings(...)))
+  engine validate   core.services.validation.validate of the right code, for the numbers just generated
   HTTP empty        POST /empty of bench/empty_app.py (returns {}), the same generate bodies and headers,
                     --empty-factor times as many requests (it is much faster; a short run is too noisy)
   HTTP generate     POST /v2/otp/generate on `uvicorn api:app` (one worker), HTTP Basic as an API client
-                    made with `python -m core.cli client create bench`
+                    made with `python -m cli client create bench`
   HTTP validate     POST /v2/otp/validate of the right code (read from the outbox table)
 
 With --synchronous FULL,NORMAL the HTTP generate and validate phases run once per SQLite synchronous mode, each
@@ -94,7 +94,7 @@ class Row:
 
 class EngineBench:
     def __init__(self, tmp: Path) -> None:
-        from core.config import Settings
+        from core.settings import Settings
         from core.runtime import Runtime
 
         self.db_path = tmp / "engine.db"
@@ -137,12 +137,12 @@ class EngineBench:
         return result
 
     def generate(self, numbers: list[str], timeout: float) -> LoadResult:
-        from core.engine import generate
+        from core.services.generation import generate
 
         return self._run([generate_body(n) for n in numbers], timeout, generate)
 
     def validate(self, numbers: list[str], timeout: float) -> LoadResult:
-        from core.engine import validate
+        from core.services.validation import validate
 
         codes = codes_sent(self.db_path, numbers)
         return self._run([validate_body(n, codes[n]) for n in numbers if n in codes], timeout, validate)
@@ -154,7 +154,7 @@ class EngineBench:
 # ---------------------------------------------------------------- over HTTP
 
 def create_api_client(env: dict[str, str]) -> tuple[str, str]:
-    done = subprocess.run([sys.executable, "-m", "core.cli", "client", "create", "bench"], cwd=ROOT, env=env,
+    done = subprocess.run([sys.executable, "-m", "cli", "client", "create", "bench"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     if done.returncode != 0:
         raise SystemExit(f"client create failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")

@@ -219,7 +219,7 @@ class Bench:
 
 
 def create_api_client(env: dict[str, str]) -> tuple[str, str]:
-    done = subprocess.run([sys.executable, "-m", "core.cli", "client", "create", "load"], cwd=ROOT, env=env,
+    done = subprocess.run([sys.executable, "-m", "cli", "client", "create", "load"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=180)
     if done.returncode != 0:
         raise RuntimeError(f"client create failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")

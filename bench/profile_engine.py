@@ -2,13 +2,13 @@
 
     python bench/profile_engine.py [--requests 2000] [--tool pyinstrument|cprofile|both] [--http]
 
-engine mode (default): core.engine.generate awaited in a loop (as bench/engine.py does), profiled in process.
+engine mode (default): core.services.generation.generate awaited in a loop (as bench/engine.py does), profiled in process.
 --http: `uvicorn api:app` runs under pyinstrument in a subprocess while bench/loadgen.py drives generates.
 
 Two breakdowns of the sampled time (pyinstrument, 0.5 ms interval):
   what  - the mechanism: SQLAlchemy statement construction / cache keys / compile / execute / transactions,
           sqlite3 itself, phonenumbers, templates, crypto, logging, the HTTP stack, ...
-  where - the line of core.engine.generate (or api.py, or the outbox task) it was spent under.
+  where - the line of core.services.generation.generate (or api.py, or the outbox task) it was spent under.
 cProfile adds exact call counts (per generate) and the functions with the most own time; its overhead
 inflates code made of many small calls (SQLAlchemy), so take percentages from pyinstrument.
 Needs `pip install pyinstrument` for the sampled breakdowns (not a project requirement).
@@ -46,23 +46,23 @@ _GENERIC_FILES = ("<built-in>", "<string>", "/re/", "/re.py", "/enum.py", "/func
                   "/string.py", "/encodings/", "<frozen ")
 _LIBRARIES = [  # (path fragment, category); first match wins
     ("/phonenumbers/", "phonenumbers (parse, is_valid_number, format)"),
-    (CORE + "entities.py", "phonenumbers (parse, is_valid_number, format)"),
+    (CORE + "issuing/entities.py", "phonenumbers (parse, is_valid_number, format)"),
     ("/email_validator/", "email_validator"),
     ("/jinja2/", "templates: Jinja render"),
-    (CORE + "templates.py", "templates: checks, caches, render glue"),
-    (CORE + "messages.py", "templates: resolve, render_message"),
+    (CORE + "delivery/templates.py", "templates: checks, caches, render glue"),
+    (CORE + "delivery/messages.py", "templates: resolve, render_message"),
     ("/cryptography/", "crypto: AES-GCM/HKDF (cryptography)"),
     (CORE + "crypto.py", "crypto: HMAC, AES-GCM glue, new_code (secrets)"),
     ("/hmac.py", "crypto: HMAC, AES-GCM glue, new_code (secrets)"),
     ("/secrets.py", "crypto: HMAC, AES-GCM glue, new_code (secrets)"),
     ("/random.py", "crypto: HMAC, AES-GCM glue, new_code (secrets)"),
     ("/argon2/", "argon2 (API client secret)"),
-    (CORE + "requests.py", "core: request parsing"),
-    (CORE + "engine.py", "core: engine.py glue (dataclasses, mask, results)"),
-    (CORE + "dispatch.py", "core: dispatch (+ asyncio.wait_for task)"),
-    (CORE + "gateways/", "core: outbox gateway glue"),
-    (CORE + "codes.py", "core: codes/ratelimit glue"),
-    (CORE + "ratelimit.py", "core: codes/ratelimit glue (incl. tz)"),
+    (CORE + "issuing/requests.py", "core: request parsing"),
+    (CORE + "services/", "core: services glue (dataclasses, mask, results)"),
+    (CORE + "delivery/dispatch.py", "core: dispatch (+ asyncio.wait_for task)"),
+    (CORE + "delivery/gateways/", "core: outbox gateway glue"),
+    (CORE + "issuing/codes.py", "core: codes/ratelimit glue"),
+    (CORE + "issuing/counters.py", "core: codes/ratelimit glue (incl. tz)"),
     (CORE, "core: other (runtime, cache, config)"),
     ("/zoneinfo/", "core: codes/ratelimit glue (incl. tz)"),
     (API, "api.py: auth, read_json, handler"),
@@ -137,12 +137,12 @@ def _source(file_path: str, line: int) -> str:
 
 def where(stack: list[tuple[str, str, int]]) -> str:
     """The line of engine.generate (or the outbox task, api.py, the HTTP stack) a sample was spent under."""
-    engine_py = CORE + "engine.py"
+    services = (CORE + "services/generation.py", CORE + "services/validation.py")
     for function, file_path, line in stack:
-        if file_path == engine_py and function in ("generate", "validate"):
+        if file_path in services and function in ("generate", "validate"):
             return f"engine.{function}:{line:<4} {_source(file_path, line)}"
     for function, file_path, line in stack:
-        if file_path.startswith(CORE + "gateways/"):
+        if file_path.startswith(CORE + "delivery/gateways/"):
             return f"outbox send (own task)  {_source(file_path, line)}"
     for function, file_path, line in reversed(stack):
         if file_path == API:

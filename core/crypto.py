@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from core.config import Settings
+from core.settings import Settings
 
 DIGITS = string.digits
 ALPHANUMERIC = string.digits + string.ascii_uppercase
@@ -50,7 +50,7 @@ def _derive(master: bytes, purpose: bytes) -> bytes:
 
 
 def token_key(master: bytes) -> bytes:
-    """The key that signs API clients' OAuth access tokens (core.tokens), under a label of its own, so a
+    """The key that signs API clients' OAuth access tokens (core.admin.tokens), under a label of its own, so a
     token signature can never be made or checked with the code or stored-secret keys."""
     return _derive(master, b"otp-oauth-access-token-hs256")
 

@@ -6,13 +6,13 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from core.config import IpNetwork
+from core.settings import IpNetwork
 
 FORWARDED_FOR = "X-Forwarded-For"
 
 
 def trusted_proxies(settings: Any) -> Sequence[IpNetwork]:
-    """OTP_TRUSTED_PROXIES (parsed and checked at start-up by core.config): the only authority on forwarded
+    """OTP_TRUSTED_PROXIES (parsed and checked at start-up by core.settings): the only authority on forwarded
     addresses.
 
     uvicorn has its own proxy-header handling (on by default, trusting 127.0.0.1), which would rewrite the
@@ -33,7 +33,7 @@ def _is_trusted(address: str, trusted: Sequence[IpNetwork]) -> bool:
 def client_ip(peer: str, forwarded_for: str | None, trusted: Sequence[IpNetwork]) -> str:
     """The address that connected to us, seen through our own proxies.
 
-    trusted is OTP_TRUSTED_PROXIES, already parsed into networks (core.config). Only when the peer is a
+    trusted is OTP_TRUSTED_PROXIES, already parsed into networks (core.settings). Only when the peer is a
     trusted proxy is X-Forwarded-For read, from the right, skipping further trusted proxies: the first
     untrusted address is the client. Anything a client writes to the left of that is ignored, so rotating a
     spoofed header changes nothing.

@@ -1,25 +1,27 @@
 """What the engine needs at hand: settings, database, keys, clock, gateways and cached configuration."""
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 from sqlmodel import Session
 
 from core.cache import TtlValue
-from core.clients import ClientAuthenticator
+from core.admin.clients import ClientAuthenticator
 from core.clock import Clock, utcnow
-from core.config import Settings, get_settings
+from core.settings import Settings, get_settings
 from core.crypto import CodeKeys, SecretBox, load_master_key, token_key
-from core.db import READ_ONLY, make_engine, schema_lock, upgrade
+from core.db.engine import READ_ONLY, make_engine, schema_lock, upgrade
 from core.enums import Action, Channel
-from core.gateway_configs import GatewayRow, build_gateway, load_gateway_rows, parse_assignments
-from core.gateways import Gateway
-from core.gateways.outbox import OutboxGateway
-from core.groupcommit import writer_for
-from core.otpconfig import OtpConfig, load_action_configs, seed_action_configs
-from core.template_versions import ActiveTemplates, load_active_templates
-from core.tokens import TokenSigner
+from core.delivery.gateway_settings import GatewayRow, build_gateway, load_gateway_rows, parse_assignments
+from core.delivery.gateways import Gateway
+from core.delivery.gateways.http import close_shared_client
+from core.delivery.gateways.outbox import OutboxGateway
+from core.db.groupcommit import writer_for
+from core.issuing.action_config import OtpConfig, load_action_configs, seed_action_configs
+from core.delivery.active_templates import ActiveTemplates, load_active_templates
+from core.admin.tokens import TokenSigner
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,7 @@ class GatewayChoice:
 
 def prepare_database(engine: Engine) -> None:
     """Migrate to the newest schema and seed the default configuration: safe at every start, however many
-    workers or hosts start together (core.db.schema_lock: the seed's read-then-insert is under it too)."""
+    workers or hosts start together (core.db.engine.schema_lock: the seed's read-then-insert is under it too)."""
     with schema_lock(engine):
         upgrade(engine)
         with engine.begin() as conn:
@@ -162,3 +164,13 @@ class Runtime:
 
     def session(self) -> Session:
         return Session(self.db)
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    """Run a service coroutine (core.services) from synchronous code (the console, scripts, tests)."""
+    async def main():  # type: ignore[no-untyped-def]
+        try:
+            return await coro
+        finally:
+            await close_shared_client()  # the loop ends here, and its pooled connections with it
+    return asyncio.run(main())

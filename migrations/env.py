@@ -1,12 +1,12 @@
-"""Alembic environment: runs on the engine handed in by core.db.migrate, or on OTP_DATABASE_URL."""
+"""Alembic environment: runs on the engine handed in by core.db.engine.migrate, or on OTP_DATABASE_URL."""
 from __future__ import annotations
 
 from alembic import context
 from sqlmodel import SQLModel
 
-import core.models  # noqa: F401  (registers the tables on SQLModel.metadata)
-from core.config import get_settings
-from core.db import make_engine
+import core.db.models  # noqa: F401  (registers the tables on SQLModel.metadata)
+from core.settings import get_settings
+from core.db.engine import make_engine
 
 target_metadata = SQLModel.metadata
 

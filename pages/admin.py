@@ -4,13 +4,12 @@ from datetime import datetime
 import pandas as pd
 import streamlit as st
 
-from console_state import gate, runtime
-from core.clients import list_clients
-from core.console_ops import (new_api_client, revoke_api_client, set_api_client_end_user_ip_header,
-                               set_api_client_token_ttl)
-from core.models import StaffCreate
-from core.staff import ROLES, InvalidStaff, create_staff, disable_staff, list_staff, set_role
-from core.tokens import MAX_TTL_SECONDS, MIN_TTL_SECONDS
+from console_ui.state import gate, runtime
+from core.admin.clients import list_clients
+from core.services.admin_actions import new_api_client, revoke_api_client, set_api_client_end_user_ip_header, set_api_client_token_ttl
+from core.db.models import StaffCreate
+from core.admin.staff import ROLES, InvalidStaff, create_staff, disable_staff, list_staff, set_role
+from core.admin.tokens import MAX_TTL_SECONDS, MIN_TTL_SECONDS
 
 rt = runtime()
 identity = gate("staff.manage")

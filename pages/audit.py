@@ -4,8 +4,8 @@ from datetime import datetime, time, timedelta, timezone
 import pandas as pd
 import streamlit as st
 
-from console_state import gate, runtime
-from core.audit import KINDS, actors, search, to_csv
+from console_ui.state import gate, runtime
+from core.admin.audit import KINDS, actors, search, to_csv
 from core.clock import utcnow
 
 ALL = "all"

@@ -1,12 +1,11 @@
 """OTP configuration per action: the stored values, saved all at once or not at all, with a reason for the audit."""
 import streamlit as st
 
-from console_state import form_needs_loading, gate, runtime
-from core.console_ops import save_action_config
+from console_ui.state import form_needs_loading, gate, runtime
+from core.services.admin_actions import save_action_config
 from core.enums import Action, Channel
-from core.models import ActionConfigUpdate
-from core.otpconfig import (LIMIT_OVERRIDES, MAX_ATTEMPTS_PER_CODE, MAX_CONSECUTIVE_FAILURES, SAFE_MODES,
-                            ConfigRefused, format_channel_budgets, parse_limit_overrides)
+from core.db.models import ActionConfigUpdate
+from core.issuing.action_config import (LIMIT_OVERRIDES, MAX_ATTEMPTS_PER_CODE, MAX_CONSECUTIVE_FAILURES, SAFE_MODES, ConfigRefused, format_channel_budgets, parse_limit_overrides)
 
 rt = runtime()
 identity = gate("config.edit")

@@ -3,12 +3,10 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from console_state import gate, runtime
-from core.dashboards import delivery_by_day, delivery_summary, failures_by_error, find_requests, live_delivery, \
-    request_timeline
-from core.entities import InvalidEntity, normalise_email, normalise_phone
-from dashboard_widgets import count_y, csv_button, day_tooltip, day_x, delta, pct, period_caption, query, rollups_up_to_date, \
-    sidebar_filters
+from console_ui.state import gate, runtime
+from core.reporting.dashboards import (delivery_by_day, delivery_summary, failures_by_error, find_requests, live_delivery, request_timeline)
+from core.issuing.entities import InvalidEntity, normalise_email, normalise_phone
+from console_ui.widgets import (count_y, csv_button, day_tooltip, day_x, delta, pct, period_caption, query, rollups_up_to_date, sidebar_filters)
 
 gate("status.view")
 rt = runtime()

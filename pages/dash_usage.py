@@ -3,10 +3,9 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from console_state import gate
-from core.dashboards import daily_usage, time_to_validate_by_day, usage_totals
-from dashboard_widgets import count_y, csv_button, day_tooltip, day_x, delta, pct, period_caption, query, rollups_up_to_date, \
-    seconds, sidebar_filters
+from console_ui.state import gate
+from core.reporting.dashboards import daily_usage, time_to_validate_by_day, usage_totals
+from console_ui.widgets import (count_y, csv_button, day_tooltip, day_x, delta, pct, period_caption, query, rollups_up_to_date, seconds, sidebar_filters)
 
 gate("status.view")
 st.title("Daily usage")

@@ -2,11 +2,11 @@
 import pandas as pd
 import streamlit as st
 
-from console_state import form_needs_loading, gate, runtime
-from core.console_ops import send_gateway_test
+from console_ui.state import form_needs_loading, gate, runtime
+from core.services.trials import send_gateway_test
 from core.enums import Channel
-from core.gateway_configs import GatewayRefused, list_gateways
-from core.gateway_forms import PROVIDER_FIELDS, GatewayForm, providers_for, save_gateway_form, stored_form
+from core.admin.gateways import GatewayRefused, list_gateways
+from core.admin.gateway_forms import PROVIDER_FIELDS, GatewayForm, providers_for, save_gateway_form, stored_form
 
 rt = runtime()
 identity = gate("config.edit")

@@ -2,9 +2,9 @@
 import pandas as pd
 import streamlit as st
 
-from console_state import can, runtime
-from core.simulate import simulate
-from core.status import configuration_table, gateway_table, safe_mode_channels, service_status
+from console_ui.state import can, runtime
+from simulate import simulate
+from core.services.status import configuration_table, gateway_table, safe_mode_channels, service_status
 
 rt = runtime()
 status = service_status(rt)
@@ -39,7 +39,7 @@ if not rt.settings.is_development:
 elif can("test.send"):
     st.caption("Fills the dashboards with three days of simulated customers through the real engine (simulated "
                "gateways that fail and lag; nothing leaves this machine). For 30 days run "
-               "`python -m core.simulate --days 30 --users 20000`.")
+               "`python -m simulate --days 30 --users 20000`.")
     if st.button("Simulate a little traffic", key="home_simulate"):
         with st.spinner("Simulating…"):
             report = simulate(rt, days=3, users=2000, per_day=60, small=True, end=rt.clock())

@@ -1,8 +1,8 @@
 """Sign in: one message for every failure, so it never tells which part was wrong."""
 import streamlit as st
 
-from console_state import runtime, sign_in
-from core.staff import authenticate
+from console_ui.state import runtime, sign_in
+from core.admin.staff import authenticate
 
 st.title("Sign in to the OTP console")
 if reason := st.session_state.get("signed_out_reason"):

@@ -2,8 +2,8 @@
 import pandas as pd
 import streamlit as st
 
-from console_state import gate, runtime
-from core.console_ops import outbox_messages
+from console_ui.state import gate, runtime
+from core.services.trials import outbox_messages
 
 rt = runtime()
 identity = gate("outbox.view")

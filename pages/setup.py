@@ -1,8 +1,8 @@
 """First start: the database has no staff, so the first person to arrive creates the admin account."""
 import streamlit as st
 
-from console_state import runtime, sign_in
-from core.staff import InvalidStaff, StaffIdentity, create_first_admin
+from console_ui.state import runtime, sign_in
+from core.admin.staff import InvalidStaff, StaffIdentity, create_first_admin
 
 st.title("Welcome: create the first admin")
 st.write("No staff account exists yet. The account you create now can add everyone else.")

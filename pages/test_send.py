@@ -2,8 +2,8 @@
 import pandas as pd
 import streamlit as st
 
-from console_state import gate, runtime
-from core.console_ops import outbox_messages, test_dry_run, test_generate, test_validate
+from console_ui.state import gate, runtime
+from core.services.trials import outbox_messages, trial_dry_run, trial_generate, trial_validate
 from core.enums import Action, Channel, EntityType
 from core.errors import OtpError
 
@@ -47,7 +47,7 @@ if submitted:
     st.session_state["ts_last_payload"] = payload
     try:
         if dry:
-            preview = test_dry_run(rt, actor=identity, payload=payload)
+            preview = trial_dry_run(rt, actor=identity, payload=payload)
             st.success(f"Dry run: nothing was sent or counted. Daily use {preview.daily_used} of "
                        f"{preview.daily_limit}; {'the live code would be re-sent' if preview.would_resend else 'a new code would be issued'}.")
             for problem in preview.problems:
@@ -61,7 +61,7 @@ if submitted:
                 st.code(message.body or message.text or f"template {message.whatsapp_template_name or message.zalo_template_id}",
                         language=None, wrap_lines=True)  # message text, not Python
         else:
-            result = test_generate(rt, actor=identity, payload=payload)
+            result = trial_generate(rt, actor=identity, payload=payload)
             st.session_state["ts_last_result"] = result
     except OtpError as exc:
         st.session_state.pop("ts_last_result", None)
@@ -100,7 +100,7 @@ if result is not None:
         check = st.form_submit_button("Validate", key="ts_validate_submit")
     if check:
         try:
-            outcome = test_validate(rt, actor=identity, payload={**{k: payload[k] for k in
+            outcome = trial_validate(rt, actor=identity, payload={**{k: payload[k] for k in
                                                                     ("entityType", "entityValue", "action")},
                                                                  "code": code})
         except OtpError as exc:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from core.config import ROOT
+from core.settings import ROOT
 from tests.fakes import free_port
 from tests.servers import stop, wait_until_up
 

@@ -14,10 +14,11 @@ from sqlalchemy import create_engine, text
 from sqlmodel import SQLModel
 
 from core.clock import FrozenClock
-from core.config import Settings
-from core.db import make_engine
-from core.models import ActionConfigUpdate
-from core.otpconfig import LIMIT_OVERRIDES, format_channel_budgets, update_action_config
+from core.settings import Settings
+from core.db.engine import make_engine
+from core.db.models import ActionConfigUpdate
+from core.issuing.action_config import LIMIT_OVERRIDES, format_channel_budgets
+from core.admin.action_configs import update_action_config
 from core.runtime import Runtime, prepare_database
 
 PG_URL = os.environ.get("OTP_TEST_DATABASE_URL", "")
@@ -56,7 +57,9 @@ def statements_built_per_test():
     """Under mutmut (README "Mutation testing") only: build the once-per-process statements and caches afresh for
     each test. Otherwise the first test builds them, mutmut maps a statement builder to that test alone, and a
     mutated INSERT ... ON CONFLICT or lock ceiling is checked by one test that never looks at it."""
-    from core import codes, limits, ratelimit
+    from core.issuing import codes
+    from core.issuing import limits
+    from core.issuing import counters as ratelimit
     for prepared in (codes._INSERT_CODE, codes._RECORD_FAILURE, ratelimit._BUMP):  # noqa: SLF001
         prepared._compiled.clear()  # noqa: SLF001
     limits._local_midnight_after.cache_clear()  # noqa: SLF001
@@ -107,8 +110,8 @@ def db_url(request, tmp_path) -> str:
 @pytest.fixture
 def team(rt) -> dict:
     """An admin, an editor, an approver and a viewer, keyed by role."""
-    from core.models import StaffCreate
-    from core.staff import StaffIdentity, create_first_admin, create_staff
+    from core.db.models import StaffCreate
+    from core.admin.staff import StaffIdentity, create_first_admin, create_staff
     with rt.session() as db:
         admin = create_first_admin(db, username="ada", password="correct horse 1")
         boss = StaffIdentity(admin.id, admin.username, admin.role)

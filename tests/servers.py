@@ -16,7 +16,7 @@ import httpx
 import uvicorn
 from sqlalchemy import create_engine, text
 
-from core.config import ROOT
+from core.settings import ROOT
 from tests.fakes import free_port
 
 
@@ -152,7 +152,7 @@ class ForwardingProxy:
 
 
 def cli(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "core.cli", *args], cwd=ROOT, env={**os.environ, **env},
+    done = subprocess.run([sys.executable, "-m", "cli", *args], cwd=ROOT, env={**os.environ, **env},
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     return done.stdout

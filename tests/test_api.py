@@ -25,10 +25,10 @@ from sqlalchemy import text
 
 from api import create_app
 from core import errors as E
-from core.clients import NewClientCredentials, create_client, revoke_client
-from core.config import ROOT
+from core.admin.clients import NewClientCredentials, create_client, revoke_client
+from core.settings import ROOT
 from core.enums import Action
-from core.models import ApiClientCreate
+from core.db.models import ApiClientCreate
 from tests.conftest import code_sent_to, configure, outbox
 from tests.fakes import free_port
 from tests.servers import stop
@@ -616,7 +616,7 @@ def test_real_uvicorn_server_end_to_end(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTP_")}
     env.update(OTP_DATABASE_URL=f"sqlite:///{db_path}", OTP_SECRET_KEY_FILE=str(key_file), OTP_ENV="development",
                PYTHONUNBUFFERED="1")
-    made = subprocess.run([sys.executable, "-m", "core.cli", "client", "create", "demo"], cwd=ROOT, env=env,
+    made = subprocess.run([sys.executable, "-m", "cli", "client", "create", "demo"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
     assert made.returncode == 0, made.stderr
     key_line = re.search(r"^key: (\S+)$", made.stdout, re.M)

@@ -11,12 +11,12 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from core import audit
+from core.admin import audit
 from core.clock import utcnow
-from core.config import ROOT
-from core.console_ops import new_api_client, revoke_api_client
-from core.gateway_configs import save_gateway
-from core.models import GatewayConfigBase
+from core.settings import ROOT
+from core.services.admin_actions import new_api_client, revoke_api_client
+from core.admin.gateways import save_gateway
+from core.db.models import GatewayConfigBase
 from tests.conftest import outbox
 from tests.test_console import app, signed_in, texts
 

@@ -1,7 +1,7 @@
 """The console in a real browser: `streamlit run console.py` driven by headless Chromium through Playwright.
 
 First-admin setup, adding an approver, editing a template, approval by the second person, a test send, the
-outbox, then the Status page's demo-traffic button (core.simulate through the real engine) and the three
+outbox, then the Status page's demo-traffic button (simulate through the real engine) and the three
 dashboards it fills; a screenshot of each page is saved under tests/artifacts/.
 """
 from __future__ import annotations

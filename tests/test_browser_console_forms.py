@@ -13,11 +13,11 @@ import os
 import pytest
 from sqlalchemy import text
 
-from core.config import Settings
-from core.gateway_configs import save_gateway
-from core.models import GatewayConfigBase
+from core.settings import Settings
+from core.admin.gateways import save_gateway
+from core.db.models import GatewayConfigBase
 from core.runtime import Runtime
-from core.staff import StaffIdentity, create_first_admin
+from core.admin.staff import StaffIdentity, create_first_admin
 from tests.browser import ARTIFACTS, console_server, go, headless_chromium, require_chromium, settled, shot, \
     wait_text
 from tests.fakes import Answer, FakeProvider

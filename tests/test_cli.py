@@ -5,16 +5,16 @@ import os
 import subprocess
 import sys
 
-from core.clients import ClientAuthenticator
-from core.config import ROOT
-from core.db import make_engine
+from core.admin.clients import ClientAuthenticator
+from core.settings import ROOT
+from core.db.engine import make_engine
 
 
 def cli(tmp_path, *args):
     env = {**os.environ, "OTP_DATABASE_URL": f"sqlite:///{tmp_path / 'otp.db'}",
            "OTP_SECRET_KEY_FILE": str(tmp_path / "secret.key")}
     env.pop("OTP_SECRET_KEY", None)
-    return subprocess.run([sys.executable, "-m", "core.cli", *args], cwd=ROOT, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=60)
 
 

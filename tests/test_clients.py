@@ -6,9 +6,9 @@ import time
 
 from argon2 import PasswordHasher
 
-import core.clients as clients
-from core.clients import ClientAuthenticator, create_client, revoke_client
-from core.models import ApiClientCreate
+import core.admin.clients as clients
+from core.admin.clients import ClientAuthenticator, create_client, revoke_client
+from core.db.models import ApiClientCreate
 
 
 class CountingHasher(PasswordHasher):

@@ -8,7 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 from sqlalchemy import text
 
 from core import errors as E
-from core.engine import generate, run, validate
+from core.services.generation import generate
+from core.runtime import run
+from core.services.validation import validate
 from core.enums import Action
 from core.errors import OtpError
 from core.runtime import Runtime

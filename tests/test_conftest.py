@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from core.config import ROOT
+from core.settings import ROOT
 
 
 def run_pytest(*args: str) -> str:

@@ -13,12 +13,13 @@ import pytest
 from sqlalchemy import text
 from streamlit.testing.v1 import AppTest
 
-from console_state import SESSION_KEY
+from console_ui.state import SESSION_KEY
 from core.clock import utcnow
-from core.config import ROOT
-from core.engine import generate, run
+from core.settings import ROOT
+from core.services.generation import generate
+from core.runtime import run
 from core.enums import Action, Channel
-from core.staff import ConsoleSession, StaffIdentity, create_first_admin
+from core.admin.staff import ConsoleSession, StaffIdentity, create_first_admin
 from tests.conftest import outbox
 from tests.fakes import free_port
 from tests.servers import stop, wait_until_up
@@ -71,7 +72,7 @@ def test_first_start_asks_for_the_admin_then_signs_in(rt):
 
 
 def test_second_first_admin_is_refused(rt, team):
-    from core.staff import InvalidStaff
+    from core.admin.staff import InvalidStaff
     with rt.session() as db, pytest.raises(InvalidStaff):
         create_first_admin(db, username="mallory", password="0123456789ab")
 
@@ -296,7 +297,7 @@ def test_admin_creates_staff_and_a_client_secret_shown_once(rt, team):
 
 
 def test_admin_sets_a_clients_token_life(rt, team):
-    from core.console_ops import new_api_client
+    from core.services.admin_actions import new_api_client
     shop = new_api_client(rt, actor=team["admin"], name="shop", permissions="otp:write")
     other = new_api_client(rt, actor=team["admin"], name="other", permissions="otp:write")
     at = signed_in(rt, team["admin"]).run()
@@ -342,11 +343,12 @@ def test_admin_sets_where_a_clients_end_user_addresses_come_from(rt, team):
     assert targets == ["client:app"]
 
 def test_core_refuses_writes_from_a_role_that_lacks_them(rt, team):
-    from core.console_ops import save_action_config, test_generate
-    from core.models import ActionConfigUpdate
-    from core.staff import PermissionDenied
+    from core.services.admin_actions import save_action_config
+    from core.services.trials import trial_generate
+    from core.db.models import ActionConfigUpdate
+    from core.admin.staff import PermissionDenied
     with pytest.raises(PermissionDenied):
-        test_generate(rt, actor=team["viewer"], payload={})
+        trial_generate(rt, actor=team["viewer"], payload={})
     with pytest.raises(PermissionDenied):
         save_action_config(rt, actor=team["editor"], action=Action.COUPON, update=ActionConfigUpdate(), reason="")
     # A role claimed in the console session is not trusted: the database's role is.

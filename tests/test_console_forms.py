@@ -15,12 +15,13 @@ import pytest
 from sqlalchemy import text
 from streamlit.testing.v1 import AppTest
 
-from core.engine import generate, run
+from core.services.generation import generate
+from core.runtime import run
 from core.enums import Action, Channel
-from core.gateway_configs import GatewayRefused, save_gateway
-from core.gateway_forms import GatewayForm, save_gateway_form
-from core.models import GatewayConfigBase
-from core.otpconfig import ConfigRefused
+from core.admin.gateways import GatewayRefused, save_gateway
+from core.admin.gateway_forms import GatewayForm, save_gateway_form
+from core.db.models import GatewayConfigBase
+from core.issuing.action_config import ConfigRefused
 from core.runtime import Runtime
 from tests.conftest import configure, make_settings
 from tests.fakes import Answer, FakeProvider
@@ -349,7 +350,7 @@ def test_a_new_gateway_cannot_overwrite_one_and_a_provider_change_is_explicit(rt
     rt.configuration_changed()
     assert rt.all_gateway_rows()["twilio-main"].provider == "webhook_sms"
     with rt.session() as db:  # Twilio's credentials went with Twilio
-        from core.gateway_forms import stored_form
+        from core.admin.gateway_forms import stored_form
         assert stored_form(db, rt.box, "twilio-main").hints == {}
 
 

@@ -139,8 +139,8 @@ def test_a_send_through_a_provider_claims_no_outbox_message(rt, team):
     """The outbox heading appears only over messages the outbox took; a Twilio send leaves it out and says so."""
     import json
 
-    from core.gateway_configs import save_gateway
-    from core.models import GatewayConfigBase
+    from core.admin.gateways import save_gateway
+    from core.db.models import GatewayConfigBase
     from tests.fakes import Answer, FakeProvider
     at = signed_in(rt, team["editor"]).run()
     at.switch_page("pages/test_send.py").run()
@@ -174,7 +174,8 @@ def chart_specs(at) -> list[dict]:
 def test_count_axes_tick_whole_numbers_and_no_empty_time_to_validate_chart(rt, team):
     """Two codes, none used: the per-day chart counts in whole ticks, and no time-to-validate chart is drawn
     around nothing (it drew a lone "0.000000" axis); a caption says why."""
-    from core.engine import generate, run
+    from core.services.generation import generate
+    from core.runtime import run
     for number in ("+919955882233", "+919812345678"):
         run(generate(rt, {"entityType": "MOBILE", "entityValue": number, "action": "COUPON"}))
     at = signed_in(rt, team["viewer"]).run()
@@ -213,7 +214,8 @@ def test_forms_show_what_is_stored_after_visiting_another_page(rt, team):
 
 def test_the_live_delivery_panel_says_the_filters_do_not_apply(rt, team):
     """It counts every action's messages: with the action filter on COUPON it must not pass for COUPON's."""
-    from core.engine import generate, run
+    from core.services.generation import generate
+    from core.runtime import run
     run(generate(rt, {"entityType": "EMAIL", "entityValue": "walker@example.com", "action": "POINTS"}))
     at = signed_in(rt, team["viewer"]).run()
     at.switch_page("pages/dash_delivery.py").run()

@@ -6,8 +6,8 @@ from datetime import timedelta
 from sqlalchemy import text
 
 from core.clock import utcnow
-from core.console_sessions import end_session, resume_session, start_session
-from core.staff import disable_staff
+from core.admin.console_sessions import end_session, resume_session, start_session
+from core.admin.staff import disable_staff
 
 
 def test_a_token_resumes_until_idle_expiry_and_each_resume_extends_it(rt, team):
@@ -38,7 +38,7 @@ def test_sign_out_ends_the_token_at_once(rt, team):
 
 
 def test_a_disabled_account_cannot_resume_and_a_changed_role_is_read_now(rt, team):
-    from core.staff import set_role
+    from core.admin.staff import set_role
     now = utcnow()
     with rt.session() as db:
         editor = start_session(db, identity=team["editor"], idle_minutes=30, now=now)

@@ -11,17 +11,19 @@ import pytest
 from sqlalchemy import insert, select, text
 from streamlit.testing.v1 import AppTest
 
-from console_state import SESSION_KEY
-from core import dashboards as D
+from console_ui.state import SESSION_KEY
+from core.reporting import dashboards as D
 from core import histogram as H
 from core.clock import FrozenClock
-from core.config import ROOT
-from core.engine import generate, run, validate
+from core.settings import ROOT
+from core.services.generation import generate
+from core.runtime import run
+from core.services.validation import validate
 from core.enums import Action
 from core.errors import OtpError
-from core.models import AuditLog, Delivery, LimitEvent, OtpCode, OtpRequest, OtpValidation, UsageCounter
-from core.simulate import simulate
-from core.staff import ConsoleSession, PermissionDenied
+from core.db.models import AuditLog, Delivery, LimitEvent, OtpCode, OtpRequest, OtpValidation, UsageCounter
+from simulate import simulate
+from core.admin.staff import ConsoleSession, PermissionDenied
 from tests.conftest import START, code_sent_to
 
 KOLKATA = "Asia/Kolkata"

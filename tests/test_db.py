@@ -1,4 +1,4 @@
-"""core.db: the SQLite pragmas the service's promises rest on, and the lock start-up holds while it migrates and
+"""core.db.engine: the SQLite pragmas the service's promises rest on, and the lock start-up holds while it migrates and
 seeds, so that processes starting together take turns."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import fcntl
 
 from sqlalchemy import text
 
-from core.db import _SCHEMA_LOCK_CLASS, is_sqlite, make_engine, schema_lock
+from core.db.engine import _SCHEMA_LOCK_CLASS, is_sqlite, make_engine, schema_lock
 
 
 def test_a_fresh_sqlite_connection_commits_with_synchronous_full(tmp_path):

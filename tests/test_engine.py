@@ -7,10 +7,12 @@ import pytest
 from sqlalchemy import event, text
 
 from core import errors as E
-from core.engine import generate, run, validate
+from core.services.generation import generate
+from core.runtime import run
+from core.services.validation import validate
 from core.enums import Action
 from core.errors import OtpError
-from core.models import TemplateVersion
+from core.db.models import TemplateVersion
 from tests.conftest import code_sent_to, configure, outbox
 
 PHONE = "+919955882233"
@@ -352,7 +354,7 @@ def test_unapproved_template_is_not_used(rt):
 
 
 def test_html_email_template_escapes_variables(rt):
-    from core.config import Settings
+    from core.settings import Settings
     rt.settings = Settings(**{**rt.settings.model_dump(), "brand": "<script>"})
     approve_template(rt, "COUPON", "EMAIL", subject="s", body="<p>{{ brand }} {{ validation_code }}</p>", is_html=True)
     gen(rt, entityType="EMAIL", entityValue="x@y.com")

@@ -66,7 +66,7 @@ def test_an_unexpected_exception_is_500_7005_logged_once_without_the_request_dat
     assert written.count("Traceback (most recent call last)") == 1, written
     assert "Exception in ASGI application" not in written, written
     assert "unexpected error on POST /v2/otp/generate, answered 500 (7005)" in written, written
-    assert "builtins.ValueError (message withheld" in written and "core/codes.py" in written, written
+    assert "builtins.ValueError (message withheld" in written and "core/issuing/codes.py" in written, written
     assert "9955882233" not in written and code not in written, written
 
 

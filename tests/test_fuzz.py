@@ -1,6 +1,6 @@
 """Fuzzing (issue 6): Hypothesis properties of the request validator, and schemathesis against /openapi.json.
 
-The validator (core.requests.parse_generate / parse_validate) is fed arbitrary JSON-like values, mutations of
+The validator (core.issuing.requests.parse_generate / parse_validate) is fed arbitrary JSON-like values, mutations of
 valid bodies and Unicode in every field. Whatever it is given, it either returns a request object or raises
 OtpError whose problem codes are all in the documented set; never any other exception. A valid body always
 parses, and a parsed entity (and every channel destination) is normalised: E.164 or a lower-cased address
@@ -41,18 +41,18 @@ from sqlalchemy import text
 
 from api import create_app
 from core import errors as E
-from core.config import Settings
-from core.entities import normalise_email, normalise_phone
+from core.settings import Settings
+from core.issuing.entities import normalise_email, normalise_phone
 from core.enums import Action, Channel, EntityType
 from core.errors import OtpError
-from core.gateway_configs import save_gateway
-from core.models import GatewayConfigBase
-from core.clients import create_client
-from core.models import ApiClientCreate
-from core.receipts import twilio_signature, webhook_signature
-from core.requests import GenerateRequest, ValidateRequest, parse_generate, parse_validate
-from core.staff import StaffIdentity, create_first_admin
-from core.templates import render, sample_variables
+from core.admin.gateways import save_gateway
+from core.db.models import GatewayConfigBase
+from core.admin.clients import create_client
+from core.db.models import ApiClientCreate
+from core.services.receipts import twilio_signature, webhook_signature
+from core.issuing.requests import GenerateRequest, ValidateRequest, parse_generate, parse_validate
+from core.admin.staff import StaffIdentity, create_first_admin
+from core.delivery.templates import render, sample_variables
 
 SETTINGS = Settings(env="test")
 # Every code a refusal may carry (README, core/errors.py); the validator itself uses a subset.

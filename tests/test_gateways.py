@@ -14,14 +14,16 @@ from aiosmtpd.smtp import AuthResult
 from sqlalchemy import text
 
 from core import errors as E
-from core.config import Settings
-from core.engine import generate, run, run_due_failovers
+from core.settings import Settings
+from core.services.generation import generate
+from core.runtime import run
+from core.services.failover import run_due_failovers
 from core.enums import Action
 from core.errors import OtpError
-from core.gateway_configs import list_gateways, save_gateway
-from core.models import GatewayConfigBase
-from core.receipts import ReceiptRefused, apply_receipt, twilio_signature, webhook_signature
-from core.staff import StaffIdentity, create_first_admin
+from core.admin.gateways import list_gateways, save_gateway
+from core.db.models import GatewayConfigBase
+from core.services.receipts import ReceiptRefused, apply_receipt, twilio_signature, webhook_signature
+from core.admin.staff import StaffIdentity, create_first_admin
 from tests.conftest import configure, outbox
 from tests.fakes import Answer, FakeProvider, MailServer, free_port, wait_for
 
@@ -451,7 +453,7 @@ def test_receipt_endpoint_over_http(rt, admin, provider):
 def _failover_setup(rt, admin, provider, seconds=30):
     add_gateway(rt, admin, name="wa", channel="WHATSAPP", provider="meta_whatsapp", endpoint=provider.url,
                 sender="10987", credentials={"access_token": "EAAG"})
-    from core.models import TemplateVersion
+    from core.db.models import TemplateVersion
     with rt.session() as db:
         db.add(TemplateVersion(action="COUPON", channel="WHATSAPP", version=1, status="approved", is_active=True,
                                author="a", reviewer="b", whatsapp_name="otp_auth", whatsapp_language="en"))
@@ -534,7 +536,7 @@ def test_test_numbers_get_the_fixed_code_only_in_the_outbox_without_limits(db_ur
             run(generate(rt, {"entityType": "MOBILE", "entityValue": "+919999012345", "action": "COUPON"}))
         assert provider.requests == []  # never to a real provider
         assert outbox(rt)[-1]["body"].endswith("424242.")
-        from core.engine import validate
+        from core.services.validation import validate
         assert run(validate(rt, {"entityType": "MOBILE", "entityValue": "+919999012345", "action": "COUPON",
                                  "code": "424242"})).valid
         gen(rt), gen(rt)  # an ordinary number still goes to the provider and still has its limit
@@ -660,7 +662,7 @@ def test_failover_sends_count_against_the_channel_budget(db_url, tmp_path, clock
 
 
 def test_unknown_smtp_security_is_refused(rt, admin):
-    from core.gateway_configs import GatewayConfigError
+    from core.delivery.gateway_settings import GatewayConfigError
     with pytest.raises(GatewayConfigError, match="SMTP security"):
         add_gateway(rt, admin, name="smtp", channel="EMAIL", provider="smtp", endpoint="127.0.0.1:25",
                     options={"security": "tls"})
@@ -735,7 +737,7 @@ def test_hanging_mail_servers_do_not_hold_up_other_requests(rt, admin):
     import asyncio
     import os
 
-    from core.engine import validate
+    from core.services.validation import validate
     from tests.conftest import code_sent_to
     pool_threads = min(32, (os.cpu_count() or 1) + 4)  # ThreadPoolExecutor's default size
     with MailServer(stall_before_data=5.0) as server:
@@ -845,7 +847,7 @@ def test_hanging_mail_servers_do_not_hold_up_the_server_process(tmp_path):
 
 
 def test_idempotency_key_honoured_must_be_a_boolean(rt, admin, provider):
-    from core.gateway_configs import GatewayConfigError
+    from core.delivery.gateway_settings import GatewayConfigError
     with pytest.raises(GatewayConfigError, match="idempotency_key_honoured"):
         add_gateway(rt, admin, name="hook", channel="SMS", provider="webhook_sms", endpoint=provider.url,
                     options={"idempotency_key_honoured": "false"})

@@ -1,4 +1,4 @@
-"""Group commit (core.groupcommit): on SQLite the engine writes of one event-loop turn share one commit."""
+"""Group commit (core.db.groupcommit): on SQLite the engine writes of one event-loop turn share one commit."""
 from __future__ import annotations
 
 import asyncio
@@ -10,11 +10,13 @@ from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError
 
 from core import errors as E
-from core.engine import generate, run, validate
+from core.services.generation import generate
+from core.runtime import run
+from core.services.validation import validate
 from core.enums import Action
 from core.errors import OtpError
-from core.db import make_engine
-from core.groupcommit import Writer
+from core.db.engine import make_engine
+from core.db.groupcommit import Writer
 from core.runtime import Runtime
 from tests.conftest import code_sent_to, configure
 

@@ -1,4 +1,4 @@
-"""core.limits: a send that reached no one costs nothing, and "why refused" says what the next request meets.
+"""core.issuing.limits: a send that reached no one costs nothing, and "why refused" says what the next request meets.
 
 Gateways are real HTTP and SMTP servers on 127.0.0.1 (or a closed port); every count is read back from the
 database, on SQLite and PostgreSQL.
@@ -20,17 +20,20 @@ from sqlalchemy import create_engine, event, text
 from sqlmodel import select
 
 from core import errors as E
-from core.engine import generate, run, run_due_failovers, validate
-from core.entities import NormalisedEntity
+from core.services.generation import generate
+from core.runtime import run
+from core.services.failover import run_due_failovers
+from core.services.validation import validate
+from core.issuing.entities import NormalisedEntity
 from core.enums import Action, Channel, EntityType
 from core.errors import OtpError
-from core.gateway_configs import save_gateway
-from core.limits import explain_refusal
-from core.models import GatewayConfigBase, Staff, TemplateVersion
-from core.ratelimit import bump, local_day, seconds_until_next_day, window_start
-from core.requests import ChannelTarget
+from core.admin.gateways import save_gateway
+from core.issuing.limits import explain_refusal
+from core.db.models import GatewayConfigBase, Staff, TemplateVersion
+from core.issuing.counters import bump, local_day, seconds_until_next_day, window_start
+from core.issuing.requests import ChannelTarget
 from core.runtime import Runtime
-from core.staff import StaffIdentity, create_first_admin
+from core.admin.staff import StaffIdentity, create_first_admin
 from tests.conftest import BACKENDS, PG_URL, TEST_KEY, code_sent_to, configure, make_settings
 from tests.fakes import Answer, FakeProvider, free_port
 from tests.servers import ApiServer, new_client
@@ -408,7 +411,7 @@ def stored_code(rt) -> str:
 
 def test_the_console_dry_run_names_the_limit_a_real_send_meets(db_url, tmp_path, clock):
     """The test-send page's dry run reads the same limits: a destination that is full is named, not missed."""
-    from core.engine import dry_run
+    from core.services.dry_run import dry_run
     rt = runtime(db_url, tmp_path, clock, destination_limit=2)
     try:
         body = {"entityType": "MOBILE", "entityValue": PHONE, "action": "COUPON", "channels": SMS_TO}
@@ -425,7 +428,7 @@ def test_the_console_dry_run_names_the_limit_a_real_send_meets(db_url, tmp_path,
         rt.db.dispose()
 
 
-# --- core.ratelimit: the one atomic count, and the period arithmetic every limit uses -------------------------
+# --- core.issuing.counters: the one atomic count, and the period arithmetic every limit uses -------------------------
 
 def test_a_count_stops_at_its_limit_and_a_refusal_changes_nothing(rt):
     """limit 3 lets exactly 3 through; the fourth is refused and the row still says 3 (not 4, not 2)."""

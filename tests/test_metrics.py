@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
 from api import create_app
-from core.config import Settings
+from core.settings import Settings
 from core.runtime import Runtime
 from tests.conftest import TEST_KEY, make_settings
 from tests.servers import ApiServer, cli, new_client

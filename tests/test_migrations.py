@@ -5,7 +5,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlmodel import SQLModel
 
-import core.models  # noqa: F401  (registers every table)
+import core.db.models  # noqa: F401  (registers every table)
 
 
 def test_migrated_schema_matches_the_models(rt):

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from core.config import Settings
+from core.settings import Settings
 from core.crypto import SecretBox, load_master_key
 from tests.conftest import PG_URL, TEST_KEY
 from tests.fakes import Answer, FakeProvider

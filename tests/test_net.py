@@ -15,7 +15,7 @@ import httpx
 import pytest
 from starlette.datastructures import Headers
 
-from core.config import ROOT, Settings
+from core.settings import ROOT, Settings
 from core.net import end_user_address
 from tests.conftest import PG_URL, TEST_KEY
 from tests.servers import ApiServer, ForwardingProxy, PrivateSchema, new_client

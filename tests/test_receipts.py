@@ -1,11 +1,12 @@
-"""Delivery receipts (core.receipts): the receipt's lookup stays on its index on SQLite and PostgreSQL."""
+"""Delivery receipts (core.services.receipts): the receipt's lookup stays on its index on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 from sqlalchemy import insert
 
-from core.engine import generate, run
-from core.models import Delivery
-from core.receipts import delivery_for_receipt
+from core.services.generation import generate
+from core.runtime import run
+from core.db.models import Delivery
+from core.services.receipts import delivery_for_receipt
 
 
 def _plan(conn, statement) -> str:  # type: ignore[no-untyped-def]

@@ -10,12 +10,12 @@ from datetime import date, datetime, timedelta, timezone
 import pytest
 from sqlalchemy import insert, select, update
 
-from core import dashboards as D
-from core import rollups as R
-from core.gateway_configs import save_gateway
-from core.models import Delivery, GatewayConfigBase, OtpCode, OtpRequest, OtpValidation
-from core.receipts import apply_receipt, webhook_signature
-from core.simulate import simulate
+from core.reporting import dashboards as D
+from core.reporting import rollups as R
+from core.admin.gateways import save_gateway
+from core.db.models import Delivery, GatewayConfigBase, OtpCode, OtpRequest, OtpValidation
+from core.services.receipts import apply_receipt, webhook_signature
+from simulate import simulate
 
 DAY = date(2026, 11, 20)
 NOON = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)

@@ -8,8 +8,11 @@ import pytest
 from sqlalchemy import event, text
 
 from core import errors as E
-from core import safemode
-from core.engine import dry_run, generate, run, validate
+from core.issuing import safe_mode as safemode
+from core.services.dry_run import dry_run
+from core.services.generation import generate
+from core.runtime import run
+from core.services.validation import validate
 from core.enums import Action
 from core.errors import OtpError
 from core.runtime import Runtime
@@ -321,8 +324,8 @@ def test_a_trip_rolls_back_with_a_request_another_limit_refuses(build):
 
 # Configuration ---------------------------------------------------------------------------------------------
 def test_configuration_is_validated(build):
-    from core.models import ActionConfigUpdate
-    from core.otpconfig import check_action_config
+    from core.db.models import ActionConfigUpdate
+    from core.issuing.action_config import check_action_config
     problems = check_action_config(ActionConfigUpdate(channel_budgets="SMS=0, FAX=3, PHONE, EMAIL=2,EMAIL=3, "
                                                                       "ZALO=١٢", safe_mode="email"),
                                    service_daily_limit=500)
@@ -341,7 +344,7 @@ def test_configuration_is_validated(build):
 
 
 def test_configuration_table_shows_budgets_and_safe_mode(build):
-    from core.status import configuration_table
+    from core.services.status import configuration_table
     rt = build(safe_mode="email_only")
     configure(rt, Action.REGISTRATION, channel_budgets="SMS=2000", safe_mode="refuse")
     rows = {r["action"]: r for r in configuration_table(rt)}
@@ -350,7 +353,7 @@ def test_configuration_table_shows_budgets_and_safe_mode(build):
 
 
 def test_safe_mode_alerts_service_wide_and_per_action(build):
-    from core.status import safe_mode_channels
+    from core.services.status import safe_mode_channels
     rt = build(channel_budgets="SMS=1,PHONE=9,EMAIL=1", safe_mode="email_only")
     configure(rt, Action.POINTS, safe_mode="refuse")
     configure(rt, Action.REGISTRATION, channel_budgets="PHONE=1")
@@ -376,9 +379,9 @@ def console(team):
     import streamlit as st
     from streamlit.testing.v1 import AppTest
 
-    from console_state import SESSION_KEY
-    from core.config import ROOT
-    from core.staff import ConsoleSession
+    from console_ui.state import SESSION_KEY
+    from core.settings import ROOT
+    from core.admin.staff import ConsoleSession
     st.cache_data.clear()
     st.cache_resource.clear()
 

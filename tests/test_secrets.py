@@ -13,10 +13,12 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import inspect, text
 
-from core.config import Settings
+from core.settings import Settings
 from core.crypto import (ALPHANUMERIC, DIGITS, CodeKeys, SecretBox, equal, load_master_key, new_code,
                          normalise_submitted_code, token_key)
-from core.engine import generate, run, validate
+from core.services.generation import generate
+from core.runtime import run
+from core.services.validation import validate
 from core.enums import Action
 from tests.conftest import code_sent_to, configure
 
@@ -100,8 +102,8 @@ def test_no_text_form_of_an_outgoing_message_holds_the_code(channel):
     """Each channel's message rendered as the engine renders it: the code is in the message (so the check
     could fail) and in none of its text forms, which a log line or an exception would show."""
     from core.enums import Channel
-    from core.messages import ResolvedTemplate, render_message, resolve_template
-    from core.templates import template_variables
+    from core.delivery.messages import ResolvedTemplate, render_message, resolve_template
+    from core.delivery.templates import template_variables
     code = "Q7ZX4K9W2M"
     variables = template_variables(code=code, action="COUPON", validity_minutes=10, brand="Acme")
     if channel == "EMAIL_HTML":

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from core.config import ROOT
+from core.settings import ROOT
 from core.enums import Action
 from serve import listening_socket
 from tests.conftest import PG_URL, TEST_KEY

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from core.config import Settings, settings_problems
+from core.settings import Settings, settings_problems
 from core.enums import Channel
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,7 +103,7 @@ def _face_env(tmp_path: Path, **bad: str) -> dict[str, str]:
 FACES = {
     "serve.py": [sys.executable, "serve.py", "--port", "0"],
     "uvicorn": [sys.executable, "-m", "uvicorn", "api:app", "--port", "0"],
-    "cli": [sys.executable, "-m", "core.cli", "client", "list"],
+    "cli": [sys.executable, "-m", "cli", "client", "list"],
 }
 
 

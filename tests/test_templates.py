@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from core.templates import RenderError, check_template, render, sms_stats
+from core.delivery.templates import RenderError, check_template, render, sms_stats
 
 VARS = {"validation_code": "123456", "expiry_minutes": 10, "action": "COUPON", "brand": "Acme"}
 

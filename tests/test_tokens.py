@@ -1,4 +1,4 @@
-"""Capillary OAuth (core/tokens.py, POST /v3/oauth/token/generate): tokens that work, and every kind that must not.
+"""Capillary OAuth (core/admin/tokens.py, POST /v3/oauth/token/generate): tokens that work, and every kind that must not.
 
 Most tests drive `create_app(rt)` in process on the parametrized runtime (SQLite, and PostgreSQL when
 OTP_TEST_DATABASE_URL is set), its clock frozen so expiry is exact to the second. Two start the real server:
@@ -21,11 +21,11 @@ from joserfc import jwt
 from joserfc.jwk import OctKey, RSAKey
 
 from api import create_app
-from core.clients import set_token_ttl
-from core.console_ops import revoke_api_client, set_api_client_token_ttl
+from core.admin.clients import set_token_ttl
+from core.services.admin_actions import revoke_api_client, set_api_client_token_ttl
 from core.crypto import load_master_key, token_key
 from core.runtime import Runtime
-from core.tokens import DEFAULT_TTL_SECONDS
+from core.admin.tokens import DEFAULT_TTL_SECONDS
 from tests.conftest import TEST_KEY, code_sent_to, make_settings
 from tests.servers import ApiServer, cli, new_client as cli_new_client
 from tests.test_api import (GENERATE, GENERATE_PATH, PHONE, VALIDATE_PATH, assert_envelope, assert_nothing_written,
@@ -130,7 +130,7 @@ def test_a_token_expires_after_its_clients_ttl(rt, api, creds, clock):
 
 
 def _admin(rt):
-    from core.staff import StaffIdentity, create_first_admin
+    from core.admin.staff import StaffIdentity, create_first_admin
     with rt.session() as db:
         made = create_first_admin(db, username="ada", password="correct horse 1")
     return StaffIdentity(made.id, made.username, made.role)

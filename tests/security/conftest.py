@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.config import Settings
+from core.settings import Settings
 from core.runtime import Runtime
 from tests.conftest import make_settings
 

@@ -8,7 +8,9 @@ import pytest
 from sqlalchemy import text
 
 from core import errors as E
-from core.engine import generate, run, validate
+from core.services.generation import generate
+from core.runtime import run
+from core.services.validation import validate
 from core.enums import Action
 from core.errors import OtpError
 from core.net import client_ip, trusted_proxies
@@ -158,7 +160,7 @@ def test_t7_expiry_is_exact(rt, clock):
 # T8 day boundary and DST day ------------------------------------------------------------------------
 def test_t8_dst_day_is_25_hours(db_url, tmp_path):
     from core.clock import FrozenClock
-    from core.ratelimit import seconds_until_next_day
+    from core.issuing.counters import seconds_until_next_day
     from core.runtime import Runtime
     from tests.conftest import make_settings
     # 2026-11-01 is the day New York leaves daylight time: midnight to midnight is 25 hours.
@@ -256,9 +258,9 @@ def test_t14_per_client_limit(defended):
 def test_t12_safe_mode_shows_on_the_home_page(defended, team):
     from streamlit.testing.v1 import AppTest
 
-    from console_state import SESSION_KEY
-    from core.config import ROOT
-    from core.staff import ConsoleSession
+    from console_ui.state import SESSION_KEY
+    from core.settings import ROOT
+    from core.admin.staff import ConsoleSession
     rt = defended(channel_budgets="SMS=1")
     gen(rt, body={"entityValue": "+919812345671"})
     at = AppTest.from_file(str(ROOT / "console.py"), default_timeout=30)
@@ -315,9 +317,9 @@ def test_limits_are_configurable_per_action(defended):
 def test_security_events_show_on_the_rate_limit_dashboard(rt, team, clock):
     from streamlit.testing.v1 import AppTest
 
-    from console_state import SESSION_KEY
-    from core.config import ROOT
-    from core.staff import ConsoleSession
+    from console_ui.state import SESSION_KEY
+    from core.settings import ROOT
+    from core.admin.staff import ConsoleSession
     configure(rt, Action.COUPON, validate_limit=100)
     gen(rt)
     code = code_sent_to(rt, PHONE)

@@ -1,0 +1,94 @@
+"""Command line: `python -m cli client create NAME` prints the new client's key and secret once."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from core.admin.clients import (check_end_user_ip_header, create_client, list_clients, revoke_client, set_end_user_ip_header, set_token_ttl)
+from core.settings import settings_or_exit
+from core.db.models import ApiClientCreate
+from core.runtime import Runtime
+from core.admin.tokens import DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS, MIN_TTL_SECONDS, check_token_ttl
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cli", description="OTP service administration")
+    groups = parser.add_subparsers(dest="group", required=True)
+    client = groups.add_parser("client", help="API clients").add_subparsers(dest="command", required=True)
+    create = client.add_parser("create", help="create a client; its secret is printed once")
+    create.add_argument("name")
+    create.add_argument("--permissions", default="otp:write", help="comma-separated (default: otp:write)")
+    ttl_help = f"seconds its OAuth access tokens live, {MIN_TTL_SECONDS} to {MAX_TTL_SECONDS}"
+    create.add_argument("--token-ttl", type=int, default=DEFAULT_TTL_SECONDS,
+                        help=f"{ttl_help} (default {DEFAULT_TTL_SECONDS})")
+    token_ttl = client.add_parser("token-ttl", help="set how long a client's new OAuth access tokens live")
+    token_ttl.add_argument("id", type=int)
+    token_ttl.add_argument("seconds", type=int, help=ttl_help)
+    header_help = ("where the client's end users' addresses come from, for the per-address limit: a header the "
+                   "client fills with its customer's IP (e.g. X-End-User-IP), or X-Forwarded-For when its "
+                   "requests come from its end users (through OTP_TRUSTED_PROXIES); none (default): a backend, "
+                   "no per-address count")
+    create.add_argument("--end-user-ip-header", default=None, metavar="HEADER", help=header_help)
+    update = client.add_parser("update", help="change a client's settings")
+    update.add_argument("id", type=int)
+    update.add_argument("--end-user-ip-header", required=True, metavar="HEADER", help=header_help)
+    revoke = client.add_parser("revoke", help="revoke a client by id")
+    revoke.add_argument("id", type=int)
+    client.add_parser("list", help="list clients (never their secrets)")
+    groups.add_parser("migrate", help="apply database migrations and seed the default configuration")
+    args = parser.parse_args(argv)
+
+    for name in ("token_ttl", "seconds"):  # refused before the database is opened, with the rule
+        try:
+            check_token_ttl(getattr(args, name, DEFAULT_TTL_SECONDS))
+        except ValueError as exc:
+            parser.error(str(exc))
+
+    try:  # bad input is refused before the database is touched
+        header = check_end_user_ip_header(getattr(args, "end_user_ip_header", None))
+    except ValueError as exc:
+        parser.error(f"--end-user-ip-header: {exc}")
+    runtime = Runtime(settings_or_exit())
+    if args.group == "migrate":
+        print("database is up to date")
+        return 0
+    with runtime.session() as session:
+        if args.command == "create":
+            name = args.name.strip()
+            if not name or len(name) > 120:
+                parser.error("NAME must be 1 to 120 characters")
+            made = create_client(session, client_create=ApiClientCreate(name=name, permissions=args.permissions,
+                                                                        token_ttl_seconds=args.token_ttl,
+                                                                        end_user_ip_header=header))
+            print(f"id: {made.client.id}")
+            print(f"key: {made.key}")
+            print(f"secret: {made.secret}")
+            print(f"bearer: {made.bearer_token}")
+            print("The secret is shown only now; store it safely.", file=sys.stderr)
+        elif args.command == "revoke":
+            if not revoke_client(session, client_id=args.id):
+                print(f"no active client with id {args.id}", file=sys.stderr)
+                return 1
+            print(f"revoked client {args.id}")
+        elif args.command == "token-ttl":
+            if not set_token_ttl(session, client_id=args.id, seconds=args.seconds):
+                print(f"no active client with id {args.id}", file=sys.stderr)
+                return 1
+            print(f"client {args.id}: new access tokens live {args.seconds} s")
+        elif args.command == "update":
+            try:
+                stored = set_end_user_ip_header(session, client_id=args.id, header=header)
+            except LookupError as exc:
+                print(exc, file=sys.stderr)
+                return 1
+            print(f"client {args.id}: end users' addresses from {stored or 'nowhere (a backend)'}")
+        else:
+            for row in list_clients(session):
+                state = "revoked" if row.revoked_at else "active"
+                print(f"{row.id}\t{row.key}\t{row.name}\t{row.permissions}\t{state}\t"
+                      f"{row.end_user_ip_header or '-'}\ttoken ttl {row.token_ttl_seconds}s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,145 @@
+"""What every console page shares: the runtime, who is signed in, and the page-level permission gate."""
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import streamlit as st
+
+from core.clock import utcnow
+from core.admin.console_sessions import COOKIE, end_session, resume_session, start_session
+from core.runtime import Runtime
+from core.admin.staff import ConsoleSession, StaffIdentity, role_allows
+
+SESSION_KEY = "console_session"
+COOKIE_KEY = "console_cookie_pending"  # the token to put in the browser's cookie on this run ("" clears it)
+# The server-side row's idle expiry is pushed out at most this often: a write per click would be wasted, and
+# the row then lives at most this much shorter than the in-memory session.
+SYNC_EVERY = timedelta(seconds=60)
+
+
+def runtime() -> Runtime:
+    """The console's runtime, set up by console.py's frame.
+
+    Right after the console starts, Streamlit still routes a deep link (a bookmark of /config) straight to the
+    page's script in pages/, without the frame; the frame is run instead, which signs the visitor in (or finds
+    the session) and from then on routes every page itself.
+    """
+    if "runtime" not in st.session_state:
+        st.switch_page("console.py")
+    return st.session_state["runtime"]
+
+
+def _cookie_token() -> str | None:
+    try:
+        token = st.context.cookies.get(COOKIE)
+    except Exception:  # no browser behind this run (a bare script run)
+        return None
+    return token if isinstance(token, str) else None
+
+
+def current_session() -> ConsoleSession | None:
+    """The live session, extended by this run; None (and signed out) once it has expired or was ended.
+
+    A fresh Streamlit session (a reload, a new tab) has empty state: the browser's cookie then names the
+    server-side session, which resumes if it is still alive.
+    """
+    rt, now = runtime(), utcnow()
+    session: ConsoleSession | None = st.session_state.get(SESSION_KEY)
+    if session is None:
+        token = _cookie_token()
+        # The cookies are those the browser sent when this page was opened; a token found dead is not asked
+        # about again on every rerun, and the browser is told to drop it.
+        if not token or token == st.session_state.get("dead_cookie"):
+            return None
+        with rt.session() as db:
+            identity = resume_session(db, token=token, idle_minutes=rt.settings.console_session_minutes, now=now)
+        if identity is None:
+            st.session_state["dead_cookie"], st.session_state[COOKIE_KEY] = token, ""
+            return None
+        session = ConsoleSession.start(identity, rt.settings.console_session_minutes, now, token=token)
+        st.session_state[SESSION_KEY] = session
+        return session
+    if not session.touch(now):
+        _end(session, "expired", "Your session expired. Please sign in again.")
+        return None
+    if session.token and (session.synced_at is None or now - session.synced_at >= SYNC_EVERY):
+        with rt.session() as db:
+            identity = resume_session(db, token=session.token, idle_minutes=session.idle_minutes, now=now)
+        if identity is None:
+            _end(session, None, "Your session has ended. Please sign in again.")
+            return None
+        session.identity, session.synced_at = identity, now
+    return session
+
+
+def _end(session: ConsoleSession, why: str | None, message: str) -> None:
+    """Forget the session here and in the database (why None: it is already gone there), and clear the cookie."""
+    if why:
+        with runtime().session() as db:
+            end_session(db, identity=session.identity, token=session.token, why=why)
+    st.session_state["dead_cookie"] = session.token
+    st.session_state.pop(SESSION_KEY, None)
+    st.session_state[COOKIE_KEY] = ""
+    st.session_state["signed_out_reason"] = message
+
+
+def sign_in(identity: StaffIdentity) -> None:
+    rt, now = runtime(), utcnow()
+    with rt.session() as db:
+        token = start_session(db, identity=identity, idle_minutes=rt.settings.console_session_minutes, now=now)
+    st.session_state[SESSION_KEY] = ConsoleSession.start(identity, rt.settings.console_session_minutes, now,
+                                                         token=token)
+    st.session_state[COOKIE_KEY] = token
+    st.session_state.pop("signed_out_reason", None)
+
+
+def sign_out() -> None:
+    session = st.session_state.get(SESSION_KEY)
+    if session is not None:
+        _end(session, "sign_out", "You are signed out.")
+
+
+def write_session_cookie() -> None:
+    """Put the session's token in (or take it out of) the browser's cookie, once, after a sign-in or sign-out.
+
+    Streamlit can read cookies (st.context.cookies) but not set them, so a line of JavaScript does. The cookie
+    holds only the random token (the database keeps its hash); it is never in the URL; SameSite=Strict keeps
+    other sites from sending it, and Secure is added when the console is served over HTTPS.
+    """
+    token = st.session_state.pop(COOKIE_KEY, None)
+    if token is None:
+        return
+    life = "" if token else "; max-age=0"
+    st.html(f"<script>document.cookie = {json.dumps(f'{COOKIE}={token}; path=/; SameSite=Strict{life}')}"
+            " + (location.protocol === 'https:' ? '; Secure' : '');</script>", unsafe_allow_javascript=True)
+
+
+def me() -> StaffIdentity:
+    """The signed-in person; pages only run behind the console's gate, so there always is one."""
+    session = st.session_state.get(SESSION_KEY)
+    if session is None:
+        st.error("Please sign in.")
+        st.stop()
+    return session.identity
+
+
+def can(permission: str) -> bool:
+    session = st.session_state.get(SESSION_KEY)
+    return session is not None and role_allows(session.identity.role, permission)
+
+
+def gate(permission: str) -> StaffIdentity:
+    """Stop the page unless the signed-in role may use it (navigation already hides it; this is the lock)."""
+    identity = me()
+    if not role_allows(identity.role, permission):
+        st.error("Your role does not allow this page.")
+        st.stop()
+    return identity
+
+
+def form_needs_loading(marker: str, loaded: object, *widget_keys: str) -> bool:
+    """Whether a form must be filled with what is stored: it shows something else (marker holds what was
+    loaded), or its widgets' state is gone. Streamlit drops a widget's state when a run on another page does not
+    draw it, while a plain marker stays, so after a visit elsewhere the marker alone would keep 0s and blanks."""
+    return st.session_state.get(marker) != loaded or any(key not in st.session_state for key in widget_keys)

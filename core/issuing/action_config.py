@@ -1,0 +1,211 @@
+"""Per-action OTP configuration: the seeded defaults, validation of edits, and reading it on the hot path."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, insert, select
+
+from core.clock import utcnow
+from core.settings import parse_channel_budgets
+from core.enums import Action, Channel
+from core.delivery.gateway_settings import GatewayRow, load_gateway_rows, parse_assignments
+from core.db.models import ActionConfig, ActionConfigUpdate
+
+MAX_ATTEMPTS_PER_CODE = 10
+LIMIT_OVERRIDES = ("destination_limit", "destination_window_minutes", "prefix_limit", "prefix_window_minutes",
+                   "ip_limit", "ip_window_minutes", "client_limit")
+MAX_CONSECUTIVE_FAILURES = 100
+SAFE_MODES = ("refuse", "email_only")
+
+
+@dataclass(frozen=True)
+class OtpConfig:
+    """The configuration of one action, as the engine reads it."""
+    action: Action
+    code_length: int
+    alphanumeric: bool
+    validity_minutes: int
+    channels: frozenset[Channel]
+    channel_policy: tuple[Channel, ...]
+    daily_cap: int | None
+    validate_limit: int
+    validate_window_minutes: int
+    attempts_per_code: int
+    max_consecutive_failures: int
+    lock_minutes: int
+    max_sends_per_code: int
+    gateways: str = ""
+    failover: tuple[Channel, ...] = ()
+    failover_seconds: int = 30
+    # Abuse-limit overrides; None means the service-wide setting.
+    destination_limit: int | None = None
+    destination_window_minutes: int | None = None
+    prefix_limit: int | None = None
+    prefix_window_minutes: int | None = None
+    ip_limit: int | None = None
+    ip_window_minutes: int | None = None
+    client_limit: int | None = None
+    # The action's own daily budgets per channel (besides OTP_CHANNEL_BUDGETS), and its safe mode (None: the
+    # service-wide OTP_SAFE_MODE).
+    channel_budgets: tuple[tuple[Channel, int], ...] = ()
+    safe_mode: str | None = None
+
+    def budget_for(self, channel: Channel) -> int | None:
+        return next((amount for c, amount in self.channel_budgets if c is channel), None)
+
+    @classmethod
+    def from_row(cls, row: ActionConfig | dict) -> "OtpConfig":
+        get = (lambda k: row[k]) if isinstance(row, dict) else (lambda k: getattr(row, k))
+        return cls(
+            action=Action(get("action")),
+            code_length=get("code_length"), alphanumeric=bool(get("alphanumeric")),
+            validity_minutes=get("validity_minutes"),
+            channels=frozenset(channel_list(get("channels"))), channel_policy=tuple(channel_list(get("channel_policy"))),
+            daily_cap=get("daily_cap"), validate_limit=get("validate_limit"),
+            validate_window_minutes=get("validate_window_minutes"), attempts_per_code=get("attempts_per_code"),
+            max_consecutive_failures=get("max_consecutive_failures"), lock_minutes=get("lock_minutes"),
+            max_sends_per_code=get("max_sends_per_code"), gateways=get("gateways") or "",
+            failover=tuple(channel_list(get("failover") or "")), failover_seconds=get("failover_seconds"),
+            channel_budgets=tuple(parse_channel_budgets(get("channel_budgets") or "")[0].items()),
+            safe_mode=get("safe_mode") or None,
+            **{name: get(name) for name in LIMIT_OVERRIDES})
+
+
+def channel_list(text: str) -> list[Channel]:
+    found = (Channel.parse(part) for part in text.split(",") if part.strip())
+    return [c for c in found if c is not None]
+
+
+def format_channel_budgets(budgets: "dict[Channel, int] | tuple[tuple[Channel, int], ...]") -> str:
+    pairs = budgets.items() if isinstance(budgets, dict) else budgets
+    return ",".join(f"{channel.value}={amount}" for channel, amount in pairs)
+
+
+def effective_safe_mode(config: OtpConfig, settings: object) -> str:
+    """What a phone channel in safe mode does for this action: its own choice, else OTP_SAFE_MODE."""
+    return config.safe_mode or str(getattr(settings, "safe_mode"))
+
+
+def seed_action_configs(conn: Connection) -> int:
+    """Insert the default configuration for every action that has none; returns how many were added."""
+    present = set(conn.execute(select(ActionConfig.action)).scalars())
+    missing = [a.value for a in Action if a.value not in present]
+    if missing:
+        defaults = ActionConfigUpdate().model_dump()
+        conn.execute(insert(ActionConfig), [{**defaults, "action": a, "updated_at": utcnow()} for a in missing])
+    return len(missing)
+
+
+def load_action_configs(conn: Connection) -> dict[Action, OtpConfig]:
+    rows = conn.execute(select(ActionConfig.__table__)).mappings()
+    return {Action(r["action"]): OtpConfig.from_row(dict(r)) for r in rows}
+
+
+class ConfigRefused(ValueError):
+    """A configuration that was not saved, with every problem by the field it belongs to."""
+
+    def __init__(self, problems: dict[str, list[str]]) -> None:
+        super().__init__("; ".join(p for found in problems.values() for p in found))
+        self.problems = problems
+
+
+def _gateway_problems(text: str, gateways: Mapping[str, GatewayRow]) -> list[str]:
+    """Each per-action gateway choice must name an existing, enabled gateway that sends that channel."""
+    problems = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, sep, gateway = (x.strip() for x in part.partition("="))
+        channel = Channel.parse(name)
+        if not sep or channel is None or not gateway:
+            problems.append(f"gateway choice {part!r}: write CHANNEL=gateway name, e.g. SMS=twilio-main")
+            continue
+        row = gateways.get(gateway)
+        if row is None:
+            known = ", ".join(sorted(n for n, r in gateways.items() if r.channel is channel)) or "none configured"
+            problems.append(f"there is no gateway named {gateway!r} (gateways for {channel.value}: {known})")
+        elif not row.enabled:
+            problems.append(f"the gateway {gateway!r} is disabled")
+        elif row.channel is not channel:
+            problems.append(f"the gateway {gateway!r} sends {row.channel.value}, not {channel.value}")
+    return problems
+
+
+def parse_limit_overrides(texts: Mapping[str, str]) -> tuple[dict[str, int | None], dict[str, list[str]]]:
+    """Abuse-limit overrides as typed ("" → None, the service-wide setting), and a problem for each that is
+    not a whole number (that one is left None)."""
+    values: dict[str, int | None] = {}
+    problems: dict[str, list[str]] = {}
+    for name in LIMIT_OVERRIDES:
+        text = (texts.get(name) or "").strip()
+        if text and not (text.isascii() and text.isdigit()):
+            problems[name] = [f"{name.replace('_', ' ')} must be a whole number, or empty for the service-wide setting"]
+        values[name] = int(text) if text and name not in problems else None
+    return values, problems
+
+
+def action_config_problems(update: ActionConfigUpdate, *, service_daily_limit: int,
+                           gateways: Mapping[str, GatewayRow]) -> dict[str, list[str]]:
+    """Every problem with a proposed configuration, by field name, in words a console user can act on.
+
+    The one validation of a configuration: the console shows its answer next to each field, and
+    update_action_config (console, CLI, tests) refuses to save while it has any.
+    """
+    problems: dict[str, list[str]] = {}
+
+    def add(name: str, message: str) -> None:
+        problems.setdefault(name, []).append(message)
+
+    if not 4 <= update.code_length <= 50:
+        add("code_length", "code length must be between 4 and 50")
+    if update.validity_minutes < 1:
+        add("validity_minutes", "validity must be at least 1 minute")
+    if not 1 <= update.attempts_per_code <= MAX_ATTEMPTS_PER_CODE:
+        add("attempts_per_code", f"attempts per code must be between 1 and {MAX_ATTEMPTS_PER_CODE}")
+    if not 1 <= update.max_consecutive_failures <= MAX_CONSECUTIVE_FAILURES:
+        add("max_consecutive_failures",
+            f"consecutive failures before a lock must be between 1 and {MAX_CONSECUTIVE_FAILURES}")
+    if update.lock_minutes < 1:
+        add("lock_minutes", "the lock must last at least 1 minute")
+    if update.validate_limit < 1:
+        add("validate_limit", "the validate limit must be at least 1")
+    if update.validate_window_minutes < 1:
+        add("validate_window_minutes", "the validate window must be at least 1 minute")
+    if update.max_sends_per_code < 1:
+        add("max_sends_per_code", "sends of one code must be at least 1")
+    if update.daily_cap is not None and not 1 <= update.daily_cap < service_daily_limit:
+        add("daily_cap",
+            f"a per-action daily cap must be between 1 and {service_daily_limit - 1} (below the service-wide limit)")
+    names = [p.strip() for p in update.channels.split(",") if p.strip()]
+    if not names:
+        add("channels", "enable at least one channel")
+    for name in LIMIT_OVERRIDES:
+        value = getattr(update, name)
+        if value is not None and (value < 0 or (name.endswith("_minutes") and value < 1)):
+            add(name, f"{name.replace('_', ' ')} must be "
+                      f"{'at least 1' if name.endswith('_minutes') else '0 (off) or more'}")
+    for problem in parse_channel_budgets(update.channel_budgets)[1]:
+        add("channel_budgets", problem)
+    if update.safe_mode not in (None, "", *SAFE_MODES):
+        add("safe_mode", f"the safe mode must be one of {', '.join(SAFE_MODES)} (or empty for the service-wide one)")
+    if update.failover_seconds < 1:
+        add("failover_seconds", "the failover wait must be at least 1 second")
+    for field_name in ("channels", "channel_policy", "failover"):
+        for name in (p.strip() for p in getattr(update, field_name).split(",") if p.strip()):
+            if Channel.parse(name) is None:
+                add(field_name, f"unknown channel {name!r}")
+    for problem in _gateway_problems(update.gateways, gateways):
+        add("gateways", problem)
+    return problems
+
+
+def check_action_config(update: ActionConfigUpdate, *, service_daily_limit: int,
+                        gateways: Mapping[str, GatewayRow] | None = None) -> list[str]:
+    """action_config_problems as one list (gateways: the configured ones; None checks against none)."""
+    found = action_config_problems(update, service_daily_limit=service_daily_limit, gateways=gateways or {})
+    return [p for problems in found.values() for p in problems]
+
+
+def effective_limit(config: OtpConfig, settings: object, name: str) -> int:
+    """The action's override of an abuse limit, else the service-wide setting of the same name."""
+    value = getattr(config, name)
+    return int(getattr(settings, name) if value is None else value)

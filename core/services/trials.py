@@ -1,0 +1,159 @@
+"""Test sends from the console: a generate, dry run or validate through exactly the calls the API makes, a
+gateway's test message, and the development outbox; each needs the test.send (or outbox.view) permission and
+every send is audited without its code."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from sqlmodel import select
+
+from core.admin import audit
+from core.admin.staff import StaffIdentity, require
+from core.db.models import OutboxMessage
+from core.delivery.gateway_settings import build_gateway, load_gateway_rows
+from core.delivery.gateways import OutgoingMessage, SendResult, is_local
+from core.enums import Channel
+from core.errors import OtpError
+from core.issuing.entities import InvalidEntity, mask, normalise_email, normalise_phone
+from core.runtime import Runtime, run
+from core.services.dry_run import DryRun, dry_run
+from core.services.generation import GenerateResult, generate
+from core.services.validation import ValidateResult, validate
+
+
+def _trial_target(payload: dict) -> str:
+    """The test's user as the audit log keeps it: masked, like every recipient outside the outbox."""
+    return f"user:{payload.get('entityType')}:{mask(str(payload.get('entityValue', '')).strip())}"
+
+
+def _request_detail(payload: dict) -> dict:
+    """What was asked, never a code: action, channels with masked destinations, which body templates came along."""
+    return {"action": payload.get("action"),
+            "channels": [f"{c.get('type')} {mask(str(c.get('value', '')))}" for c in payload.get("channels") or []
+                         if isinstance(c, dict)],
+            "body_templates": sorted(k for k in ("template", "emailTemplate", "whatsappTemplateName",
+                                                 "zaloTemplateIdentifier") if payload.get(k))}
+
+
+def _record_trial(rt: Runtime, actor: StaffIdentity, action: str, payload: dict, detail: dict) -> None:
+    with rt.session() as session:
+        audit.record(session, actor=actor.username, action=action, target=_trial_target(payload), detail=detail)
+        session.commit()
+
+
+def trial_generate(rt: Runtime, *, actor: StaffIdentity, payload: dict) -> GenerateResult:
+    """A test send through exactly the engine call the API makes; staff sends reach real people in production,
+    so each one is audited (after the send, in its own transaction: none is held open across a gateway call)."""
+    with rt.session() as session:
+        require(session, actor, "test.send")
+    detail = _request_detail(payload)
+    try:
+        result = run(generate(rt, payload))
+    except OtpError as exc:
+        _record_trial(rt, actor, "test.send", payload, {**detail, "outcome": f"refused {exc.http_status}",
+                                                        "problems": [p.code for p in exc.problems]})
+        raise
+    _record_trial(rt, actor, "test.send", payload, {
+        **detail, "outcome": "re-sent" if result.resent else "new code", "created_id": result.created_id,
+        "deliveries": [f"{d.channel} {mask(d.destination)} via {d.gateway}: {d.status}" for d in result.deliveries],
+        "warnings": [w.code for w in result.warnings]})
+    return result
+
+
+def trial_dry_run(rt: Runtime, *, actor: StaffIdentity, payload: dict) -> DryRun:
+    """Renders and checks without sending or counting: nothing reaches anyone, so nothing is audited."""
+    with rt.session() as session:
+        require(session, actor, "test.send")
+    return dry_run(rt, payload)
+
+
+def trial_validate(rt: Runtime, *, actor: StaffIdentity, payload: dict) -> ValidateResult:
+    """A staff validation uses up or burns a customer's code like the API's, so it is audited; the code tried
+    is never recorded."""
+    with rt.session() as session:
+        require(session, actor, "test.send")
+    detail = {"action": payload.get("action")}
+    try:
+        outcome = run(validate(rt, payload))
+    except OtpError as exc:
+        _record_trial(rt, actor, "test.validate", payload, {**detail, "outcome": f"refused {exc.http_status}",
+                                                            "problems": [p.code for p in exc.problems]})
+        raise
+    _record_trial(rt, actor, "test.validate", payload, {**detail, "outcome": "valid" if outcome.valid else "invalid",
+                                                        "warnings": [w.code for w in outcome.warnings]})
+    return outcome
+
+
+def outbox_messages(rt: Runtime, *, actor: StaffIdentity, recipient: str = "", delivery_ids: list[int] | None = None,
+                    limit: int = 200) -> list[OutboxMessage]:
+    """The development outbox, newest first; refused outside development, since it holds readable codes."""
+    if not rt.settings.is_development:
+        raise PermissionError("the outbox exists only in development mode")
+    with rt.session() as session:
+        require(session, actor, "outbox.view")
+        query = select(OutboxMessage).order_by(OutboxMessage.id.desc()).limit(limit)  # type: ignore[union-attr]
+        if recipient.strip():
+            query = query.where(OutboxMessage.recipient.contains(recipient.strip().lower()))  # type: ignore[attr-defined]
+        if delivery_ids is not None:
+            query = query.where(OutboxMessage.delivery_id.in_(delivery_ids))  # type: ignore[union-attr]
+        return list(session.exec(query))
+
+
+TEST_TEXT = "Test message from the OTP console (gateway {name})."
+
+
+@dataclass(frozen=True)
+class GatewayTestResult:
+    """The provider's answer to a console test message."""
+    gateway: str
+    destination: str
+    status: str  # sent, delivered, failed
+    http_status: int | None
+    provider_message_id: str | None
+    error: str | None
+    attempts: int
+    latency_ms: float | None
+
+
+def send_gateway_test(rt: Runtime, *, actor: StaffIdentity, gateway_name: str, destination: str,
+                      template: str = "") -> GatewayTestResult:
+    """Send a real test message through one stored gateway (enabled or not) and report the provider's answer.
+
+    It carries no OTP code: a fixed text for SMS, voice and email; WhatsApp and Zalo can only send an
+    approved provider template (template: its name or id), with "TEST" as the parameter. Audited; raises
+    ValueError for an unknown gateway or a bad destination.
+    """
+    with rt.session() as session:
+        require(session, actor, "config.edit")
+    row = rt.all_gateway_rows().get(gateway_name)
+    if row is None:
+        raise ValueError(f"there is no gateway named {gateway_name!r}")
+    try:
+        to = normalise_email(destination) if row.channel is Channel.EMAIL else \
+            normalise_phone(destination, region=rt.settings.default_region, strict=False)
+    except InvalidEntity as exc:
+        raise ValueError(f"destination: {exc}") from None
+    if row.channel in (Channel.WHATSAPP, Channel.ZALO) and not template.strip():
+        raise ValueError(f"a {row.channel.value} test needs the name of an approved provider template")
+    gateway = build_gateway(row, rt.box, production=not rt.settings.is_development)
+    if gateway is None:
+        raise ValueError(f"{gateway_name} is an outbox gateway, refused in production")
+    text = TEST_TEXT.format(name=gateway_name)
+    # No delivery row: a negative id, different for every test, keeps idempotency keys apart from deliveries'.
+    message = OutgoingMessage(-time.time_ns() // 1000, row.channel, to, text=text, subject=text, body=text,
+                              whatsapp_template_name=template.strip() or None,
+                              zalo_template_id=template.strip() or None, code="TEST")
+    if is_local(gateway):
+        with rt.db.begin() as conn:
+            gateway.send_within(conn, message)  # type: ignore[union-attr]
+        result = SendResult("delivered")
+    else:
+        result = run(gateway.send(message))
+    with rt.session() as session:
+        audit.record(session, actor=actor.username, action="gateway.test", target=f"gateway:{gateway_name}",
+                     detail={"to": mask(to), "status": result.status, "http_status": result.http_status,
+                             "provider_message_id": result.provider_message_id, "error": result.error})
+        session.commit()
+    return GatewayTestResult(gateway_name, mask(to), result.status, result.http_status, result.provider_message_id,
+                             result.error, result.attempts, result.latency_ms)

@@ -1,0 +1,89 @@
+"""Validate: single use, attempts per code, the validate window and the consecutive-failure lock."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from sqlalchemy import Connection, insert
+from sqlalchemy.exc import DBAPIError
+
+from core import errors as E
+from core import metrics
+from core.db.models import OtpValidation
+from core.errors import Problem
+from core.issuing.codes import CheckOutcome, check_code, locked_until, record_failure, reset_failures
+from core.issuing.entities import mask
+from core.issuing.limits import Refused, count, validate_counter
+from core.issuing.requests import parse_validate
+from core.runtime import Runtime
+from core.services.refusals import record_refusal, seconds_until, security_event, storage_error
+
+log = logging.getLogger(__name__)
+
+
+_INSERT_VALIDATION = insert(OtpValidation.__table__)
+
+
+@dataclass
+class ValidateResult:
+    valid: bool
+    warnings: list[Problem] = field(default_factory=list)
+
+    def body(self) -> dict:
+        return {"entity": self.valid, "warnings": [w.as_dict() for w in self.warnings]}
+
+
+_WARNINGS = {
+    "none": Problem(E.NO_VALID_OTP, "no valid OTP found for this user and action"),
+    "expired": Problem(E.OTP_INVALID, "the OTP has expired"),
+    "wrong": Problem(E.OTP_INVALID, "the OTP is invalid"),
+    "used_elsewhere": Problem(E.OTP_INVALID, "the OTP was already used"),
+    # A replay answers like any absent code; only the security event tells them apart.
+    "replayed": Problem(E.NO_VALID_OTP, "no valid OTP found for this user and action"),
+    "burned": Problem(E.ATTEMPTS_EXHAUSTED, "OTP validation failed: attempts exhausted, the code is burned"),
+}
+
+
+async def validate(rt: Runtime, payload: object, *, client_id: int | None = None) -> ValidateResult:
+    """Check a code: single use, attempts per code, the validate window and the consecutive-failure lock."""
+    request = parse_validate(payload, rt.settings)
+    config = rt.config_for(request.action)
+    user_key = request.entity.user_key
+    action = config.action.value
+    submitted = request.code.upper() if config.alphanumeric else request.code
+    now = rt.clock()
+    exempt = rt.settings.is_test_number(request.entity.value)
+
+    def check(conn: Connection) -> CheckOutcome:
+        if not exempt:
+            count(conn, [validate_counter(config, user_key=user_key, now=now)], now=now)
+        lock = None if exempt else locked_until(conn, user_key=user_key, action=action, now=now)
+        if lock is not None:
+            raise Refused("lock", "too many failed validations; this user is locked for this action",
+                          seconds_until(lock, now))
+        outcome = check_code(conn, rt.keys, user_key=user_key, config=config, submitted=submitted, now=now)
+        if outcome.outcome == "ok":
+            reset_failures(conn, user_key=user_key, action=action)
+        elif outcome.outcome in ("wrong", "burned"):
+            failures = record_failure(conn, user_key=user_key, config=config, now=now)
+            if failures >= config.max_consecutive_failures:  # this failure locked the user: every lock is an event
+                security_event(conn, "lock", user_key=user_key, action=action, now=now,
+                                detail=f"{failures} consecutive failures")
+        if outcome.outcome in ("burned", "replayed"):
+            security_event(conn, f"{outcome.outcome}_code", user_key=user_key, action=action, now=now)
+        conn.execute(_INSERT_VALIDATION, {"created_at": now, "user_key": user_key, "action": action,
+                                          "code_id": outcome.code_id, "outcome": outcome.outcome})
+        return outcome
+
+    try:
+        outcome = await rt.writer.run(check)
+    except Refused as refused:
+        raise await record_refusal(rt, refused, user_key=user_key, action=action, client_id=client_id,
+                                    now=now) from None
+    except DBAPIError as exc:
+        raise storage_error(exc) from None
+    log.info("validation for %s action %s: %s", mask(request.entity.value), action, outcome.outcome)
+    metrics.validated(action, outcome.outcome)
+    if outcome.outcome == "ok":
+        return ValidateResult(True)
+    return ValidateResult(False, [_WARNINGS[outcome.outcome]])
