@@ -22,25 +22,31 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core import errors as E
 from core import faults, metrics
+from core.admin.clients import PERMISSION_OTP_WRITE, ClientIdentity
+from core.admin.tokens import read_token_request
+from core.delivery.gateways.http import close_shared_client
+from core.enums import Action, Channel, EntityType
+from core.errors import OtpError
+from core.net import end_user_address
+from core.runtime import Runtime
 from core.services import receipts
 from core.services.failover import fail_over_delivery, run_due_failovers
 from core.services.generation import generate
 from core.services.validation import validate
-from core.admin.clients import PERMISSION_OTP_WRITE, ClientIdentity
-from core.errors import OtpError
-from core.delivery.gateways.http import close_shared_client
 from core.settings import Settings, settings_or_exit
-from core.net import end_user_address
-from core.runtime import Runtime
-from core.admin.tokens import read_token_request
 
 log = logging.getLogger("otp.api")
 
 
 # Shapes for the OpenAPI description only: bodies are read and checked by core.issuing.requests, which
-# reports every problem with Capillary's codes instead of FastAPI's 422.
+# reports every problem with Capillary's codes instead of FastAPI's 422. The names come from core.enums.
+ChannelName = Literal[(*(c.value for c in Channel), "MOBILE")]  # type: ignore[valid-type]
+EntityTypeName = Literal[tuple(e.value for e in EntityType)]  # type: ignore[valid-type]
+ActionName = Literal[tuple(a.value for a in Action)]  # type: ignore[valid-type]
+
+
 class ChannelBody(BaseModel):
-    type: Literal["EMAIL", "SMS", "MOBILE", "PHONE", "WHATSAPP", "ZALO"] = Field(
+    type: ChannelName = Field(
         description="case-insensitive; MOBILE and PHONE both mean a voice call")
     value: str = Field(description="phone number or email address for this channel")
 
@@ -51,11 +57,9 @@ class EmailTemplateBody(BaseModel):
 
 
 class GenerateBody(BaseModel):
-    entityType: Literal["MOBILE", "EMAIL"] = Field(description="case-insensitive")
+    entityType: EntityTypeName = Field(description="case-insensitive")
     entityValue: str
-    action: Literal["COUPON", "POINTS", "REGISTRATION", "USERGROUP", "SUBSCRIPTION", "GENERIC", "POINTSTRANSFER",
-                    "CUSTOMER_STATUS_UPDATE", "CUSTOMER_IDENTIFIER_CHANGE", "CUSTOMER_ISSUE_LINK_CARD"] = Field(
-        description="case-insensitive")
+    action: ActionName = Field(description="case-insensitive")
     template: str | None = Field(None, description="SMS text with {{ validation_code }} exactly once")
     emailTemplate: EmailTemplateBody | None = None
     whatsappTemplateName: str | None = None
@@ -65,9 +69,9 @@ class GenerateBody(BaseModel):
 
 
 class ValidateBody(BaseModel):
-    entityType: Literal["MOBILE", "EMAIL"]
+    entityType: EntityTypeName = Field(description="case-insensitive")
     entityValue: str
-    action: str
+    action: ActionName = Field(description="case-insensitive")
     code: str = Field(description="the code the customer received: ASCII digits or letters")
 
 

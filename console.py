@@ -7,9 +7,9 @@ from pathlib import Path
 import streamlit as st
 
 from console_ui.state import can, current_session, runtime, sign_out, write_session_cookie
-from core.settings import Settings, checked_settings
-from core.runtime import Runtime
 from core.admin.staff import needs_first_admin
+from core.runtime import Runtime
+from core.settings import Settings, checked_settings
 
 
 @st.cache_resource

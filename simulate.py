@@ -26,14 +26,14 @@ from datetime import date, datetime, timedelta, timezone
 import phonenumbers
 
 from core.clock import FrozenClock, utcnow
-from core.settings import get_settings
-from core.services.generation import generate
-from core.services.validation import validate
-from core.enums import Action, Channel
-from core.errors import OtpError
 from core.delivery.gateways import Gateway, OutgoingMessage, SendResult
 from core.delivery.gateways.outbox import OutboxGateway
+from core.enums import Action, Channel
+from core.errors import OtpError
 from core.runtime import Runtime
+from core.services.generation import generate
+from core.services.validation import validate
+from core.settings import get_settings
 
 log = logging.getLogger(__name__)
 

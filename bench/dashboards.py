@@ -21,17 +21,17 @@ import sqlite3
 import statistics
 import sys
 import time
-import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pandas as pd
-from sqlalchemy import Engine, create_engine, func, select, text, update
+from sqlalchemy import Engine, func, select, text, update
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.reporting import dashboards as D  # noqa: E402
 from core.db.engine import make_engine  # noqa: E402
+from core.db.schemas import PrivateSchema  # noqa: E402
+from core.reporting import dashboards as D  # noqa: E402
 from core.runtime import prepare_database  # noqa: E402
 
 START = datetime(2026, 10, 28, tzinfo=timezone.utc)
@@ -249,29 +249,13 @@ def copy_to_postgresql(path: Path, engine: Engine) -> None:
     print(f"copied to PostgreSQL in {time.perf_counter() - started:.0f} s", flush=True)
 
 
-def private_schema(url: str) -> tuple[str, str]:
-    schema = f"otp_bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(url)
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    admin.dispose()
-    return schema, url + ("&" if "?" in url else "?") + f"options=-csearch_path%3D{schema}"
-
-
-def drop_schema(url: str, schema: str) -> None:
-    admin = create_engine(url)
-    with admin.begin() as conn:
-        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
-
-
 # --- timing ------------------------------------------------------------------------------------------------------
 
 def time_rollups(engine: Engine) -> None:
     """The first build of the rollups, a refresh after one hour of new rows, and the check when nothing is new."""
     try:
-        from core.reporting import rollups
         from core.db.models import RollupState
+        from core.reporting import rollups
     except ImportError:  # the code before the rollups: nothing to build
         return
     done = rollups.refresh(engine)
@@ -355,16 +339,14 @@ def main() -> None:
         prepare_database(engine)  # migrations added since the file was built
         run(engine)
         return
-    schema, url = private_schema(args.postgresql)
-    try:
+    schema = PrivateSchema(args.postgresql, "otp_bench")
+    with schema as url:
         engine = make_engine(url)
         prepare_database(engine)
         copy_to_postgresql(args.path, engine)
-        print(f"PostgreSQL, schema {schema}", flush=True)
+        print(f"PostgreSQL, schema {schema.name}", flush=True)
         run(engine)
         engine.dispose()
-    finally:
-        drop_schema(args.postgresql, schema)
 
 
 if __name__ == "__main__":

@@ -94,8 +94,8 @@ class Row:
 
 class EngineBench:
     def __init__(self, tmp: Path) -> None:
-        from core.settings import Settings
         from core.runtime import Runtime
+        from core.settings import Settings
 
         self.db_path = tmp / "engine.db"
         settings = Settings(database_url=f"sqlite:///{self.db_path}", env="development", secret_key="",
@@ -342,11 +342,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.requests < 1 or args.concurrency < 1 or args.rounds < 1:
         parser.error("--requests, --concurrency and --rounds must be positive")
 
+    from importlib.util import find_spec
+
     import fastapi
     import sqlalchemy
     import uvicorn
-
-    from importlib.util import find_spec
 
     loop_kind = "uvloop" if find_spec("uvloop") else "asyncio"  # what uvicorn's "auto" picks
     http_kind = "httptools" if find_spec("httptools") else "h11"

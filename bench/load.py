@@ -55,7 +55,17 @@ for _path in (str(ROOT), str(BENCH)):
         sys.path.insert(0, _path)
 
 from loadgen import (  # noqa: E402
-    CODE_IN_MESSAGE, HOST, LIMITS_OFF, LoadResult, Numbers, Server, free_port, http_request, process_cpu_seconds, run_load)
+    CODE_IN_MESSAGE,
+    HOST,
+    LIMITS_OFF,
+    LoadResult,
+    Numbers,
+    Server,
+    free_port,
+    http_request,
+    process_cpu_seconds,
+    run_load,
+)
 
 ACTION = "COUPON"
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -337,9 +347,10 @@ def main(argv: list[str] | None = None) -> int:
             or args.timeout <= 0:
         parser.error("--requests, --concurrency, --empty-factor, --pg-workers and --timeout must be positive")
 
+    from importlib.util import find_spec
+
     import fastapi
     import uvicorn
-    from importlib.util import find_spec
 
     loop_kind = "uvloop" if find_spec("uvloop") else "asyncio"
     http_kind = "httptools" if find_spec("httptools") else "h11"

@@ -6,10 +6,10 @@ from datetime import timedelta
 
 import streamlit as st
 
-from core.clock import utcnow
 from core.admin.console_sessions import COOKIE, end_session, resume_session, start_session
-from core.runtime import Runtime
 from core.admin.staff import ConsoleSession, StaffIdentity, role_allows
+from core.clock import utcnow
+from core.runtime import Runtime
 
 SESSION_KEY = "console_session"
 COOKIE_KEY = "console_cookie_pending"  # the token to put in the browser's cookie on this run ("" clears it)

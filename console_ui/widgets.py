@@ -11,9 +11,9 @@ import pandas as pd
 import streamlit as st
 
 from console_ui.state import runtime
+from core.enums import Action, Channel
 from core.reporting import rollups
 from core.reporting.dashboards import MAX_DAYS, Filters
-from core.enums import Action, Channel
 
 ALL = "All"
 ZONES = ["UTC", "Asia/Kolkata", "Asia/Ho_Chi_Minh", "Asia/Singapore", "Europe/London", "America/New_York"]

@@ -18,7 +18,6 @@ from core.settings import Settings
 
 DIGITS = string.digits
 ALPHANUMERIC = string.digits + string.ascii_uppercase
-_ASCII_CODE_CHARS = frozenset(ALPHANUMERIC + string.ascii_lowercase)
 
 
 def load_master_key(settings: Settings) -> bytes:
@@ -93,16 +92,6 @@ def new_code(length: int, alphanumeric: bool) -> str:
         number, digit = divmod(number, len(alphabet))
         characters.append(alphabet[digit])
     return "".join(characters)
-
-
-def normalise_submitted_code(value: str, alphanumeric: bool) -> str | None:
-    """The submitted code in canonical form, or None when it holds anything but ASCII digits/letters.
-
-    str.isdigit() accepts full-width and Arabic-Indic digits; an explicit ASCII set does not.
-    """
-    if not value or not all(ch in _ASCII_CODE_CHARS for ch in value):
-        return None
-    return value.upper() if alphanumeric else value
 
 
 def equal(a: bytes, b: bytes) -> bool:

@@ -7,21 +7,21 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from core.cache import TtlValue
 from core.admin.clients import ClientAuthenticator
+from core.admin.tokens import TokenSigner
+from core.cache import TtlValue
 from core.clock import Clock, utcnow
-from core.settings import Settings, get_settings
 from core.crypto import CodeKeys, SecretBox, load_master_key, token_key
 from core.db.engine import READ_ONLY, make_engine, schema_lock, upgrade
-from core.enums import Action, Channel
+from core.db.groupcommit import writer_for
+from core.delivery.active_templates import ActiveTemplates, load_active_templates
 from core.delivery.gateway_settings import GatewayRow, build_gateway, load_gateway_rows, parse_assignments
 from core.delivery.gateways import Gateway
 from core.delivery.gateways.http import close_shared_client
 from core.delivery.gateways.outbox import OutboxGateway
-from core.db.groupcommit import writer_for
+from core.enums import Action, Channel
 from core.issuing.action_config import OtpConfig, load_action_configs, seed_action_configs
-from core.delivery.active_templates import ActiveTemplates, load_active_templates
-from core.admin.tokens import TokenSigner
+from core.settings import Settings, get_settings
 
 
 @dataclass(frozen=True)

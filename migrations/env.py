@@ -5,8 +5,8 @@ from alembic import context
 from sqlmodel import SQLModel
 
 import core.db.models  # noqa: F401  (registers the tables on SQLModel.metadata)
-from core.settings import get_settings
 from core.db.engine import make_engine
+from core.settings import get_settings
 
 target_metadata = SQLModel.metadata
 

@@ -4,13 +4,20 @@ import pandas as pd
 import streamlit as st
 
 from console_ui.state import can, gate, runtime
-from core.admin.unblock import UNBLOCKABLE, unblock
-from core.reporting.dashboards import (nearest_daily_limit, refusals_by_day, refusals_by_type, top_refused_prefixes, top_refused_users, why_refused)
-from core.issuing.entities import InvalidEntity, normalise_email, normalise_phone
-from core.issuing.counters import local_day
-from core.reporting.security_events import event_counts, recent_events
-from core.admin.staff import PermissionDenied
 from console_ui.widgets import count_y, csv_button, day_tooltip, day_x, delta, period_caption, query, sidebar_filters
+from core.admin.staff import PermissionDenied
+from core.admin.unblock import UNBLOCKABLE, unblock
+from core.issuing.counters import local_day
+from core.issuing.entities import InvalidEntity, normalise_email, normalise_phone
+from core.reporting.dashboards import (
+    nearest_daily_limit,
+    refusals_by_day,
+    refusals_by_type,
+    top_refused_prefixes,
+    top_refused_users,
+    why_refused,
+)
+from core.reporting.security_events import event_counts, recent_events
 
 identity = gate("status.view")
 rt = runtime()

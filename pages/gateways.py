@@ -3,10 +3,10 @@ import pandas as pd
 import streamlit as st
 
 from console_ui.state import form_needs_loading, gate, runtime
-from core.services.trials import send_gateway_test
-from core.enums import Channel
-from core.admin.gateways import GatewayRefused, list_gateways
 from core.admin.gateway_forms import PROVIDER_FIELDS, GatewayForm, providers_for, save_gateway_form, stored_form
+from core.admin.gateways import GatewayRefused, list_gateways
+from core.enums import Channel
+from core.services.trials import send_gateway_test
 
 rt = runtime()
 identity = gate("config.edit")

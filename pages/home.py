@@ -3,8 +3,8 @@ import pandas as pd
 import streamlit as st
 
 from console_ui.state import can, runtime
-from simulate import simulate
 from core.services.status import configuration_table, gateway_table, safe_mode_channels, service_status
+from simulate import simulate
 
 rt = runtime()
 status = service_status(rt)

@@ -3,9 +3,9 @@ import pandas as pd
 import streamlit as st
 
 from console_ui.state import gate, runtime
-from core.services.trials import outbox_messages, trial_dry_run, trial_generate, trial_validate
 from core.enums import Action, Channel, EntityType
 from core.errors import OtpError
+from core.services.trials import outbox_messages, trial_dry_run, trial_generate, trial_validate
 
 rt = runtime()
 identity = gate("test.send")

@@ -6,22 +6,23 @@ import logging
 import os
 import re
 import shutil
-import uuid
 from datetime import datetime, timezone
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlmodel import SQLModel
 
+from core.admin.action_configs import update_action_config
 from core.clock import FrozenClock
-from core.settings import Settings
 from core.db.engine import make_engine
 from core.db.models import ActionConfigUpdate
-from core.issuing.action_config import LIMIT_OVERRIDES, format_channel_budgets
-from core.admin.action_configs import update_action_config
+from core.db.schemas import PrivateSchema
 from core.runtime import Runtime, prepare_database
+from core.settings import Settings
 
 PG_URL = os.environ.get("OTP_TEST_DATABASE_URL", "")
+# A server started by a test with these sees every request as a new person: no destination, IP or prefix limit.
+NO_ABUSE_LIMITS = {"OTP_DESTINATION_LIMIT": "0", "OTP_IP_LIMIT": "0", "OTP_PREFIX_LIMIT": "0"}
 TEST_KEY = base64.b64encode(bytes(range(32))).decode()
 START = datetime(2026, 11, 27, 10, 0, 0, tzinfo=timezone.utc)
 
@@ -57,8 +58,7 @@ def statements_built_per_test():
     """Under mutmut (README "Mutation testing") only: build the once-per-process statements and caches afresh for
     each test. Otherwise the first test builds them, mutmut maps a statement builder to that test alone, and a
     mutated INSERT ... ON CONFLICT or lock ceiling is checked by one test that never looks at it."""
-    from core.issuing import codes
-    from core.issuing import limits
+    from core.issuing import codes, limits
     from core.issuing import counters as ratelimit
     for prepared in (codes._INSERT_CODE, codes._RECORD_FAILURE, ratelimit._BUMP):  # noqa: SLF001
         prepared._compiled.clear()  # noqa: SLF001
@@ -75,21 +75,31 @@ def sqlite_template(tmp_path_factory) -> str:
     return str(path)
 
 
+@pytest.fixture(autouse=True)
+def _clear_streamlit_caches():
+    """Streamlit's caches live as long as the process: the dashboards' 30 s query cache is keyed by the database
+    URL, which PostgreSQL tests share, so one test's figures would otherwise be another's."""
+    import streamlit as st
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield
+
+
 @pytest.fixture(scope="session")
 def pg_schema_url() -> str:
     """A private schema, migrated once; each test empties its tables."""
-    schema = f"otp_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    url = PG_URL + ("&" if "?" in PG_URL else "?") + f"options=-csearch_path%3D{schema}"
-    engine = make_engine(url)
-    prepare_database(engine)
-    engine.dispose()
-    yield url
-    with admin.begin() as conn:
-        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
+    with PrivateSchema(PG_URL, "otp_test") as url:
+        engine = make_engine(url)
+        prepare_database(engine)
+        engine.dispose()
+        yield url
+
+
+@pytest.fixture
+def pg_schema_env():
+    """The environment of a server process on a fresh PostgreSQL schema of its own, without the abuse limits."""
+    with PrivateSchema(PG_URL, "otp_mw") as url:
+        yield {"OTP_DATABASE_URL": url, "OTP_SECRET_KEY": TEST_KEY, "OTP_ENV": "test", **NO_ABUSE_LIMITS}
 
 
 @pytest.fixture(params=BACKENDS)
@@ -110,8 +120,8 @@ def db_url(request, tmp_path) -> str:
 @pytest.fixture
 def team(rt) -> dict:
     """An admin, an editor, an approver and a viewer, keyed by role."""
-    from core.db.models import StaffCreate
     from core.admin.staff import StaffIdentity, create_first_admin, create_staff
+    from core.db.models import StaffCreate
     with rt.session() as db:
         admin = create_first_admin(db, username="ada", password="correct horse 1")
         boss = StaffIdentity(admin.id, admin.username, admin.role)
@@ -147,22 +157,9 @@ def rt(db_url, tmp_path, clock) -> Runtime:
 
 def configure(rt: Runtime, action, **changes) -> None:
     """Change one action's configuration through the same function the console uses."""
-    current = rt.config_for(action)
-    values = dict(code_length=current.code_length, alphanumeric=current.alphanumeric,
-                  validity_minutes=current.validity_minutes,
-                  channels=",".join(c.value for c in current.channels),
-                  channel_policy=",".join(c.value for c in current.channel_policy),
-                  daily_cap=current.daily_cap, validate_limit=current.validate_limit,
-                  validate_window_minutes=current.validate_window_minutes,
-                  attempts_per_code=current.attempts_per_code,
-                  max_consecutive_failures=current.max_consecutive_failures, lock_minutes=current.lock_minutes,
-                  max_sends_per_code=current.max_sends_per_code, gateways=current.gateways,
-                  failover=",".join(c.value for c in current.failover), failover_seconds=current.failover_seconds,
-                  channel_budgets=format_channel_budgets(current.channel_budgets), safe_mode=current.safe_mode,
-                  **{name: getattr(current, name) for name in LIMIT_OVERRIDES})
-    values.update(changes)
+    update = ActionConfigUpdate(**{**rt.config_for(action).to_update().model_dump(), **changes})
     with rt.session() as session:
-        update_action_config(session, action=action, update=ActionConfigUpdate(**values), actor="test",
+        update_action_config(session, action=action, update=update, actor="test",
                              service_daily_limit=rt.settings.daily_limit)
     rt.configuration_changed()
 

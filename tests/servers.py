@@ -5,16 +5,14 @@ import glob
 import os
 import shutil
 import subprocess
-import tempfile
 import sys
+import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import httpx
 import uvicorn
-from sqlalchemy import create_engine, text
 
 from core.settings import ROOT
 from tests.fakes import free_port
@@ -82,25 +80,6 @@ class ApiServer:
     def __exit__(self, *exc) -> None:
         if self.process is not None:
             stop(self.process)
-
-
-class PrivateSchema:
-    """A fresh, empty schema in the PostgreSQL database at url, dropped afterwards: a new database for a server."""
-
-    def __init__(self, url: str, prefix: str = "otp_srv") -> None:
-        self.name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-        self.admin = create_engine(url)
-        self.url = url + ("&" if "?" in url else "?") + f"options=-csearch_path%3D{self.name}"
-
-    def __enter__(self) -> str:
-        with self.admin.begin() as conn:
-            conn.execute(text(f"CREATE SCHEMA {self.name}"))
-        return self.url
-
-    def __exit__(self, *exc) -> None:
-        with self.admin.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {self.name} CASCADE"))
-        self.admin.dispose()
 
 
 class ForwardingProxy:

@@ -26,9 +26,9 @@ from sqlalchemy import text
 from api import create_app
 from core import errors as E
 from core.admin.clients import NewClientCredentials, create_client, revoke_client
-from core.settings import ROOT
-from core.enums import Action
 from core.db.models import ApiClientCreate
+from core.enums import Action
+from core.settings import ROOT
 from tests.conftest import code_sent_to, configure, outbox
 from tests.fakes import free_port
 from tests.servers import stop

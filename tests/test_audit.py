@@ -12,13 +12,13 @@ from pathlib import Path
 from sqlalchemy import text
 
 from core.admin import audit
-from core.clock import utcnow
-from core.settings import ROOT
-from core.services.admin_actions import new_api_client, revoke_api_client
 from core.admin.gateways import save_gateway
+from core.clock import utcnow
 from core.db.models import GatewayConfigBase
+from core.services.admin_actions import new_api_client, revoke_api_client
+from core.settings import ROOT
 from tests.conftest import outbox
-from tests.test_console import app, signed_in, texts
+from tests.console_app import app, on_page, texts
 
 
 def entries(rt, kind: str | None = None) -> list[dict]:
@@ -54,8 +54,7 @@ def test_sign_ins_and_failures_are_audited_without_the_password(rt, team):
 
 
 def test_test_send_and_validate_are_audited_masked_and_without_the_code(rt, team):
-    at = signed_in(rt, team["editor"]).run()
-    at.switch_page("pages/test_send.py").run()
+    at = on_page(rt, team["editor"], "pages/test_send.py")
     at.text_input(key="ts_entity_value").input("9955882233")
     at.multiselect(key="ts_channels").select("SMS")
     at.button(key="ts_submit").click().run()
@@ -79,8 +78,7 @@ def test_test_send_and_validate_are_audited_masked_and_without_the_code(rt, team
 
 
 def test_a_refused_test_send_is_audited_too(rt, team):
-    at = signed_in(rt, team["editor"]).run()
-    at.switch_page("pages/test_send.py").run()
+    at = on_page(rt, team["editor"], "pages/test_send.py")
     at.text_input(key="ts_entity_value").input("12")
     at.button(key="ts_submit").click().run()
     assert "Refused with HTTP 400" in texts(at)
@@ -138,8 +136,7 @@ def test_audit_page_filters_and_offers_the_csv(rt, team):
     with rt.session() as db:
         audit.record(db, actor="eve", action="config.update", target="config:COUPON", reason="tighter limit")
         db.commit()
-    at = signed_in(rt, team["admin"]).run()
-    at.switch_page("pages/audit.py").run()
+    at = on_page(rt, team["admin"], "pages/audit.py")
     assert not at.exception
     assert len(at.dataframe[0].value) == 5  # the first admin, three staff, one configuration change
     at.selectbox(key="audit_kind").select("config").run()

@@ -13,13 +13,12 @@ import os
 import pytest
 from sqlalchemy import text
 
-from core.settings import Settings
 from core.admin.gateways import save_gateway
+from core.admin.staff import StaffIdentity, create_first_admin
 from core.db.models import GatewayConfigBase
 from core.runtime import Runtime
-from core.admin.staff import StaffIdentity, create_first_admin
-from tests.browser import ARTIFACTS, console_server, go, headless_chromium, require_chromium, settled, shot, \
-    wait_text
+from core.settings import Settings
+from tests.browser import ARTIFACTS, console_server, go, headless_chromium, require_chromium, settled, shot, wait_text
 from tests.fakes import Answer, FakeProvider
 
 SID, TOKEN = "AC0123456789abcdef", "tok-secret-0123456789wxyz"

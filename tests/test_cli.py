@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 from core.admin.clients import ClientAuthenticator
-from core.settings import ROOT
 from core.db.engine import make_engine
+from core.settings import ROOT
 
 
 def cli(tmp_path, *args):

@@ -8,12 +8,11 @@ from concurrent.futures import ThreadPoolExecutor
 from sqlalchemy import text
 
 from core import errors as E
-from core.services.generation import generate
-from core.runtime import run
-from core.services.validation import validate
 from core.enums import Action
 from core.errors import OtpError
-from core.runtime import Runtime
+from core.runtime import Runtime, run
+from core.services.generation import generate
+from core.services.validation import validate
 from tests.conftest import code_sent_to, configure, make_settings, outbox
 
 PHONE = "+919955882233"

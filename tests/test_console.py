@@ -14,42 +14,18 @@ from sqlalchemy import text
 from streamlit.testing.v1 import AppTest
 
 from console_ui.state import SESSION_KEY
-from core.clock import utcnow
-from core.settings import ROOT
-from core.services.generation import generate
-from core.runtime import run
-from core.enums import Action, Channel
 from core.admin.staff import ConsoleSession, StaffIdentity, create_first_admin
+from core.clock import utcnow
+from core.enums import Action, Channel
+from core.runtime import run
+from core.services.generation import generate
+from core.settings import ROOT
 from tests.conftest import outbox
+from tests.console_app import app, on_page, signed_in, texts
 from tests.fakes import free_port
 from tests.servers import stop, wait_until_up
 
 PHONE = "+919955882233"
-
-
-@pytest.fixture(autouse=True)
-def _clear_streamlit_caches():
-    import streamlit as st
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    yield
-
-
-def app(rt) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "console.py"), default_timeout=30)
-    at.session_state["runtime"] = rt
-    return at
-
-
-def signed_in(rt, identity: StaffIdentity) -> AppTest:
-    at = app(rt)
-    at.session_state[SESSION_KEY] = ConsoleSession.start(identity, 30)
-    return at
-
-
-def texts(at: AppTest) -> str:
-    parts = [e.value for kind in ("error", "success", "warning", "info") for e in getattr(at, kind)]
-    return "\n".join(str(p) for p in parts)
 
 
 def test_first_start_asks_for_the_admin_then_signs_in(rt):
@@ -128,16 +104,14 @@ def test_each_role_reaches_only_its_pages(rt, team, role, allowed, refused):
 
 
 def test_viewer_sees_templates_read_only(rt, team):
-    at = signed_in(rt, team["viewer"]).run()
-    at.switch_page("pages/templates.py").run()
+    at = on_page(rt, team["viewer"], "pages/templates.py")
     assert not at.exception
     assert at.text_area(key="tpl_text_COUPON_SMS").disabled
     assert not [b for b in at.button if b.key in ("tpl_save", "tpl_submit")]
 
 
 def test_two_placeholders_are_refused_for_approval_with_the_reason(rt, team):
-    at = signed_in(rt, team["editor"]).run()
-    at.switch_page("pages/templates.py").run()
+    at = on_page(rt, team["editor"], "pages/templates.py")
     at.text_area(key="tpl_text_COUPON_SMS").input("{{ validation_code }} again {{ validation_code }}").run()
     assert any("exactly once; it has 2" in e.value for e in at.error)  # live check, before submitting
     at.button(key="tpl_submit").click().run()
@@ -147,8 +121,7 @@ def test_two_placeholders_are_refused_for_approval_with_the_reason(rt, team):
 
 
 def _submit_sms(rt, identity, body: str) -> AppTest:
-    at = signed_in(rt, identity).run()
-    at.switch_page("pages/templates.py").run()
+    at = on_page(rt, identity, "pages/templates.py")
     at.text_area(key="tpl_text_COUPON_SMS").input(body).run()
     assert at.metric[0].value == "GSM-7"
     at.button(key="tpl_submit").click().run()
@@ -158,8 +131,7 @@ def _submit_sms(rt, identity, body: str) -> AppTest:
 
 
 def _approve_newest(rt, identity) -> AppTest:
-    at = signed_in(rt, identity).run()
-    at.switch_page("pages/templates.py").run()
+    at = on_page(rt, identity, "pages/templates.py")
     at.button(key="tpl_approve").click().run()
     return at
 
@@ -186,8 +158,7 @@ def test_four_eyes_approval_then_the_engine_uses_it_and_rollback(rt, team):
     assert outbox(rt)[-1]["body"].startswith("Second ")
 
     # Roll back to version 1, with a reason; the diff shows both texts.
-    at = signed_in(rt, team["approver"]).run()
-    at.switch_page("pages/templates.py").run()
+    at = on_page(rt, team["approver"], "pages/templates.py")
     at.selectbox(key="tpl_pick").select("v1 (approved)").run()
     at.text_input(key="tpl_rollback_reason").input("customers preferred it").run()
     at.button(key="tpl_reactivate").click().run()
@@ -204,8 +175,7 @@ def test_four_eyes_approval_then_the_engine_uses_it_and_rollback(rt, team):
 
 def test_reject_needs_a_reason_and_keeps_it(rt, team):
     _submit_sms(rt, team["editor"], "Maybe {{ validation_code }}")
-    at = signed_in(rt, team["approver"]).run()
-    at.switch_page("pages/templates.py").run()
+    at = on_page(rt, team["approver"], "pages/templates.py")
     at.button(key="tpl_reject").click().run()
     assert "needs a reason" in texts(at)
     at.text_input(key="tpl_reject_reason").input("tone is off").run()
@@ -215,8 +185,7 @@ def test_reject_needs_a_reason_and_keeps_it(rt, team):
 
 
 def test_test_send_produces_an_outbox_message_and_validates(rt, team):
-    at = signed_in(rt, team["editor"]).run()
-    at.switch_page("pages/test_send.py").run()
+    at = on_page(rt, team["editor"], "pages/test_send.py")
     at.text_input(key="ts_entity_value").input("9955882233")
     at.button(key="ts_submit").click().run()
     assert not at.exception
@@ -236,8 +205,7 @@ def rt_request_id(rt) -> int:
 
 
 def test_test_send_shows_errors_with_codes_and_dry_run_sends_nothing(rt, team):
-    at = signed_in(rt, team["editor"]).run()
-    at.switch_page("pages/test_send.py").run()
+    at = on_page(rt, team["editor"], "pages/test_send.py")
     at.text_input(key="ts_entity_value").input("12")
     at.button(key="ts_submit").click().run()
     assert "Refused with HTTP 400" in texts(at)
@@ -254,16 +222,14 @@ def test_test_send_shows_errors_with_codes_and_dry_run_sends_nothing(rt, team):
 def test_outbox_page_filters_by_recipient(rt, team):
     for number in ("+919955882233", "+919812345678"):
         run(generate(rt, {"entityType": "MOBILE", "entityValue": number, "action": "COUPON"}))
-    at = signed_in(rt, team["editor"]).run()
-    at.switch_page("pages/outbox.py").run()
+    at = on_page(rt, team["editor"], "pages/outbox.py")
     assert len(at.dataframe[0].value) == 2
     at.text_input(key="outbox_recipient").input("98123").run()
     assert list(at.dataframe[0].value["to"]) == ["+919812345678"]
 
 
 def test_config_page_validates_and_audits(rt, team):
-    at = signed_in(rt, team["admin"]).run()
-    at.switch_page("pages/config.py").run()
+    at = on_page(rt, team["admin"], "pages/config.py")
     at.number_input(key="cfg_validity").set_value(3)
     at.multiselect(key="cfg_channels").set_value([])
     at.button(key="cfg_save").click().run()
@@ -279,8 +245,7 @@ def test_config_page_validates_and_audits(rt, team):
 
 
 def test_admin_creates_staff_and_a_client_secret_shown_once(rt, team):
-    at = signed_in(rt, team["admin"]).run()
-    at.switch_page("pages/admin.py").run()
+    at = on_page(rt, team["admin"], "pages/admin.py")
     at.text_input(key="staff_username").input("newbie")
     at.text_input(key="staff_password").input("password-456")
     at.selectbox(key="staff_role").select("viewer")
@@ -300,8 +265,7 @@ def test_admin_sets_a_clients_token_life(rt, team):
     from core.services.admin_actions import new_api_client
     shop = new_api_client(rt, actor=team["admin"], name="shop", permissions="otp:write")
     other = new_api_client(rt, actor=team["admin"], name="other", permissions="otp:write")
-    at = signed_in(rt, team["admin"]).run()
-    at.switch_page("pages/admin.py").run()
+    at = on_page(rt, team["admin"], "pages/admin.py")
     [table] = [d.value for d in at.dataframe if "token TTL (s)" in d.value.columns]
     assert list(table["token TTL (s)"]) == [300, 300]
     at.selectbox(key="client_ttl_pick").select(f"other ({other.key})").run()
@@ -320,8 +284,7 @@ def test_admin_sets_a_clients_token_life(rt, team):
 
 
 def test_admin_sets_where_a_clients_end_user_addresses_come_from(rt, team):
-    at = signed_in(rt, team["admin"]).run()
-    at.switch_page("pages/admin.py").run()
+    at = on_page(rt, team["admin"], "pages/admin.py")
     at.text_input(key="client_name").input("app")
     at.text_input(key="client_ip_header").input("X-End-User-IP")
     at.button(key="client_create").click().run()
@@ -343,10 +306,10 @@ def test_admin_sets_where_a_clients_end_user_addresses_come_from(rt, team):
     assert targets == ["client:app"]
 
 def test_core_refuses_writes_from_a_role_that_lacks_them(rt, team):
+    from core.admin.staff import PermissionDenied
+    from core.db.models import ActionConfigUpdate
     from core.services.admin_actions import save_action_config
     from core.services.trials import trial_generate
-    from core.db.models import ActionConfigUpdate
-    from core.admin.staff import PermissionDenied
     with pytest.raises(PermissionDenied):
         trial_generate(rt, actor=team["viewer"], payload={})
     with pytest.raises(PermissionDenied):
@@ -358,8 +321,7 @@ def test_core_refuses_writes_from_a_role_that_lacks_them(rt, team):
 
 
 def test_gateways_page_saves_a_provider_and_never_shows_the_secret(rt, team):
-    at = signed_in(rt, team["admin"]).run()
-    at.switch_page("pages/gateways.py").run()
+    at = on_page(rt, team["admin"], "pages/gateways.py")
     assert not at.exception
     at.selectbox(key="gw_channel").select("SMS").run()
     at.text_input(key="gw_name").input("twilio-main")
@@ -379,8 +341,7 @@ def test_gateways_page_saves_a_provider_and_never_shows_the_secret(rt, team):
 
 
 def test_config_page_sets_per_action_abuse_limits(rt, team):
-    at = signed_in(rt, team["admin"]).run()
-    at.switch_page("pages/config.py").run()
+    at = on_page(rt, team["admin"], "pages/config.py")
     at.text_input(key="cfg_destination_limit").input("x")
     at.text_input(key="cfg_reason").input("tighter limits for coupons")
     at.button(key="cfg_save").click().run()

@@ -15,17 +15,16 @@ import pytest
 from sqlalchemy import text
 from streamlit.testing.v1 import AppTest
 
-from core.services.generation import generate
-from core.runtime import run
-from core.enums import Action, Channel
-from core.admin.gateways import GatewayRefused, save_gateway
 from core.admin.gateway_forms import GatewayForm, save_gateway_form
+from core.admin.gateways import GatewayRefused, save_gateway
 from core.db.models import GatewayConfigBase
+from core.enums import Action
 from core.issuing.action_config import ConfigRefused
-from core.runtime import Runtime
+from core.runtime import Runtime, run
+from core.services.generation import generate
 from tests.conftest import configure, make_settings
+from tests.console_app import on_page, signed_in, texts
 from tests.fakes import Answer, FakeProvider
-from tests.test_console import _clear_streamlit_caches, signed_in, texts  # noqa: F401 (autouse fixture)
 
 PHONE = "+919955882233"
 SID, TOKEN = "AC0123456789abcdef", "tok-secret-0123456789wxyz"
@@ -131,8 +130,7 @@ def test_a_disabled_override_is_shown_as_ignored_and_the_engine_agrees(rt, team,
 
 def test_test_send_dry_run_names_the_gateway_the_send_then_uses(rt, team, twilio_fake):
     add_twilio(rt, team["admin"], twilio_fake)
-    at = signed_in(rt, team["editor"]).run()
-    at.switch_page("pages/test_send.py").run()
+    at = on_page(rt, team["editor"], "pages/test_send.py")
     at.text_input(key="ts_entity_value").input("9955882233")
     at.checkbox(key="ts_dry").check()
     at.button(key="ts_submit").click().run()
@@ -153,8 +151,7 @@ def as_pattern(template: str) -> str:
 
 def test_templates_page_shows_what_twilio_then_receives(rt, team, twilio_fake):
     add_twilio(rt, team["admin"], twilio_fake)
-    at = signed_in(rt, team["viewer"]).run()
-    at.switch_page("pages/templates.py").run()
+    at = on_page(rt, team["viewer"], "pages/templates.py")
     choice = frame(at, "channel", "used", "why").set_index("channel")
     assert choice.loc["SMS", "used"] == "builtin"
     builtin_text = at.text_area(key="tpl_text_COUPON_SMS").value
@@ -162,12 +159,10 @@ def test_templates_page_shows_what_twilio_then_receives(rt, team, twilio_fake):
     assert re.fullmatch(as_pattern(builtin_text), twilio_fake.requests[-1].form()["Body"])
 
     # A version approved: the page now names it and shows its text, and that is what Twilio gets.
-    at = signed_in(rt, team["editor"]).run()
-    at.switch_page("pages/templates.py").run()
+    at = on_page(rt, team["editor"], "pages/templates.py")
     at.text_area(key="tpl_text_COUPON_SMS").input("Acme: {{ validation_code }} opens your coupon").run()
     at.button(key="tpl_submit").click().run()
-    at = signed_in(rt, team["approver"]).run()
-    at.switch_page("pages/templates.py").run()
+    at = on_page(rt, team["approver"], "pages/templates.py")
     at.button(key="tpl_approve").click().run()
     choice = frame(at, "channel", "used", "why").set_index("channel")
     assert choice.loc["SMS", "used"] == "approved" and choice.loc["SMS", "version"] == 1
@@ -182,8 +177,7 @@ def test_templates_page_shows_what_twilio_then_receives(rt, team, twilio_fake):
 
 
 def test_after_approval_the_editor_shows_the_approved_version_at_once(rt, team):
-    at = signed_in(rt, team["editor"]).run()
-    at.switch_page("pages/templates.py").run()
+    at = on_page(rt, team["editor"], "pages/templates.py")
     builtin_text = at.text_area(key="tpl_text_COUPON_SMS").value
     at.text_area(key="tpl_text_COUPON_SMS").input("First {{ validation_code }}").run()
     at.button(key="tpl_submit").click().run()
@@ -212,8 +206,7 @@ def test_after_approval_the_editor_shows_the_approved_version_at_once(rt, team):
 
 def test_config_form_loads_what_is_stored_for_each_action(rt, team):
     configure(rt, Action.REGISTRATION, code_length=8, channel_budgets="SMS=20")
-    at = signed_in(rt, team["admin"]).run()
-    at.switch_page("pages/config.py").run()
+    at = on_page(rt, team["admin"], "pages/config.py")
     assert at.number_input(key="cfg_code_length").value == 6
     at.selectbox(key="cfg_action").select("REGISTRATION").run()
     assert at.number_input(key="cfg_code_length").value == 8
@@ -224,8 +217,7 @@ def test_config_form_loads_what_is_stored_for_each_action(rt, team):
 
 def test_config_form_refuses_bad_values_next_to_their_fields_and_saves_nothing(rt, team, twilio_fake):
     add_twilio(rt, team["admin"], twilio_fake)
-    at = signed_in(rt, team["admin"]).run()
-    at.switch_page("pages/config.py").run()
+    at = on_page(rt, team["admin"], "pages/config.py")
     at.number_input(key="cfg_code_length").set_value(3)
     at.text_input(key="cfg_gateways").input("SMS=nope")
     at.text_input(key="cfg_channel_budgets").input("SMS=lots")
@@ -281,8 +273,7 @@ def test_config_override_must_be_an_enabled_gateway_of_that_channel_everywhere(r
 
 def test_editing_a_twilio_gateway_loads_it_keeps_provider_and_credentials(rt, team, twilio_fake):
     add_twilio(rt, team["admin"], twilio_fake)
-    at = signed_in(rt, team["admin"]).run()
-    at.switch_page("pages/gateways.py").run()
+    at = on_page(rt, team["admin"], "pages/gateways.py")
     at.selectbox(key="gw_pick").select("twilio-main").run()
     assert not at.exception
     assert at.text_input(key="gw_name").value == "twilio-main"
@@ -313,8 +304,7 @@ def test_editing_a_twilio_gateway_loads_it_keeps_provider_and_credentials(rt, te
 
 
 def test_gateway_form_saves_nothing_and_lists_every_problem(rt, team):
-    at = signed_in(rt, team["admin"]).run()
-    at.switch_page("pages/gateways.py").run()
+    at = on_page(rt, team["admin"], "pages/gateways.py")
     at.text_input(key="gw_name").input("tw")
     at.selectbox(key="gw_provider").select("twilio_sms").run()
     at.text_input(key="gw_f_endpoint").input("ftp://twilio")
@@ -356,8 +346,7 @@ def test_a_new_gateway_cannot_overwrite_one_and_a_provider_change_is_explicit(rt
 
 def test_send_a_test_message_through_a_gateway_reports_the_providers_answer(rt, team, twilio_fake):
     add_twilio(rt, team["admin"], twilio_fake)
-    at = signed_in(rt, team["admin"]).run()
-    at.switch_page("pages/gateways.py").run()
+    at = on_page(rt, team["admin"], "pages/gateways.py")
     at.selectbox(key="gw_pick").select("twilio-main").run()
     twilio_fake.script = [Answer(201, {"sid": "SMtest42"})]
     at.text_input(key="gw_test_to").input("+14155550100")

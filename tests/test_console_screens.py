@@ -6,9 +6,7 @@ from datetime import date
 
 from sqlalchemy import text
 
-from tests.test_console import _clear_streamlit_caches, signed_in, texts  # noqa: F401 (autouse: the dashboards'
-# 30 s query cache is keyed by the database URL, which PostgreSQL tests share, so one test's figures would
-# otherwise be another's)
+from tests.console_app import on_page, texts
 
 
 def staff_rows(rt) -> list[tuple]:
@@ -17,8 +15,7 @@ def staff_rows(rt) -> list[tuple]:
 
 
 def test_a_taken_username_keeps_the_form_and_a_saved_one_empties_it(rt, team):
-    at = signed_in(rt, team["admin"]).run()
-    at.switch_page("pages/admin.py").run()
+    at = on_page(rt, team["admin"], "pages/admin.py")
     at.text_input(key="staff_username").input("eve")
     at.text_input(key="staff_password").input("password-456")
     at.selectbox(key="staff_role").select("approver")
@@ -33,16 +30,14 @@ def test_a_taken_username_keeps_the_form_and_a_saved_one_empties_it(rt, team):
 
 
 def test_the_admins_last_sign_in_is_shown_not_none(rt, team):
-    at = signed_in(rt, team["admin"]).run()
-    at.switch_page("pages/admin.py").run()
+    at = on_page(rt, team["admin"], "pages/admin.py")
     table = at.dataframe[0].value.set_index("username")
     assert table.loc["ada", "last sign-in"].endswith(" UTC")  # the first admin was signed in on creation
     assert table.loc["vic", "last sign-in"] == "never"
 
 
 def test_disable_asks_first_and_cancel_does_nothing(rt, team):
-    at = signed_in(rt, team["admin"]).run()
-    at.switch_page("pages/admin.py").run()
+    at = on_page(rt, team["admin"], "pages/admin.py")
     at.selectbox(key="staff_pick").select("vic (viewer)").run()
     at.button(key="staff_disable").click().run()
     assert "Disable vic?" in texts(at) and staff_rows(rt)[-1] == ("vic", "viewer", True)
@@ -54,8 +49,7 @@ def test_disable_asks_first_and_cancel_does_nothing(rt, team):
 
 
 def test_revoke_asks_first(rt, team):
-    at = signed_in(rt, team["admin"]).run()
-    at.switch_page("pages/admin.py").run()
+    at = on_page(rt, team["admin"], "pages/admin.py")
     at.text_input(key="client_name").input("shop")
     at.button(key="client_create").click().run()
     at.run()
@@ -70,8 +64,7 @@ def test_revoke_asks_first(rt, team):
 
 
 def test_dashboard_filters_stay_put_across_pages(rt, team):
-    at = signed_in(rt, team["viewer"]).run()
-    at.switch_page("pages/dash_usage.py").run()
+    at = on_page(rt, team["viewer"], "pages/dash_usage.py")
     at.selectbox(key="usage_tz").select("Asia/Kolkata").run()
     at.selectbox(key="usage_action").select("COUPON").run()
     at.selectbox(key="usage_channel").select("SMS").run()
@@ -94,8 +87,7 @@ def test_dashboard_filters_stay_put_across_pages(rt, team):
 
 
 def test_unchanged_kpis_show_a_grey_zero_not_a_red_plus_zero(rt, team):
-    at = signed_in(rt, team["viewer"]).run()
-    at.switch_page("pages/dash_limits.py").run()
+    at = on_page(rt, team["viewer"], "pages/dash_limits.py")
     deltas = {m.label: m.delta for m in at.metric}
     assert deltas["Daily limit"] == "0" and deltas["Lock"] == "0", deltas
     at.switch_page("pages/dash_usage.py").run()
@@ -105,8 +97,7 @@ def test_unchanged_kpis_show_a_grey_zero_not_a_red_plus_zero(rt, team):
 
 def test_the_new_role_shown_is_the_picked_persons_own(rt, team):
     """Picking another staff member shows their own role under "New role", not the one shown for the last."""
-    at = signed_in(rt, team["admin"]).run()
-    at.switch_page("pages/admin.py").run()
+    at = on_page(rt, team["admin"], "pages/admin.py")
 
     def new_role() -> str:
         [box] = [s for s in at.selectbox if s.label == "New role"]
@@ -126,8 +117,7 @@ def page_text(at) -> str:
 
 
 def test_dry_run_shows_the_message_as_text_not_python(rt, team):
-    at = signed_in(rt, team["editor"]).run()
-    at.switch_page("pages/test_send.py").run()
+    at = on_page(rt, team["editor"], "pages/test_send.py")
     at.text_input(key="ts_entity_value").input("9955882233")
     at.checkbox(key="ts_dry").check()
     at.button(key="ts_submit").click().run()
@@ -142,8 +132,7 @@ def test_a_send_through_a_provider_claims_no_outbox_message(rt, team):
     from core.admin.gateways import save_gateway
     from core.db.models import GatewayConfigBase
     from tests.fakes import Answer, FakeProvider
-    at = signed_in(rt, team["editor"]).run()
-    at.switch_page("pages/test_send.py").run()
+    at = on_page(rt, team["editor"], "pages/test_send.py")
     at.text_input(key="ts_entity_value").input("9955882233")
     at.multiselect(key="ts_channels").select("SMS")
     at.button(key="ts_submit").click().run()
@@ -174,12 +163,11 @@ def chart_specs(at) -> list[dict]:
 def test_count_axes_tick_whole_numbers_and_no_empty_time_to_validate_chart(rt, team):
     """Two codes, none used: the per-day chart counts in whole ticks, and no time-to-validate chart is drawn
     around nothing (it drew a lone "0.000000" axis); a caption says why."""
-    from core.services.generation import generate
     from core.runtime import run
+    from core.services.generation import generate
     for number in ("+919955882233", "+919812345678"):
         run(generate(rt, {"entityType": "MOBILE", "entityValue": number, "action": "COUPON"}))
-    at = signed_in(rt, team["viewer"]).run()
-    at.switch_page("pages/dash_usage.py").run()
+    at = on_page(rt, team["viewer"], "pages/dash_usage.py")
     assert not at.exception
     [per_day] = chart_specs(at)
     assert per_day["encoding"]["y"]["axis"]["tickMinStep"] == 1
@@ -189,8 +177,7 @@ def test_count_axes_tick_whole_numbers_and_no_empty_time_to_validate_chart(rt, t
 def test_forms_show_what_is_stored_after_visiting_another_page(rt, team):
     """Streamlit drops a widget's state when a run on another page does not draw it: coming back, the OTP
     configuration, gateway and template forms load what is stored again rather than showing 0s and blanks."""
-    at = signed_in(rt, team["admin"]).run()
-    at.switch_page("pages/config.py").run()
+    at = on_page(rt, team["admin"], "pages/config.py")
     assert at.number_input(key="cfg_code_length").value == 6
     at.switch_page("pages/templates.py").run()
     text_key = "tpl_text_COUPON_SMS"
@@ -214,11 +201,10 @@ def test_forms_show_what_is_stored_after_visiting_another_page(rt, team):
 
 def test_the_live_delivery_panel_says_the_filters_do_not_apply(rt, team):
     """It counts every action's messages: with the action filter on COUPON it must not pass for COUPON's."""
-    from core.services.generation import generate
     from core.runtime import run
+    from core.services.generation import generate
     run(generate(rt, {"entityType": "EMAIL", "entityValue": "walker@example.com", "action": "POINTS"}))
-    at = signed_in(rt, team["viewer"]).run()
-    at.switch_page("pages/dash_delivery.py").run()
+    at = on_page(rt, team["viewer"], "pages/dash_delivery.py")
     at.selectbox(key="delivery_action").select("COUPON").run()
     assert not at.exception
     assert [m.value for m in at.metric if m.label == "EMAIL"] == ["1 sent"]  # POINTS' email, shown under COUPON

@@ -5,9 +5,9 @@ from datetime import timedelta
 
 from sqlalchemy import text
 
-from core.clock import utcnow
 from core.admin.console_sessions import end_session, resume_session, start_session
 from core.admin.staff import disable_staff
+from core.clock import utcnow
 
 
 def test_a_token_resumes_until_idle_expiry_and_each_resume_extends_it(rt, team):

@@ -9,22 +9,30 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import insert, select, text
-from streamlit.testing.v1 import AppTest
 
-from console_ui.state import SESSION_KEY
-from core.reporting import dashboards as D
 from core import histogram as H
+from core.admin.staff import PermissionDenied
+from core.admin.unblock import unblock
 from core.clock import FrozenClock
-from core.settings import ROOT
-from core.services.generation import generate
-from core.runtime import run
-from core.services.validation import validate
+from core.db.models import (
+    AuditLog,
+    Delivery,
+    FailureCounter,
+    LimitEvent,
+    OtpCode,
+    OtpRequest,
+    OtpValidation,
+    UsageCounter,
+)
 from core.enums import Action
 from core.errors import OtpError
-from core.db.models import AuditLog, Delivery, LimitEvent, OtpCode, OtpRequest, OtpValidation, UsageCounter
+from core.reporting import dashboards as D
+from core.runtime import run
+from core.services.generation import generate
+from core.services.validation import validate
 from simulate import simulate
-from core.admin.staff import ConsoleSession, PermissionDenied
-from tests.conftest import START, code_sent_to
+from tests.conftest import code_sent_to
+from tests.console_app import frame_with, on_page, signed_in
 
 KOLKATA = "Asia/Kolkata"
 
@@ -360,13 +368,13 @@ def test_why_refused_says_when_a_lock_lifts_and_an_admin_unblocks_it(rt, team, c
     assert limits.user == "MOBILE:+91********33"
 
     with rt.session() as session, pytest.raises(PermissionDenied):
-        D.unblock(session, actor=team["editor"], user_key=user_key, limit_type="lock", action="COUPON",
+        unblock(session, actor=team["editor"], user_key=user_key, limit_type="lock", action="COUPON",
                   reason="customer called", now=clock(), tz=rt.settings.tz)
     with rt.session() as session, pytest.raises(ValueError):
-        D.unblock(session, actor=team["admin"], user_key=user_key, limit_type="lock", action="COUPON",
+        unblock(session, actor=team["admin"], user_key=user_key, limit_type="lock", action="COUPON",
                   reason=" ", now=clock(), tz=rt.settings.tz)
     with rt.session() as session:
-        assert D.unblock(session, actor=team["admin"], user_key=user_key, limit_type="lock", action="COUPON",
+        assert unblock(session, actor=team["admin"], user_key=user_key, limit_type="lock", action="COUPON",
                          reason="customer called", now=clock(), tz=rt.settings.tz) == 1
     with rt.db.connect() as conn:
         after = D.why_refused(conn, rt.settings, user_key=user_key, now=clock(), configs=_configs(rt))
@@ -377,8 +385,8 @@ def test_why_refused_says_when_a_lock_lifts_and_an_admin_unblocks_it(rt, team, c
 
 
 def test_why_refused_explains_the_daily_limit_until_local_midnight(rt, db_url, tmp_path):
-    from tests.conftest import make_settings
     from core.runtime import Runtime
+    from tests.conftest import make_settings
     clock = FrozenClock(datetime(2026, 11, 25, 18, 0, tzinfo=timezone.utc))  # 23:30 in Kolkata
     small = Runtime(make_settings(db_url, tmp_path, daily_limit=2, timezone=KOLKATA), clock=clock, prepare=False)
     payload = {"entityType": "MOBILE", "entityValue": "9955882233", "action": "COUPON"}
@@ -398,29 +406,15 @@ def test_why_refused_explains_the_daily_limit_until_local_midnight(rt, db_url, t
 
 # --- the pages ---------------------------------------------------------------------------------------------
 
-def frame_with(at: AppTest, column: str):  # type: ignore[no-untyped-def]
-    [frame] = [d.value for d in at.dataframe if column in d.value.columns]
-    return frame
-
-
-def signed_in(rt, identity) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "console.py"), default_timeout=60)
-    at.session_state["runtime"] = rt
-    at.session_state[SESSION_KEY] = ConsoleSession.start(identity, 30)
-    return at
-
-
 @pytest.mark.parametrize("page", ["pages/dash_usage.py", "pages/dash_delivery.py", "pages/dash_limits.py"])
 def test_each_dashboard_opens_empty_for_a_viewer(rt, team, page):
-    at = signed_in(rt, team["viewer"]).run()
-    at.switch_page(page).run()
+    at = on_page(rt, team["viewer"], page)
     assert not at.exception, page
     assert at.metric  # the KPI row is there even with no traffic
 
 
 def test_usage_page_shows_the_figures(rt, team, traffic):
-    at = signed_in(rt, team["viewer"]).run()
-    at.switch_page("pages/dash_usage.py").run()
+    at = on_page(rt, team["viewer"], "pages/dash_usage.py")
     assert not at.exception
     f = D.Filters(rt.clock().date() - timedelta(days=6), rt.clock().date(), rt.settings.timezone)
     with rt.db.connect() as conn:
@@ -435,8 +429,7 @@ def test_usage_page_shows_the_figures(rt, team, traffic):
 
 
 def test_delivery_page_and_timeline(rt, team, traffic):
-    at = signed_in(rt, team["viewer"]).run()
-    at.switch_page("pages/dash_delivery.py").run()
+    at = on_page(rt, team["viewer"], "pages/dash_delivery.py")
     assert not at.exception
     assert len(at.dataframe[0].value) >= 3
     with rt.db.connect() as conn:
@@ -456,7 +449,7 @@ def test_limits_page_explains_and_admin_unblocks(rt, team, traffic):
         user_key = conn.execute(text("SELECT user_key FROM limit_event WHERE limit_type = 'lock' LIMIT 1")).scalar()
     # The simulated lock was set a day or two ago: look at the console from a minute before it lifts.
     with rt.db.connect() as conn:
-        until = conn.execute(select(D._failures.c.locked_until).where(D._failures.c.user_key == user_key)).scalar()
+        until = conn.execute(select(FailureCounter.locked_until).where(FailureCounter.user_key == user_key)).scalar()
     rt.clock.now = until - timedelta(minutes=1)
     viewer = signed_in(rt, team["viewer"]).run()
     viewer.switch_page("pages/dash_limits.py").run()

@@ -10,9 +10,9 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from tests.browser import headless_chromium, require_chromium
 from tests.conftest import TEST_KEY
 from tests.servers import ApiServer, cli
-from tests.browser import headless_chromium, require_chromium
 
 pytestmark = pytest.mark.browser
 require_chromium()

@@ -18,9 +18,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api import create_app
+from core.delivery.templates import RenderError, check_template, render
 from core.enums import Action, Channel, EntityType
 from core.linebreaks import LINE_BREAKS
-from core.delivery.templates import RenderError, check_template, render
 from tests.conftest import TEST_KEY
 from tests.servers import ApiServer, cli, new_client
 from tests.test_api import assert_envelope, assert_nothing_written, basic_header

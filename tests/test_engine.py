@@ -7,12 +7,12 @@ import pytest
 from sqlalchemy import event, text
 
 from core import errors as E
-from core.services.generation import generate
-from core.runtime import run
-from core.services.validation import validate
+from core.db.models import TemplateVersion
 from core.enums import Action
 from core.errors import OtpError
-from core.db.models import TemplateVersion
+from core.runtime import run
+from core.services.generation import generate
+from core.services.validation import validate
 from tests.conftest import code_sent_to, configure, outbox
 
 PHONE = "+919955882233"

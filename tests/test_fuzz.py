@@ -27,8 +27,8 @@ import time
 import phonenumbers
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, example, given, settings
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -41,18 +41,17 @@ from sqlalchemy import text
 
 from api import create_app
 from core import errors as E
-from core.settings import Settings
-from core.issuing.entities import normalise_email, normalise_phone
+from core.admin.clients import create_client
+from core.admin.gateways import save_gateway
+from core.admin.staff import StaffIdentity, create_first_admin
+from core.db.models import ApiClientCreate, GatewayConfigBase
+from core.delivery.templates import render, sample_variables
 from core.enums import Action, Channel, EntityType
 from core.errors import OtpError
-from core.admin.gateways import save_gateway
-from core.db.models import GatewayConfigBase
-from core.admin.clients import create_client
-from core.db.models import ApiClientCreate
-from core.services.receipts import twilio_signature, webhook_signature
+from core.issuing.entities import normalise_email, normalise_phone
 from core.issuing.requests import GenerateRequest, ValidateRequest, parse_generate, parse_validate
-from core.admin.staff import StaffIdentity, create_first_admin
-from core.delivery.templates import render, sample_variables
+from core.services.receipts import twilio_signature, webhook_signature
+from core.settings import Settings
 
 SETTINGS = Settings(env="test")
 # Every code a refusal may carry (README, core/errors.py); the validator itself uses a subset.

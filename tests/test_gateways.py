@@ -14,16 +14,16 @@ from aiosmtpd.smtp import AuthResult
 from sqlalchemy import text
 
 from core import errors as E
-from core.settings import Settings
-from core.services.generation import generate
-from core.runtime import run
-from core.services.failover import run_due_failovers
+from core.admin.gateways import list_gateways, save_gateway
+from core.admin.staff import StaffIdentity, create_first_admin
+from core.db.models import GatewayConfigBase
 from core.enums import Action
 from core.errors import OtpError
-from core.admin.gateways import list_gateways, save_gateway
-from core.db.models import GatewayConfigBase
+from core.runtime import run
+from core.services.failover import run_due_failovers
+from core.services.generation import generate
 from core.services.receipts import ReceiptRefused, apply_receipt, twilio_signature, webhook_signature
-from core.admin.staff import StaffIdentity, create_first_admin
+from core.settings import Settings
 from tests.conftest import configure, outbox
 from tests.fakes import Answer, FakeProvider, MailServer, free_port, wait_for
 
@@ -435,6 +435,7 @@ def test_webhook_receipt_needs_a_fresh_signed_timestamp(rt, admin, provider):
 
 def test_receipt_endpoint_over_http(rt, admin, provider):
     from fastapi.testclient import TestClient
+
     import api
     twilio(rt, admin, provider)
     gen(rt)
@@ -777,20 +778,17 @@ def test_hanging_mail_servers_do_not_hold_up_the_server_process(tmp_path):
     import asyncio
     import base64
     import os
-    import uuid
 
     import httpx
     from sqlalchemy import create_engine
 
     from core.crypto import SecretBox, load_master_key
+    from core.db.schemas import PrivateSchema
     from tests.conftest import PG_URL, TEST_KEY
     from tests.servers import ApiServer, cli, new_client
     pool_threads = min(32, (os.cpu_count() or 1) + 4)
-    schema = f"otp_smtp_{uuid.uuid4().hex[:10]}"
-    admin_engine = create_engine(PG_URL)
-    with admin_engine.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    url = PG_URL + ("&" if "?" in PG_URL else "?") + f"options=-csearch_path%3D{schema}"
+    schema = PrivateSchema(PG_URL, "otp_smtp")
+    url = schema.create()
     env = {"OTP_DATABASE_URL": url, "OTP_SECRET_KEY": TEST_KEY, "OTP_ENV": "test", "OTP_DESTINATION_LIMIT": "0",
            "OTP_IP_LIMIT": "0", "OTP_PREFIX_LIMIT": "0", "OTP_GATEWAY_TIMEOUT_SECONDS": "30"}
     engine = create_engine(url)
@@ -837,9 +835,7 @@ def test_hanging_mail_servers_do_not_hold_up_the_server_process(tmp_path):
                 sms, check, generate_s, validate_s, still_hanging, slow = asyncio.run(scenario())
     finally:
         engine.dispose()
-        with admin_engine.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin_engine.dispose()
+        schema.drop()
     assert generate_s < 2.5 and validate_s < 2.5, (generate_s, validate_s)
     assert sms.status_code == 200 and check.status_code == 200 and check.json()["entity"] is True
     assert still_hanging == pool_threads, "the email sends were not all hanging while the others ran"

@@ -10,14 +10,13 @@ from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError
 
 from core import errors as E
-from core.services.generation import generate
-from core.runtime import run
-from core.services.validation import validate
-from core.enums import Action
-from core.errors import OtpError
 from core.db.engine import make_engine
 from core.db.groupcommit import Writer
-from core.runtime import Runtime
+from core.enums import Action
+from core.errors import OtpError
+from core.runtime import Runtime, run
+from core.services.generation import generate
+from core.services.validation import validate
 from tests.conftest import code_sent_to, configure
 
 BODY = {"entityType": "MOBILE", "action": "COUPON"}

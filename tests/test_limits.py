@@ -9,31 +9,31 @@ import json
 import math
 import re
 import sqlite3
-import uuid
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import httpx
 import psycopg
 import pytest
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import event, text
 from sqlmodel import select
 
 from core import errors as E
-from core.services.generation import generate
-from core.runtime import run
-from core.services.failover import run_due_failovers
-from core.services.validation import validate
-from core.issuing.entities import NormalisedEntity
+from core.admin.gateways import save_gateway
+from core.admin.staff import StaffIdentity, create_first_admin
+from core.db.models import ActionConfig, GatewayConfigBase, Staff, TemplateVersion
+from core.db.schemas import PrivateSchema
 from core.enums import Action, Channel, EntityType
 from core.errors import OtpError
-from core.admin.gateways import save_gateway
-from core.issuing.limits import explain_refusal
-from core.db.models import GatewayConfigBase, Staff, TemplateVersion
-from core.issuing.counters import bump, local_day, seconds_until_next_day, window_start
+from core.issuing.action_config import OtpConfig
+from core.issuing.counters import bump, local_day, window_start
+from core.issuing.entities import NormalisedEntity
+from core.issuing.limits import explain_refusal, user_counters
 from core.issuing.requests import ChannelTarget
-from core.runtime import Runtime
-from core.admin.staff import StaffIdentity, create_first_admin
+from core.runtime import Runtime, run
+from core.services.failover import run_due_failovers
+from core.services.generation import generate
+from core.services.validation import validate
 from tests.conftest import BACKENDS, PG_URL, TEST_KEY, code_sent_to, configure, make_settings
 from tests.fakes import Answer, FakeProvider, free_port
 from tests.servers import ApiServer, new_client
@@ -331,7 +331,7 @@ def test_why_refused_names_the_limit_the_next_request_meets(db_url, tmp_path, cl
 
 def test_the_limits_panel_shows_a_destination_refusal(db_url, tmp_path, clock):
     """The issue's case: five codes to one number in ten minutes; the panel said "not blocked" meanwhile."""
-    from tests.test_dashboards import frame_with, signed_in
+    from tests.console_app import frame_with, on_page
     rt = runtime(db_url, tmp_path, clock, destination_limit=5)
     try:
         # One code per action: no live code is near its send cap, only the destination is full.
@@ -340,8 +340,7 @@ def test_the_limits_panel_shows_a_destination_refusal(db_url, tmp_path, clock):
         with pytest.raises(OtpError) as refused:  # the console's test send meets it too
             run(generate(rt, {"entityType": "MOBILE", "entityValue": PHONE, "action": "GENERIC"}))
         assert refused.value.problems[0].reason == "destination"
-        at = signed_in(rt, admin_of(rt)).run()
-        at.switch_page("pages/dash_limits.py").run()
+        at = on_page(rt, admin_of(rt), "pages/dash_limits.py")
         at.text_input(key="limits_user").input(PHONE).run()
         assert not at.exception
         assert not [s for s in at.success if "not blocked" in s.value]
@@ -361,14 +360,8 @@ def fresh_database_url(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'server.db'}"
         return
-    schema = f"otp_refund_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    yield PG_URL + ("&" if "?" in PG_URL else "?") + f"options=-csearch_path%3D{schema}"
-    with admin.begin() as conn:
-        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
+    with PrivateSchema(PG_URL, "otp_refund") as url:
+        yield url
 
 
 def test_the_server_charges_nothing_for_an_outage(fresh_database_url, tmp_path):
@@ -449,11 +442,16 @@ def test_fixed_windows_start_on_their_boundary():
     assert window_start(start + timedelta(seconds=61), 1) == int(start.timestamp()) + 60
 
 
-def test_the_day_and_the_time_left_in_it_are_local():
+def test_the_day_and_the_time_left_in_it_are_local(tmp_path):
+    def retry_after(moment: datetime, zone: str) -> int:  # what a daily-limit refusal at moment answers
+        settings = make_settings("sqlite://", tmp_path, timezone=zone)
+        config = OtpConfig.from_row(ActionConfig(action="COUPON"))
+        return user_counters(settings, config, user_key="MOBILE:1", now=moment)[0].retry_after(moment)
+
     new_york = ZoneInfo("America/New_York")
     late = datetime(2026, 11, 27, 4, 59, 59, 500000, tzinfo=timezone.utc)  # 23:59:59.5 on the 26th in New York
     assert local_day(late, new_york) == "2026-11-26" and local_day(late, timezone.utc) == "2026-11-27"
-    assert seconds_until_next_day(late, new_york) == 1  # half a second left: rounded up, never 0
-    assert seconds_until_next_day(late - timedelta(seconds=1, microseconds=300000), new_york) == 2
-    assert seconds_until_next_day(late + timedelta(microseconds=500000), new_york) == 24 * 3600
-    assert seconds_until_next_day(datetime(2026, 11, 27, 12, tzinfo=timezone.utc), ZoneInfo("UTC")) == 12 * 3600
+    assert retry_after(late, "America/New_York") == 1  # half a second left: rounded up, never 0
+    assert retry_after(late - timedelta(seconds=1, microseconds=300000), "America/New_York") == 2
+    assert retry_after(late + timedelta(microseconds=500000), "America/New_York") == 24 * 3600
+    assert retry_after(datetime(2026, 11, 27, 12, tzinfo=timezone.utc), "UTC") == 12 * 3600

@@ -16,8 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
 from api import create_app
-from core.settings import Settings
 from core.runtime import Runtime
+from core.settings import Settings
 from tests.conftest import TEST_KEY, make_settings
 from tests.servers import ApiServer, cli, new_client
 from tests.test_multiworker import _burst, basic

@@ -9,15 +9,14 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from core.settings import Settings
 from core.crypto import SecretBox, load_master_key
-from tests.conftest import PG_URL, TEST_KEY
+from core.settings import Settings
+from tests.conftest import NO_ABUSE_LIMITS, TEST_KEY
 from tests.fakes import Answer, FakeProvider
-from tests.servers import ApiServer, PrivatePostgres, PrivateSchema, cli, new_client, postgres_bin
+from tests.servers import ApiServer, PrivatePostgres, cli, new_client, postgres_bin
 
 PHONE = "+919955882233"
 GENERATE = {"entityType": "MOBILE", "entityValue": PHONE, "action": "COUPON"}
-NO_ABUSE_LIMITS = {"OTP_DESTINATION_LIMIT": "0", "OTP_IP_LIMIT": "0", "OTP_PREFIX_LIMIT": "0"}
 
 
 def basic(key: str, secret: str) -> dict[str, str]:
@@ -28,12 +27,6 @@ async def _burst(url: str, headers: dict, path: str, bodies: list[dict], connect
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=120) as client:
         return await asyncio.gather(*(client.post(path, json=body) for body in bodies))
-
-
-@pytest.fixture
-def pg_schema_env(tmp_path):
-    with PrivateSchema(PG_URL, "otp_mw") as url:
-        yield {"OTP_DATABASE_URL": url, "OTP_SECRET_KEY": TEST_KEY, "OTP_ENV": "test", **NO_ABUSE_LIMITS}
 
 
 @pytest.mark.postgresql

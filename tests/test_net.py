@@ -15,10 +15,11 @@ import httpx
 import pytest
 from starlette.datastructures import Headers
 
-from core.settings import ROOT, Settings
+from core.db.schemas import PrivateSchema
 from core.net import end_user_address
+from core.settings import ROOT, Settings
 from tests.conftest import PG_URL, TEST_KEY
-from tests.servers import ApiServer, ForwardingProxy, PrivateSchema, new_client
+from tests.servers import ApiServer, ForwardingProxy, new_client
 
 DEFAULT_IP_LIMIT = Settings.model_fields["ip_limit"].default  # 60 generates per address per 10 minutes
 

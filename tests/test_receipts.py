@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from sqlalchemy import insert
 
-from core.services.generation import generate
-from core.runtime import run
 from core.db.models import Delivery
+from core.runtime import run
+from core.services.generation import generate
 from core.services.receipts import delivery_for_receipt
 
 

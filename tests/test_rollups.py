@@ -10,10 +10,10 @@ from datetime import date, datetime, timedelta, timezone
 import pytest
 from sqlalchemy import insert, select, update
 
-from core.reporting import dashboards as D
-from core.reporting import rollups as R
 from core.admin.gateways import save_gateway
 from core.db.models import Delivery, GatewayConfigBase, OtpCode, OtpRequest, OtpValidation
+from core.reporting import dashboards as D
+from core.reporting import rollups as R
 from core.services.receipts import apply_receipt, webhook_signature
 from simulate import simulate
 

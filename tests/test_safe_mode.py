@@ -8,14 +8,13 @@ import pytest
 from sqlalchemy import event, text
 
 from core import errors as E
-from core.issuing import safe_mode as safemode
-from core.services.dry_run import dry_run
-from core.services.generation import generate
-from core.runtime import run
-from core.services.validation import validate
 from core.enums import Action
 from core.errors import OtpError
-from core.runtime import Runtime
+from core.issuing import safe_mode as safemode
+from core.runtime import Runtime, run
+from core.services.dry_run import dry_run
+from core.services.generation import generate
+from core.services.validation import validate
 from tests.conftest import code_sent_to, configure, make_settings, outbox
 
 PHONE = "+919955882233"
@@ -380,8 +379,8 @@ def console(team):
     from streamlit.testing.v1 import AppTest
 
     from console_ui.state import SESSION_KEY
-    from core.settings import ROOT
     from core.admin.staff import ConsoleSession
+    from core.settings import ROOT
     st.cache_data.clear()
     st.cache_resource.clear()
 

@@ -12,11 +12,12 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from core.settings import ROOT
+from core.db.schemas import PrivateSchema
 from core.enums import Action
+from core.settings import ROOT
 from serve import listening_socket
 from tests.conftest import PG_URL, TEST_KEY
-from tests.servers import ApiServer, PrivateSchema, cli
+from tests.servers import ApiServer, cli
 
 
 def test_the_listening_socket_has_nodelay_and_reuseaddr():

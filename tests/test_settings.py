@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from core.settings import Settings, settings_problems
 from core.enums import Channel
+from core.settings import Settings, settings_problems
 
 ROOT = Path(__file__).resolve().parent.parent
 

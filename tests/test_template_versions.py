@@ -3,13 +3,22 @@ from __future__ import annotations
 
 import pytest
 
-from core.services.generation import generate
-from core.runtime import run
-from core.enums import Action, Channel
-from core.db.models import TemplateVersionCreate
-from core.runtime import Runtime
 from core.admin.staff import PermissionDenied
-from core.admin.template_versions import (TemplateRefused, approve, check_version, diff_versions, list_versions, reactivate, reject, save_draft, submit_for_review)
+from core.admin.template_versions import (
+    TemplateRefused,
+    approve,
+    check_version,
+    diff_versions,
+    list_versions,
+    reactivate,
+    reject,
+    save_draft,
+    submit_for_review,
+)
+from core.db.models import TemplateVersionCreate
+from core.enums import Action, Channel
+from core.runtime import Runtime, run
+from core.services.generation import generate
 from tests.conftest import make_settings, outbox
 
 INJECTIONS = [

@@ -22,15 +22,24 @@ from joserfc.jwk import OctKey, RSAKey
 
 from api import create_app
 from core.admin.clients import set_token_ttl
-from core.services.admin_actions import revoke_api_client, set_api_client_token_ttl
+from core.admin.tokens import DEFAULT_TTL_SECONDS
 from core.crypto import load_master_key, token_key
 from core.runtime import Runtime
-from core.admin.tokens import DEFAULT_TTL_SECONDS
+from core.services.admin_actions import revoke_api_client, set_api_client_token_ttl
 from tests.conftest import TEST_KEY, code_sent_to, make_settings
-from tests.servers import ApiServer, cli, new_client as cli_new_client
-from tests.test_api import (GENERATE, GENERATE_PATH, PHONE, VALIDATE_PATH, assert_envelope, assert_nothing_written,
-                            counts, new_client, scalar)
-from tests.test_multiworker import pg_schema_env  # noqa: F401  (a fixture)
+from tests.servers import ApiServer, cli
+from tests.servers import new_client as cli_new_client
+from tests.test_api import (
+    GENERATE,
+    GENERATE_PATH,
+    PHONE,
+    VALIDATE_PATH,
+    assert_envelope,
+    assert_nothing_written,
+    counts,
+    new_client,
+    scalar,
+)
 from tests.test_serve import workers_of
 
 TOKEN_PATH = "/v3/oauth/token/generate"

@@ -8,7 +8,7 @@ from core.clock import utcnow
 from core.db.models import ActionConfig, ActionConfigUpdate
 from core.delivery.gateway_settings import load_gateway_rows, parse_assignments
 from core.enums import Action
-from core.issuing.action_config import ConfigRefused, channel_list, action_config_problems, format_channel_budgets
+from core.issuing.action_config import ConfigRefused, action_config_problems, channel_list, format_channel_budgets
 from core.settings import parse_channel_budgets
 
 

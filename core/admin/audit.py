@@ -31,13 +31,6 @@ def record(session: Session, *, actor: str, action: str, target: str, detail: di
                          detail=json.dumps(detail, sort_keys=True, default=str) if detail else None, reason=reason))
 
 
-def recent(session: Session, *, limit: int = 200, target_prefix: str | None = None) -> list[AuditLog]:
-    query = select(AuditLog).order_by(AuditLog.id.desc()).limit(limit)  # type: ignore[union-attr]
-    if target_prefix:
-        query = query.where(AuditLog.target.startswith(target_prefix))  # type: ignore[attr-defined]
-    return list(session.exec(query))
-
-
 def search(session: Session, *, kind: str | None = None, actor: str | None = None, start: datetime | None = None,
            end: datetime | None = None, limit: int = 1000) -> list[AuditLog]:
     """Entries newest first: of one kind (a KINDS key), by one actor, at or after start and before end (UTC)."""

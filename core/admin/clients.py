@@ -14,9 +14,9 @@ from sqlalchemy import Engine, select
 from sqlmodel import Session
 from sqlmodel import select as model_select
 
+from core.admin.tokens import DEFAULT_TTL_SECONDS, check_token_ttl
 from core.clock import utcnow
 from core.db.models import ApiClient, ApiClientCreate, ApiClientPublic
-from core.admin.tokens import DEFAULT_TTL_SECONDS, check_token_ttl
 
 PERMISSION_OTP_WRITE = "otp:write"
 _hasher = PasswordHasher()

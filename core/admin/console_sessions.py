@@ -13,8 +13,8 @@ from sqlalchemy import delete, update
 from sqlmodel import Session
 
 from core.admin import audit
-from core.db.models import ConsoleSessionRow, Staff
 from core.admin.staff import StaffIdentity
+from core.db.models import ConsoleSessionRow, Staff
 
 COOKIE = "otp_console_session"
 

@@ -7,13 +7,13 @@ from dataclasses import dataclass, field
 from sqlmodel import Session
 from sqlmodel import select as model_select
 
-from core.crypto import SecretBox
-from core.enums import Channel
 from core.admin.gateways import GatewayRefused, gateway_problems, open_credentials, secret_hint, write_gateway
+from core.admin.staff import StaffIdentity, require
+from core.crypto import SecretBox
+from core.db.models import GatewayConfig, GatewayConfigBase, GatewayConfigPublic
 from core.delivery.gateway_settings import OUTBOX, PROVIDERS
 from core.delivery.gateways.email import SECURITY_MODES
-from core.db.models import GatewayConfig, GatewayConfigBase, GatewayConfigPublic
-from core.admin.staff import StaffIdentity, require
+from core.enums import Channel
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,20 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from core.admin import audit
-from core.clock import utcnow
-from core.enums import Action, Channel
-from core.db.models import TemplateVersion, TemplateVersionCreate, TemplateVersionPublic
-from core.issuing.action_config import OtpConfig
 from core.admin.staff import StaffIdentity, require
-from core.delivery.templates import (SmsStats, TemplateCheck, TemplateIssue, check_template, render, sample_variables, sms_stats)
+from core.clock import utcnow
+from core.db.models import TemplateVersion, TemplateVersionCreate, TemplateVersionPublic
+from core.delivery.templates import (
+    SmsStats,
+    TemplateCheck,
+    TemplateIssue,
+    check_template,
+    render,
+    sample_variables,
+    sms_stats,
+)
+from core.enums import Action, Channel
+from core.issuing.action_config import OtpConfig
 
 CONTENT_FIELDS = ("text", "subject", "body", "is_html", "whatsapp_name", "whatsapp_language", "zalo_template_id")
 

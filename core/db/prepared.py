@@ -14,6 +14,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import Executable
 
+
 class Prepared:
     """A statement compiled once per dialect and run straight on the driver's cursor.
 

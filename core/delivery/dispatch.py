@@ -5,8 +5,8 @@ import asyncio
 import logging
 import re
 import time
-from dataclasses import replace
 from collections.abc import Sequence
+from dataclasses import replace
 
 from core import metrics
 from core.delivery.gateways import Gateway, OutgoingMessage, SendResult

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, select
 
 from core.crypto import SecretBox
-from core.enums import Channel
+from core.db.models import GatewayConfig
 from core.delivery.gateways import Gateway
 from core.delivery.gateways.email import SmtpEmail
 from core.delivery.gateways.outbox import OutboxGateway
@@ -18,7 +18,7 @@ from core.delivery.gateways.sms import TwilioSms, WebhookSms
 from core.delivery.gateways.voice import TwilioVoice, WebhookVoice
 from core.delivery.gateways.whatsapp import MetaWhatsApp
 from core.delivery.gateways.zalo import ZaloZns
-from core.db.models import GatewayConfig
+from core.enums import Channel
 
 PROVIDERS: dict[str, tuple[type, Channel]] = {
     "smtp": (SmtpEmail, Channel.EMAIL),

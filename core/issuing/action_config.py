@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
+from pydantic import ConfigDict
 from sqlalchemy import Connection, insert, select
 
 from core.clock import utcnow
-from core.settings import parse_channel_budgets
+from core.db.models import ActionConfig, ActionConfigBase, ActionConfigUpdate
+from core.delivery.gateway_settings import GatewayRow
 from core.enums import Action, Channel
-from core.delivery.gateway_settings import GatewayRow, load_gateway_rows, parse_assignments
-from core.db.models import ActionConfig, ActionConfigUpdate
+from core.settings import parse_channel_budgets
 
 MAX_ATTEMPTS_PER_CODE = 10
 LIMIT_OVERRIDES = ("destination_limit", "destination_window_minutes", "prefix_limit", "prefix_window_minutes",
@@ -19,57 +19,41 @@ MAX_CONSECUTIVE_FAILURES = 100
 SAFE_MODES = ("refuse", "email_only")
 
 
-@dataclass(frozen=True)
-class OtpConfig:
-    """The configuration of one action, as the engine reads it."""
+class OtpConfig(ActionConfigBase):
+    """The configuration of one action as the engine reads it: the stored fields (ActionConfigBase, their one
+    definition) with the channel lists and budgets parsed. Immutable: a change is a new row and a reload."""
+    model_config = ConfigDict(frozen=True)
+
     action: Action
-    code_length: int
-    alphanumeric: bool
-    validity_minutes: int
-    channels: frozenset[Channel]
-    channel_policy: tuple[Channel, ...]
-    daily_cap: int | None
-    validate_limit: int
-    validate_window_minutes: int
-    attempts_per_code: int
-    max_consecutive_failures: int
-    lock_minutes: int
-    max_sends_per_code: int
-    gateways: str = ""
-    failover: tuple[Channel, ...] = ()
-    failover_seconds: int = 30
-    # Abuse-limit overrides; None means the service-wide setting.
-    destination_limit: int | None = None
-    destination_window_minutes: int | None = None
-    prefix_limit: int | None = None
-    prefix_window_minutes: int | None = None
-    ip_limit: int | None = None
-    ip_window_minutes: int | None = None
-    client_limit: int | None = None
-    # The action's own daily budgets per channel (besides OTP_CHANNEL_BUDGETS), and its safe mode (None: the
-    # service-wide OTP_SAFE_MODE).
-    channel_budgets: tuple[tuple[Channel, int], ...] = ()
-    safe_mode: str | None = None
+    channels: frozenset[Channel]  # type: ignore[assignment]
+    channel_policy: tuple[Channel, ...]  # type: ignore[assignment]
+    failover: tuple[Channel, ...] = ()  # type: ignore[assignment]
+    channel_budgets: tuple[tuple[Channel, int], ...] = ()  # type: ignore[assignment]
 
     def budget_for(self, channel: Channel) -> int | None:
         return next((amount for c, amount in self.channel_budgets if c is channel), None)
 
     @classmethod
     def from_row(cls, row: ActionConfig | dict) -> "OtpConfig":
+        """The stored row (ActionConfigBase's fields, the one list of them) as the engine reads it."""
         get = (lambda k: row[k]) if isinstance(row, dict) else (lambda k: getattr(row, k))
+        values = {name: get(name) for name in ActionConfigBase.model_fields}
         return cls(
-            action=Action(get("action")),
-            code_length=get("code_length"), alphanumeric=bool(get("alphanumeric")),
-            validity_minutes=get("validity_minutes"),
-            channels=frozenset(channel_list(get("channels"))), channel_policy=tuple(channel_list(get("channel_policy"))),
-            daily_cap=get("daily_cap"), validate_limit=get("validate_limit"),
-            validate_window_minutes=get("validate_window_minutes"), attempts_per_code=get("attempts_per_code"),
-            max_consecutive_failures=get("max_consecutive_failures"), lock_minutes=get("lock_minutes"),
-            max_sends_per_code=get("max_sends_per_code"), gateways=get("gateways") or "",
-            failover=tuple(channel_list(get("failover") or "")), failover_seconds=get("failover_seconds"),
-            channel_budgets=tuple(parse_channel_budgets(get("channel_budgets") or "")[0].items()),
-            safe_mode=get("safe_mode") or None,
-            **{name: get(name) for name in LIMIT_OVERRIDES})
+            action=Action(get("action")), alphanumeric=bool(values.pop("alphanumeric")),
+            channels=frozenset(channel_list(values.pop("channels"))),
+            channel_policy=tuple(channel_list(values.pop("channel_policy"))),
+            failover=tuple(channel_list(values.pop("failover") or "")), gateways=values.pop("gateways") or "",
+            channel_budgets=tuple(parse_channel_budgets(values.pop("channel_budgets") or "")[0].items()),
+            safe_mode=values.pop("safe_mode") or None, **values)
+
+    def to_update(self) -> ActionConfigUpdate:
+        """This configuration in its stored form: what an edit starts from."""
+        values = {name: getattr(self, name) for name in ActionConfigBase.model_fields}
+        values.update(channels=",".join(c.value for c in Channel if c in self.channels),
+                      channel_policy=",".join(c.value for c in self.channel_policy),
+                      failover=",".join(c.value for c in self.failover),
+                      channel_budgets=format_channel_budgets(self.channel_budgets))
+        return ActionConfigUpdate(**values)
 
 
 def channel_list(text: str) -> list[Channel]:

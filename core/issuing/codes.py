@@ -13,8 +13,8 @@ from sqlalchemy import Connection, bindparam, case, select, text, update
 
 from core.crypto import CodeKeys, equal, new_code
 from core.db.models import FailureCounter, OtpCode
-from core.issuing.action_config import OtpConfig
 from core.db.prepared import Prepared
+from core.issuing.action_config import OtpConfig
 
 _code = OtpCode.__table__
 _failures = FailureCounter.__table__

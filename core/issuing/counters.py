@@ -1,8 +1,7 @@
 """Counting against limits with one atomic statement each, identical in meaning on SQLite and PostgreSQL."""
 from __future__ import annotations
 
-import math
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, bindparam
@@ -38,15 +37,6 @@ def bump(conn: Connection, *, scope: str, user_key: str, period: str, limit: int
 
 def local_day(moment: datetime, tz: ZoneInfo) -> str:
     return moment.astimezone(tz).date().isoformat()
-
-
-def seconds_until_next_day(moment: datetime, tz: ZoneInfo) -> int:
-    """Seconds until local midnight, computed in the zone so that DST days are 23 or 25 hours long."""
-    local = moment.astimezone(tz)
-    midnight = datetime.combine(local.date() + timedelta(days=1), datetime.min.time(), tzinfo=tz)
-    # Subtracting in UTC: Python subtracts wall times when both sides share one tzinfo.
-    delta = midnight.astimezone(timezone.utc) - moment.astimezone(timezone.utc)
-    return max(1, math.ceil(delta.total_seconds()))
 
 
 def window_start(moment: datetime, minutes: int) -> int:

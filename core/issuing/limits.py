@@ -18,14 +18,14 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, bindparam, select, tuple_, update
 
-from core.settings import Settings
-from core.issuing.entities import NormalisedEntity
-from core.enums import Channel, EntityType
 from core.db.models import FailureCounter, OtpCode, UsageCounter
+from core.enums import Channel, EntityType
 from core.issuing.action_config import OtpConfig, effective_limit
 from core.issuing.counters import bump, local_day, window_start
+from core.issuing.entities import NormalisedEntity
 from core.issuing.requests import ChannelTarget
 from core.issuing.safe_mode import budgets_for, refusal_message, trip_detail
+from core.settings import Settings
 
 _usage = UsageCounter.__table__
 _GIVE_BACK = (update(_usage).where(_usage.c.scope == bindparam("p_scope"), _usage.c.user_key == bindparam("p_user"),

@@ -4,12 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from core import errors as E
-from core.settings import Settings
-from core.issuing.entities import InvalidEntity, NormalisedEntity, normalise_email, normalise_phone
+from core.delivery.templates import check_template
 from core.enums import Action, Channel, EntityType
 from core.errors import OtpError, Problem
+from core.issuing.entities import InvalidEntity, NormalisedEntity, normalise_email, normalise_phone
 from core.linebreaks import line_break_in
-from core.delivery.templates import check_template
+from core.settings import Settings
 
 MAX_CHANNELS = 10
 MAX_NAME_CHARS = 200

@@ -20,13 +20,13 @@ from datetime import datetime
 from sqlalchemy import Engine, select, tuple_
 
 from core import errors as E
-from core.settings import Settings
-from core.enums import Channel, EntityType
-from core.errors import OtpError, Problem
 from core.db.models import UsageCounter
+from core.enums import Channel, EntityType
+from core.errors import Problem
 from core.issuing.action_config import OtpConfig, effective_safe_mode
 from core.issuing.counters import local_day
 from core.issuing.requests import ChannelTarget, GenerateRequest
+from core.settings import Settings
 
 SERVICE_SCOPE = "budget"
 

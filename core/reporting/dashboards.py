@@ -21,14 +21,13 @@ from sqlalchemy import Connection, Integer, String, and_, case, func, literal, s
 from sqlalchemy.sql.expression import ColumnElement
 from sqlmodel.sql.sqltypes import UTCDateTime
 
-from core.reporting import rollups
-from core.settings import Settings
-from core.issuing.entities import NormalisedEntity, mask
+from core.db.models import Delivery, LimitEvent, OtpCode, OtpRequest, OtpValidation, UsageCounter
 from core.enums import EntityType
 from core.histogram import percentile
+from core.issuing.entities import NormalisedEntity, mask
 from core.issuing.limits import Refusal, explain_refusal, suited_targets
-from core.db.models import Delivery, LimitEvent, OtpCode, OtpRequest, OtpValidation, UsageCounter
-from core.issuing.counters import local_day
+from core.reporting import rollups
+from core.settings import Settings
 
 _request = OtpRequest.__table__
 _code = OtpCode.__table__

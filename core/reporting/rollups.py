@@ -40,16 +40,43 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Iterable, Iterator
 
-from sqlalchemy import BigInteger, Connection, Engine, Integer, String, and_, case, delete, func, insert, \
-    literal, literal_column, null, select, text, union, union_all
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Engine,
+    Integer,
+    String,
+    and_,
+    case,
+    delete,
+    func,
+    insert,
+    literal,
+    literal_column,
+    null,
+    select,
+    text,
+    union,
+    union_all,
+)
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
 
 from core.clock import utcnow
 from core.db.engine import READ_ONLY
+from core.db.models import (
+    Delivery,
+    DeliveryReceipt,
+    DeliveryRollup,
+    FailureRollup,
+    OtpCode,
+    OtpRequest,
+    OtpValidation,
+    RollupState,
+    UsageRollup,
+)
 from core.histogram import BINS, EDGES, EDGES_US
-from core.db.models import (Delivery, DeliveryReceipt, DeliveryRollup, FailureRollup, OtpCode, OtpRequest, OtpValidation, RollupState, UsageRollup)
 
 QUARTER = 900  # seconds in a bucket
 ALL = "*"
@@ -505,8 +532,8 @@ def _save_state(conn: Connection, state: dict[str, tuple[int, int]]) -> None:
 
 
 def main() -> None:
-    from core.settings import get_settings
     from core.db.engine import make_engine, migrate
+    from core.settings import get_settings
     engine = make_engine(get_settings().database_url)
     migrate(engine)
     print(f"rolling up {engine.url.render_as_string(hide_password=True)} ...", flush=True)

@@ -6,8 +6,8 @@ from datetime import datetime
 
 from sqlalchemy import Connection, func, select
 
-from core.issuing.entities import mask
 from core.db.models import SecurityEvent
+from core.issuing.entities import mask
 
 KINDS = ("replayed_code", "burned_code", "lock", "prefix_block", "budget_trip")
 _event = SecurityEvent.__table__

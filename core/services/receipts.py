@@ -13,8 +13,8 @@ from sqlalchemy import Select, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from core.crypto import equal
-from core.delivery.gateway_settings import GatewayRow
 from core.db.models import Delivery, DeliveryReceipt
+from core.delivery.gateway_settings import GatewayRow
 from core.runtime import Runtime
 
 # Provider status words mapped to ours; words not listed (queued, sent, ringing...) change nothing.

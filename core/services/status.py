@@ -5,13 +5,12 @@ from dataclasses import dataclass
 
 from sqlalchemy import func, select, text
 
-
-from core.enums import Channel
 from core.db.models import OtpCode, OtpRequest, OutboxMessage, UsageCounter
+from core.enums import Channel
 from core.issuing.action_config import OtpConfig, effective_safe_mode, format_channel_budgets
 from core.issuing.counters import local_day
-from core.runtime import Runtime
 from core.issuing.safe_mode import SERVICE_SCOPE, action_scope
+from core.runtime import Runtime
 
 
 @dataclass(frozen=True)

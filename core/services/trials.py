@@ -11,7 +11,7 @@ from sqlmodel import select
 from core.admin import audit
 from core.admin.staff import StaffIdentity, require
 from core.db.models import OutboxMessage
-from core.delivery.gateway_settings import build_gateway, load_gateway_rows
+from core.delivery.gateway_settings import build_gateway
 from core.delivery.gateways import OutgoingMessage, SendResult, is_local
 from core.enums import Channel
 from core.errors import OtpError
@@ -42,23 +42,32 @@ def _record_trial(rt: Runtime, actor: StaffIdentity, action: str, payload: dict,
         session.commit()
 
 
-def trial_generate(rt: Runtime, *, actor: StaffIdentity, payload: dict) -> GenerateResult:
-    """A test send through exactly the engine call the API makes; staff sends reach real people in production,
-    so each one is audited (after the send, in its own transaction: none is held open across a gateway call)."""
+def _audited(rt: Runtime, actor: StaffIdentity, step: str, payload: dict, detail: dict, operation,  # type: ignore[no-untyped-def]
+             outcome) -> object:
+    """Run operation() (a generate or validate coroutine) for a signed-in person with the test.send permission, and
+    audit it after it ends (in its own transaction: none is held open across a gateway call), refused or not;
+    outcome(result) is what the audit row adds about a result."""
     with rt.session() as session:
         require(session, actor, "test.send")
-    detail = _request_detail(payload)
     try:
-        result = run(generate(rt, payload))
+        result = run(operation())
     except OtpError as exc:
-        _record_trial(rt, actor, "test.send", payload, {**detail, "outcome": f"refused {exc.http_status}",
-                                                        "problems": [p.code for p in exc.problems]})
+        _record_trial(rt, actor, step, payload, {**detail, "outcome": f"refused {exc.http_status}",
+                                                 "problems": [p.code for p in exc.problems]})
         raise
-    _record_trial(rt, actor, "test.send", payload, {
-        **detail, "outcome": "re-sent" if result.resent else "new code", "created_id": result.created_id,
-        "deliveries": [f"{d.channel} {mask(d.destination)} via {d.gateway}: {d.status}" for d in result.deliveries],
-        "warnings": [w.code for w in result.warnings]})
+    _record_trial(rt, actor, step, payload, {**detail, **outcome(result)})
     return result
+
+
+def trial_generate(rt: Runtime, *, actor: StaffIdentity, payload: dict) -> GenerateResult:
+    """A test send through exactly the engine call the API makes; staff sends reach real people in production,
+    so each one is audited."""
+    return _audited(rt, actor, "test.send", payload, _request_detail(payload), lambda: generate(rt, payload),  # type: ignore[return-value]
+                    lambda result: {
+                        "outcome": "re-sent" if result.resent else "new code", "created_id": result.created_id,
+                        "deliveries": [f"{d.channel} {mask(d.destination)} via {d.gateway}: {d.status}"
+                                       for d in result.deliveries],
+                        "warnings": [w.code for w in result.warnings]})
 
 
 def trial_dry_run(rt: Runtime, *, actor: StaffIdentity, payload: dict) -> DryRun:
@@ -71,18 +80,10 @@ def trial_dry_run(rt: Runtime, *, actor: StaffIdentity, payload: dict) -> DryRun
 def trial_validate(rt: Runtime, *, actor: StaffIdentity, payload: dict) -> ValidateResult:
     """A staff validation uses up or burns a customer's code like the API's, so it is audited; the code tried
     is never recorded."""
-    with rt.session() as session:
-        require(session, actor, "test.send")
-    detail = {"action": payload.get("action")}
-    try:
-        outcome = run(validate(rt, payload))
-    except OtpError as exc:
-        _record_trial(rt, actor, "test.validate", payload, {**detail, "outcome": f"refused {exc.http_status}",
-                                                            "problems": [p.code for p in exc.problems]})
-        raise
-    _record_trial(rt, actor, "test.validate", payload, {**detail, "outcome": "valid" if outcome.valid else "invalid",
-                                                        "warnings": [w.code for w in outcome.warnings]})
-    return outcome
+    return _audited(rt, actor, "test.validate", payload, {"action": payload.get("action")},  # type: ignore[return-value]
+                    lambda: validate(rt, payload),
+                    lambda outcome: {"outcome": "valid" if outcome.valid else "invalid",
+                                     "warnings": [w.code for w in outcome.warnings]})
 
 
 def outbox_messages(rt: Runtime, *, actor: StaffIdentity, recipient: str = "", delivery_ids: list[int] | None = None,

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from core.settings import Settings
 from core.runtime import Runtime
+from core.settings import Settings
 from tests.conftest import make_settings
 
 

@@ -8,12 +8,12 @@ import pytest
 from sqlalchemy import text
 
 from core import errors as E
-from core.services.generation import generate
-from core.runtime import run
-from core.services.validation import validate
 from core.enums import Action
 from core.errors import OtpError
 from core.net import client_ip, trusted_proxies
+from core.runtime import run
+from core.services.generation import generate
+from core.services.validation import validate
 from tests.conftest import code_sent_to, configure, outbox
 
 PHONE = "+919955882233"
@@ -160,15 +160,16 @@ def test_t7_expiry_is_exact(rt, clock):
 # T8 day boundary and DST day ------------------------------------------------------------------------
 def test_t8_dst_day_is_25_hours(db_url, tmp_path):
     from core.clock import FrozenClock
-    from core.issuing.counters import seconds_until_next_day
+    from core.issuing.limits import user_counters
     from core.runtime import Runtime
     from tests.conftest import make_settings
     # 2026-11-01 is the day New York leaves daylight time: midnight to midnight is 25 hours.
     start = datetime(2026, 11, 1, 4, 0, tzinfo=timezone.utc)  # 00:00 EDT
-    assert seconds_until_next_day(start, make_settings(db_url, tmp_path, timezone="America/New_York").tz) == 25 * 3600
     clock = FrozenClock(start)
     rt = Runtime(make_settings(db_url, tmp_path, timezone="America/New_York", daily_limit=1), clock=clock)
     try:
+        [daily] = user_counters(rt.settings, rt.config_for(Action.COUPON), user_key="MOBILE:1", now=start)
+        assert daily.retry_after(start) == 25 * 3600
         gen(rt)
         clock.advance(hours=24)  # 23:00 EST, still the same local day
         assert refusal(gen, rt, body={"action": "POINTS"}).retry_after == 3600
@@ -259,8 +260,8 @@ def test_t12_safe_mode_shows_on_the_home_page(defended, team):
     from streamlit.testing.v1 import AppTest
 
     from console_ui.state import SESSION_KEY
-    from core.settings import ROOT
     from core.admin.staff import ConsoleSession
+    from core.settings import ROOT
     rt = defended(channel_budgets="SMS=1")
     gen(rt, body={"entityValue": "+919812345671"})
     at = AppTest.from_file(str(ROOT / "console.py"), default_timeout=30)
@@ -318,8 +319,8 @@ def test_security_events_show_on_the_rate_limit_dashboard(rt, team, clock):
     from streamlit.testing.v1 import AppTest
 
     from console_ui.state import SESSION_KEY
-    from core.settings import ROOT
     from core.admin.staff import ConsoleSession
+    from core.settings import ROOT
     configure(rt, Action.COUPON, validate_limit=100)
     gen(rt)
     code = code_sent_to(rt, PHONE)

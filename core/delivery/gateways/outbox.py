@@ -4,9 +4,9 @@ from __future__ import annotations
 from sqlalchemy import Connection
 
 from core.clock import utcnow
-from core.delivery.gateways import OutgoingMessage, SendResult
 from core.db.models import OutboxMessage
 from core.db.prepared import Prepared
+from core.delivery.gateways import OutgoingMessage, SendResult
 
 _INSERT = Prepared(lambda insert: insert(OutboxMessage.__table__))
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 from xml.sax.saxutils import escape
 
 from core.delivery.gateways import OutgoingMessage, SendResult
-from core.delivery.gateways.sms import TWILIO_NOT_ACCEPTED, WebhookSms, twilio_post
 from core.delivery.gateways.base import ProviderGateway
+from core.delivery.gateways.sms import TWILIO_NOT_ACCEPTED, WebhookSms, twilio_post
 
 
 def speakable(message: OutgoingMessage) -> str:
