@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from core import errors as E
 from core import metrics
 from core.codes import CheckOutcome, CodeSendsExhausted, IssuedCode, LiveCodeRace, check_code, give_back_send, \
-    issue_or_resend, locked_until, record_failure, reset_failures
+    issue_or_resend, read_for_validation, record_failure, reset_failures
 from core.dispatch import dispatch
 from core.gateways import Gateway, OutgoingMessage, is_local
 from core.gateways.http import close_shared_client
@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 _INSERT_REQUEST = Prepared(lambda insert: insert(OtpRequest.__table__).returning(OtpRequest.__table__.c.id))
 _INSERT_DELIVERY = Prepared(lambda insert: insert(Delivery.__table__).returning(Delivery.__table__.c.id))
 _INSERT_LIMIT_EVENT = insert(LimitEvent.__table__)
-_INSERT_VALIDATION = insert(OtpValidation.__table__)
+_INSERT_VALIDATION = Prepared(lambda insert: insert(OtpValidation.__table__))
 _INSERT_SECURITY_EVENT = insert(SecurityEvent.__table__)
 _d = Delivery.__table__
 _RECORD_DELIVERY = update(_d).where(_d.c.id == bindparam("p_id")).values(
@@ -556,13 +556,14 @@ async def validate(rt: Runtime, payload: object, *, client_id: int | None = None
     def check(conn: Connection) -> CheckOutcome:
         if not exempt:
             count(conn, [validate_counter(config, user_key=user_key, now=now)], now=now)
-        lock = None if exempt else locked_until(conn, user_key=user_key, action=action, now=now)
-        if lock is not None:
+        read = read_for_validation(conn, user_key=user_key, action=action, now=now, read_lock=not exempt)
+        if read.locked_until is not None:
             raise Refused("lock", "too many failed validations; this user is locked for this action",
-                          _seconds_until(lock, now))
-        outcome = check_code(conn, rt.keys, user_key=user_key, config=config, submitted=submitted, now=now)
+                          _seconds_until(read.locked_until, now))
+        outcome = check_code(conn, rt.keys, user_key=user_key, config=config, submitted=submitted, now=now,
+                             read=read)
         if outcome.outcome == "ok":
-            reset_failures(conn, user_key=user_key, action=action)
+            reset_failures(conn, user_key=user_key, action=action, failures=read.failures)
         elif outcome.outcome in ("wrong", "burned"):
             failures = record_failure(conn, user_key=user_key, config=config, now=now)
             if failures >= config.max_consecutive_failures:  # this failure locked the user: every lock is an event
@@ -570,7 +571,7 @@ async def validate(rt: Runtime, payload: object, *, client_id: int | None = None
                                 detail=f"{failures} consecutive failures")
         if outcome.outcome in ("burned", "replayed"):
             _security_event(conn, f"{outcome.outcome}_code", user_key=user_key, action=action, now=now)
-        conn.execute(_INSERT_VALIDATION, {"created_at": now, "user_key": user_key, "action": action,
+        _INSERT_VALIDATION.execute(conn, {"created_at": now, "user_key": user_key, "action": action,
                                           "code_id": outcome.code_id, "outcome": outcome.outcome})
         return outcome
 
