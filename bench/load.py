@@ -230,6 +230,17 @@ class PrivateSchema:
             conn.execute(text(f"CREATE SCHEMA {self.name}"))
         return self
 
+    def background(self) -> dict[str, float]:
+        """PostgreSQL's background work so far (pg_stat_bgwriter, server-wide): checkpoints and who wrote buffers."""
+        from sqlalchemy import text
+
+        with self._admin.connect() as conn:
+            row = conn.execute(text(
+                "SELECT checkpoints_timed + checkpoints_req AS checkpoints, checkpoint_sync_time AS sync_ms, "
+                "checkpoint_write_time AS write_ms, buffers_backend, buffers_checkpoint FROM pg_stat_bgwriter"
+            )).mappings().one()
+        return {key: float(value) for key, value in row.items()}
+
     def __exit__(self, *_exc: object) -> None:
         from sqlalchemy import text
 
@@ -300,7 +311,7 @@ def print_summary(runs: list[tuple[list[Row], str]]) -> None:
     """One line per PostgreSQL run: raw rate, generate and validate (req/s, p99, share of raw), load average."""
     print(f"\n{len(runs)} runs, PostgreSQL (raw = generate-shaped transactions through psycopg, same run and schema)")
     print(f"{'run':<5}{'raw tx/s':>10}{'gen req/s':>11}{'gen p99':>9}{'gen/raw':>9}{'val req/s':>11}{'val p99':>9}"
-          f"{'val/raw':>9}{'gen split':>11}   load average before")
+          f"{'val/raw':>9}{'gen split':>11}   load average before; PostgreSQL background work during the run")
     table = []
     for number, (rows, load) in enumerate(runs, 1):
         raw = _rate(rows, "raw driver")
@@ -379,9 +390,12 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"\nPostgreSQL {schema.server_version}, run {run}/{args.runs}: private schema "
                               f"{schema.name} (dropped afterwards); load average {load}")
                         name = f"PostgreSQL, {workers} workers" + (f", run {run}" if args.runs > 1 else "")
+                        before = schema.background()
                         got = run_setup(Setup(name, workers, schema.url), numbers, args, tmp / f"pg{run}")
+                        after = schema.background()
                         rows += got
-                        runs.append((got, load))
+                        runs.append((got, f"{load}; " + ", ".join(
+                            f"{key} +{after[key] - before[key]:.0f}" for key in after)))
                         if args.uvicorn_cli and workers > 1:
                             (tmp / f"pg-cli{run}").mkdir()
                             rows += run_setup(Setup(f"{name}, uvicorn CLI", workers, schema.url, serve_py=False),

@@ -31,7 +31,9 @@ _EXPIRE_STALE = (update(_code).where(_live, _code.c.expires_at <= bindparam("p_n
                  .values(state="expired", code_enc=None))
 _LIVE_EXPIRY = select(_code.c.expires_at).where(_live)
 # A validate's statements run on the driver's cursor (core.sql.Prepared), as a generate's do.
-_FIND_LIVE = Prepared(lambda _insert: select(_code.c.id, _code.c.code_hmac, _code.c.expires_at).where(_live))
+# The live code, and whether it is still fresh, as SQL compares it (as _USE does): no timestamp parsed in Python.
+_FIND_LIVE = Prepared(lambda _insert: select(
+    _code.c.id, _code.c.code_hmac, (_code.c.expires_at > bindparam("p_now", type_=_when)).label("fresh")).where(_live))
 _EXPIRE_ONE = Prepared(lambda _insert: update(_code).where(_code.c.id == bindparam("p_id"), _code.c.state == "active")
                        .values(state="expired", code_enc=None))
 _USE = Prepared(lambda _insert: update(_code).where(
@@ -143,7 +145,7 @@ class ValidationRead:
     """What a validate reads before deciding: the user's lock for the action, and the live code (if any)."""
     locked_until: datetime | None  # a lock in force now, else None
     failures: int | None  # consecutive failures so far (None: not read)
-    live: tuple | None  # (id, code_hmac, expires_at)
+    live: tuple | None  # (id, code_hmac, fresh): fresh is whether it expires after now
 
 
 def read_for_validation(conn: Connection, *, user_key: str, action: str, now: datetime,
@@ -154,7 +156,7 @@ def read_for_validation(conn: Connection, *, user_key: str, action: str, now: da
     """
     who = {"p_user": user_key, "p_action": action}
     lock_cursor = _LOCKED_UNTIL.execute(conn, who) if read_lock else None
-    live_cursor = _FIND_LIVE.execute(conn, who)
+    live_cursor = _FIND_LIVE.execute(conn, {**who, "p_now": now})
     lock = _LOCKED_UNTIL.fetch(conn, lock_cursor) if lock_cursor is not None else []
     live = _FIND_LIVE.fetch(conn, live_cursor)
     until = lock[0][0] if lock else None
@@ -178,8 +180,8 @@ def check_code(conn: Connection, keys: CodeKeys, *, user_key: str, config: OtpCo
         if last is not None and equal(keys.code_mac(user_key, action, submitted), last):
             return CheckOutcome("replayed")
         return CheckOutcome("none")
-    code_id, code_hmac, expires_at = row
-    if expires_at <= now:
+    code_id, code_hmac, fresh = row
+    if not fresh:
         _EXPIRE_ONE.execute(conn, {"p_id": code_id})
         return CheckOutcome("expired", code_id)
     if equal(keys.code_mac(user_key, action, submitted), code_hmac):

@@ -49,11 +49,19 @@ class Prepared:
             column.type.dialect_impl(dialect).result_processor(dialect, None)
             for column in compiled._result_columns)  # (SQLAlchemy's own list of the statement's result columns)
 
-        def arguments(params: dict) -> object:
-            values = {**defaults, **params}
-            for name, process in processors.items():
-                values[name] = process(values[name])
-            return [values[name] for name in order] if order is not None else values
+        if order is not None:  # positional (SQLite): one pass in parameter order, no intermediate dict
+            plan = [(name, defaults.get(name), processors.get(name)) for name in order]
+
+            def arguments(params: dict) -> object:
+                get = params.get
+                return [get(name, default) if process is None else process(get(name, default))
+                        for name, default, process in plan]
+        else:
+            def arguments(params: dict) -> object:
+                values = {**defaults, **params}
+                for name, process in processors.items():
+                    values[name] = process(values[name])
+                return values
 
         return compiled.string, arguments
 
