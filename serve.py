@@ -21,6 +21,7 @@ tidies when a worker dies and removes when it stops.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import shutil
@@ -54,6 +55,40 @@ def listening_socket(host: str, port: int, backlog: int = 2048) -> socket.socket
         sock.close()
         raise
     return sock
+
+
+class FairAcceptLoop(asyncio.SelectorEventLoop):
+    """An event loop for one of several workers sharing a listening socket: it takes its share of connections.
+
+    Every worker waits on the one listening socket, and the kernel wakes them all when connections arrive; asyncio
+    then accepts up to the backlog (2048) in one go. A client that opens its keep-alive connections in a burst
+    (a load balancer's pool, bench/load.py's 32) therefore often had all of them accepted by whichever worker ran
+    first: one worker served everything while the other idled, and the whole run went at one worker's speed
+    (bench/load.py's "split" column showed 100/0 and 74/26; the "one run in four at half speed").
+
+    Here a worker accepts one connection per wake-up, then stops listening for a moment that grows with the
+    connections it already serves (nginx's accept_mutex_delay idea, without a lock between processes): a worker
+    with fewer connections gets to the next one first. A lone worker still takes every connection, a few hundred
+    microseconds later at worst, once per connection (never per request).
+    """
+
+    PAUSE_PER_CONNECTION = 0.0001  # seconds
+    MAX_PAUSE = 0.002
+
+    def _accept_connection(self, protocol_factory, sock, sslcontext=None, server=None, backlog=100,  # type: ignore[no-untyped-def, override]
+                           *args):
+        super()._accept_connection(protocol_factory, sock, sslcontext, server, 1, *args)
+        active = getattr(server, "_active_count", 0)
+        if not active or server is None or not server.is_serving() or sock.fileno() < 0:
+            return
+        self._remove_reader(sock.fileno())
+
+        def resume() -> None:
+            if server.is_serving() and sock.fileno() >= 0:
+                self._add_reader(sock.fileno(), self._accept_connection, protocol_factory, sock, sslcontext, server,
+                                 backlog, *args)
+
+        self.call_later(min(self.MAX_PAUSE, active * self.PAUSE_PER_CONNECTION), resume)
 
 
 def fresh_metrics_directory() -> Path:
@@ -117,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     config = uvicorn.Config(args.app, host=args.host, port=args.port, workers=args.workers,
                             log_level=args.log_level, access_log=not args.no_access_log,
                             timeout_keep_alive=args.timeout_keep_alive,
+                            # Several workers share the listening socket: each takes its share of connections.
+                            # (uvicorn calls a custom loop's import string to make the loop: the class itself)
+                            loop="serve:FairAcceptLoop" if args.workers > 1 else "auto",
                             # OTP_TRUSTED_PROXIES decides which forwarded addresses are believed (core.net).
                             proxy_headers=False, forwarded_allow_ips=[])  # also configures logging
     log = logging.getLogger("uvicorn.error")

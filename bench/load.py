@@ -1,21 +1,26 @@
-"""A bounded load run over HTTP on 127.0.0.1: generate and validate next to the empty-endpoint floor.
+"""A bounded load run over HTTP on 127.0.0.1: generate and validate next to their floors and references.
 
-    python bench/load.py [--requests 2000] [--warmup 200] [--concurrency 32] [--timeout 60]
+    python bench/load.py [--requests 2000] [--warmup 200] [--concurrency 32] [--timeout 60] [--runs 1]
                          [--pg-url postgresql+psycopg://postgres@127.0.0.1:5432/test] [--only sqlite|postgresql]
-                         [--pg-workers 2] [--no-serve-variant]
+                         [--pg-workers 2] [--uvicorn-cli] [--raw-transactions 2000]
 
-Two set-ups, each measured in the same run as its own floor:
+Set-ups, each measured in the same run as its own floor (and, on PostgreSQL, its raw-driver reference):
 
-  SQLite, 1 worker       `uvicorn api:app --workers 1` on a fresh SQLite file in a temporary directory
-  PostgreSQL, 2 workers  `uvicorn api:app --workers 2` on a private schema (`?options=-csearch_path%3D<schema>`)
+  SQLite, 1 worker       `python serve.py --workers 1` on a fresh SQLite file in a temporary directory
+  PostgreSQL, 2 workers  `python serve.py --workers 2` on a private schema (`?options=-csearch_path%3D<schema>`)
                          of --pg-url, created before the run and dropped after it
-  floor                  `uvicorn empty_app:app` (bench/empty_app.py: POST /empty returns {}) with the same
-                         worker count, sent the same generate bodies and headers, --empty-factor times as many
-  ..., serve.py          the PostgreSQL set-up again, both servers started by `python serve.py --workers 2`, which
-                         binds the listening socket with TCP_NODELAY (`uvicorn --workers 2` leaves Nagle's algorithm
-                         on, which costs a keep-alive client ~40 ms per response; see serve.py)
+  floor                  bench/empty_app.py (POST /empty returns {}) served the same way with the same worker
+                         count, sent the same generate bodies and headers, --empty-factor times as many
+  raw driver             PostgreSQL only: bench/rawpg.py, a transaction of a generate's shape (its five
+                         statements and COMMIT, through psycopg directly, no HTTP), 2 processes (--pg-workers) on
+                         one connection each, on the same schema, just before the API's phases. "of raw" is the
+                         API's rate as a share of it: the goal is generate >= 40 %, with p99 under 100 ms.
+  --uvicorn-cli          adds the PostgreSQL set-up started by `uvicorn --workers N` instead (no TCP_NODELAY on
+                         its listening socket: a keep-alive client waits ~40 ms per response; see serve.py)
 
 Each floor row also notes the p50 of keep-alive requests sent one at a time, which shows that stall directly.
+With --runs N the whole PostgreSQL set-up (a new schema, servers, raw reference, phases) is repeated N times
+in a row and a summary prints each run's rates, p99s and shares, with their medians.
 
 Every generate is for a new valid Indian mobile (+91 99000 xxxxx) with the outbox gateway; every validate
 sends the right code (read back from the outbox table). The abuse limits that would refuse a load run from
@@ -24,20 +29,20 @@ the per-user daily limit is never reached (one generate per number). A verified 
 for OTP_AUTH_CACHE_SECONDS=600 here, so no Argon2 verification falls inside a measured phase.
 
 The load generator is bench/loadgen.py (raw HTTP/1.1, keep-alive, --concurrency requests in flight). Each
-phase has a warm-up, a bounded request count and a timeout. "server CPU" is the CPU time of the uvicorn
+phase has a warm-up, a bounded request count and a timeout. "server CPU" is the CPU time of the server's
 process tree (parent and workers) over the phase's wall time, in % of one core; PostgreSQL's own processes
-are not in it. With 2 cores shared by the load generator, PostgreSQL and anything else running, a 2-worker
-server cannot reach 200 %.
+are not in it. "split" is each worker's share of that CPU: a worker that took most of the connections shows
+as a lopsided split. With 2 cores shared by the load generator, PostgreSQL and anything else running, a
+2-worker server cannot reach 200 %.
 """
 from __future__ import annotations
 
 import argparse
 import base64
-import json
 import os
 import platform
-import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,69 +59,43 @@ for _path in (str(ROOT), str(BENCH)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-from loadgen import (  # noqa: E402
-    CODE_IN_MESSAGE,
-    HOST,
-    LIMITS_OFF,
-    LoadResult,
-    Numbers,
-    Server,
-    free_port,
-    http_request,
-    process_cpu_seconds,
-    run_load,
-)
+from common import (codes_sent, create_api_client, empty_ok, generate_body, generate_ok, load_average,  # noqa: E402
+                    server_env, validate_body, validate_ok)
+from loadgen import (HOST, LoadResult, Numbers, Server, free_port, http_request, process_cpu_seconds,  # noqa: E402
+                     run_load)
+from rawpg import raw_rate  # noqa: E402
 
-ACTION = "COUPON"
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+RAW_GOAL, P99_GOAL_MS = 0.40, 100.0
 
 
-def _json(value: object) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found += [int(child) for child in task.read_text().split()]
+        except (OSError, ValueError):
+            pass
+    return found
 
 
-def generate_body(number: str) -> bytes:
-    return _json({"entityType": "MOBILE", "entityValue": number, "action": ACTION,
-                  "channels": [{"type": "SMS", "value": number}]})
-
-
-def validate_body(number: str, code: str) -> bytes:
-    return _json({"entityType": "MOBILE", "entityValue": number, "action": ACTION, "code": code})
-
-
-def _generate_ok(status: int, body: bytes) -> bool:
-    return status == 200 and b'"createdId"' in body
-
-
-def _validate_ok(status: int, body: bytes) -> bool:
-    return status == 200 and b'"entity":true' in body
-
-
-def _empty_ok(status: int, body: bytes) -> bool:
-    return status == 200 and body == b"{}"
-
-
-def tree_cpu_seconds(pid: int) -> float | None:
-    """CPU seconds of a process and all its descendants (Linux /proc): uvicorn's parent and its workers."""
-    total, stack, seen = 0.0, [pid], set()
+def tree_cpu_seconds(pid: int) -> dict[int, float] | None:
+    """CPU seconds of a process and each of its descendants (Linux /proc): the server's parent and its workers."""
+    found: dict[int, float] = {}
+    stack = [pid]
     while stack:
         current = stack.pop()
-        if current in seen:
+        if current in found:
             continue
-        seen.add(current)
         cpu = process_cpu_seconds(current)
         if cpu is None:
             if current == pid:
                 return None
             continue
-        total += cpu
-        for task in Path(f"/proc/{current}/task").glob("*/children"):
-            try:
-                stack += [int(child) for child in task.read_text().split()]
-            except (OSError, ValueError):
-                pass
-    return total
+        found[current] = cpu
+        stack += _children(current)
+    return found
 
 
 @dataclass
@@ -125,6 +104,7 @@ class Row:
     phase: str
     result: LoadResult
     server_cpu: float | None
+    split: list[float] | None = None  # each process's share of server_cpu, largest first (workers)
     note: str = ""
 
 
@@ -133,7 +113,7 @@ class Setup:
     name: str
     workers: int
     database_url: str
-    serve_py: bool = False  # start the servers with serve.py (TCP_NODELAY listening socket), not uvicorn's CLI
+    serve_py: bool = True  # start the servers with serve.py (TCP_NODELAY listening socket), not uvicorn's CLI
 
 
 class ServeServer(Server):
@@ -156,12 +136,9 @@ class Bench:
 
     def __init__(self, setup: Setup, tmp: Path, args: argparse.Namespace) -> None:
         self.setup, self.args = setup, args
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OTP_")}
-        env.update(OTP_DATABASE_URL=setup.database_url, OTP_ENV="development",
-                   OTP_SECRET_KEY=base64.b64encode(os.urandom(32)).decode(),
-                   **LIMITS_OFF, OTP_AUTH_CACHE_SECONDS="600", PYTHONDONTWRITEBYTECODE="1")
-        key, secret = create_api_client(env)  # also applies the migrations
-        self.auth = {"Authorization": "Basic " + base64.b64encode(f"{key}:{secret}".encode()).decode()}
+        env = server_env(OTP_DATABASE_URL=setup.database_url,
+                         OTP_SECRET_KEY=base64.b64encode(os.urandom(32)).decode(), OTP_AUTH_CACHE_SECONDS="600")
+        self.auth = create_api_client(env, "load")  # also applies the migrations
         workers = ["--workers", str(setup.workers)]  # the last --workers wins over loadgen's "--workers 1"
         self.servers: list[Server] = []
         try:
@@ -194,26 +171,30 @@ class Bench:
         before = tree_cpu_seconds(server.proc.pid)
         result = run_load(server.port, requests, concurrency=a.concurrency, timeout=a.timeout, check=check)
         after = tree_cpu_seconds(server.proc.pid)
-        cpu = after - before if before is not None and after is not None else None
-        return Row(self.setup.name, phase, result, cpu)
+        if before is None or after is None:
+            return Row(self.setup.name, phase, result, None)
+        used = {pid: cpu - before.get(pid, 0.0) for pid, cpu in after.items()}
+        total = sum(used.values())
+        split = sorted((u / total for u in used.values() if u > 0.01 * total), reverse=True) if total else None
+        return Row(self.setup.name, phase, result, total, split)
 
     def sequential_p50(self, count: int = 60) -> float:
         """p50 in ms of keep-alive requests one at a time to the empty endpoint: ~40 ms means Nagle's stall."""
         request = http_request("POST", "/empty", self.empty.port, b"{}")
-        result = run_load(self.empty.port, [request] * count, concurrency=1, timeout=30, check=_empty_ok)
+        result = run_load(self.empty.port, [request] * count, concurrency=1, timeout=30, check=empty_ok)
         return result.percentile(50)
 
     def empty_floor(self, numbers: list[str]) -> Row:
         port = self.empty.port
         requests = [http_request("POST", "/empty", port, generate_body(n), self.auth) for n in numbers]
         requests *= max(1, self.args.empty_factor)
-        return self._measure("empty floor", self.empty, requests, requests[:self.args.warmup], _empty_ok)
+        return self._measure("empty floor", self.empty, requests, requests[:self.args.warmup], empty_ok)
 
     def generate(self, numbers: list[str], warm: list[str]) -> Row:
         port = self.api.port
         build = lambda n: http_request("POST", "/v2/otp/generate", port, generate_body(n), self.auth)  # noqa: E731
         return self._measure("generate", self.api, [build(n) for n in numbers], [build(n) for n in warm],
-                             _generate_ok)
+                             generate_ok)
 
     def validate(self, numbers: list[str], warm: list[str]) -> Row:
         port = self.api.port
@@ -221,40 +202,11 @@ class Bench:
         build = lambda n: http_request("POST", "/v2/otp/validate", port,  # noqa: E731
                                        validate_body(n, codes[n]), self.auth)
         return self._measure("validate", self.api, [build(n) for n in numbers if n in codes],
-                             [build(n) for n in warm if n in codes], _validate_ok)
+                             [build(n) for n in warm if n in codes], validate_ok)
 
     def close(self) -> None:
         for server in self.servers:
             server.stop()
-
-
-def create_api_client(env: dict[str, str]) -> tuple[str, str]:
-    done = subprocess.run([sys.executable, "-m", "cli", "client", "create", "load"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=180)
-    if done.returncode != 0:
-        raise RuntimeError(f"client create failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    values = dict(re.findall(r"^(key|secret): (\S+)$", done.stdout, re.MULTILINE))
-    if "key" not in values or "secret" not in values:
-        raise RuntimeError(f"could not read key and secret from:\n{done.stdout}")
-    return values["key"], values["secret"]
-
-
-def codes_sent(database_url: str, wanted: set[str]) -> dict[str, str]:
-    """The code in the newest outbox message to each number (development's outbox gateway keeps them)."""
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(database_url)
-    found: dict[str, str] = {}
-    try:
-        with engine.connect() as conn:
-            for recipient, body in conn.execute(text("SELECT recipient, body FROM outbox_message ORDER BY id")):
-                if recipient in wanted:
-                    match = CODE_IN_MESSAGE.search(body)
-                    if match:
-                        found[recipient] = match.group(1)
-    finally:
-        engine.dispose()
-    return found
 
 
 class PrivateSchema:
@@ -278,6 +230,17 @@ class PrivateSchema:
             conn.execute(text(f"CREATE SCHEMA {self.name}"))
         return self
 
+    def background(self) -> dict[str, float]:
+        """PostgreSQL's background work so far (pg_stat_bgwriter, server-wide): checkpoints and who wrote buffers."""
+        from sqlalchemy import text
+
+        with self._admin.connect() as conn:
+            row = conn.execute(text(
+                "SELECT checkpoints_timed + checkpoints_req AS checkpoints, checkpoint_sync_time AS sync_ms, "
+                "checkpoint_write_time AS write_ms, buffers_backend, buffers_checkpoint FROM pg_stat_bgwriter"
+            )).mappings().one()
+        return {key: float(value) for key, value in row.items()}
+
     def __exit__(self, *_exc: object) -> None:
         from sqlalchemy import text
 
@@ -299,6 +262,15 @@ def run_setup(setup: Setup, numbers: Numbers, args: argparse.Namespace, tmp: Pat
         if sequential > 20:
             rows[-1].note += " (Nagle + delayed ACK: the listening socket lacks TCP_NODELAY)"
         print(f"  {rows[-1].phase}: {rows[-1].result.rate:.0f} req/s; {rows[-1].note}", flush=True)
+        if not setup.database_url.startswith("sqlite"):
+            started = time.perf_counter()
+            raw = raw_rate(setup.database_url, args.raw_transactions, setup.workers)
+            result = LoadResult(done=args.raw_transactions, ok=args.raw_transactions,
+                                elapsed=args.raw_transactions / raw)
+            rows.append(Row(setup.name, "raw driver", result, None,
+                            note=f"{setup.workers} psycopg processes, generate-shaped transactions "
+                                 f"({time.perf_counter() - started:.1f} s with start-up)"))
+            print(f"  raw driver: {raw:.0f} transactions/s", flush=True)
         warm, measured = numbers.take(args.warmup), numbers.take(args.requests)
         rows.append(bench.generate(measured, warm))
         print(f"  {rows[-1].phase}: {rows[-1].result.rate:.0f} req/s", flush=True)
@@ -309,23 +281,53 @@ def run_setup(setup: Setup, numbers: Numbers, args: argparse.Namespace, tmp: Pat
         bench.close()
 
 
+def _rate(rows: list[Row], phase: str) -> float:
+    return next((row.result.rate for row in rows if row.phase == phase), 0.0)
+
+
 def print_table(rows: list[Row]) -> None:
     print(f"\n{'set-up':<34}{'phase':<13}{'done':>7}{'ok':>7}{'seconds':>9}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
-          f"{'server CPU':>12}{'of floor':>10}")
-    floor = 0.0
+          f"{'server CPU':>12}{'split':>10}{'of floor':>10}{'of raw':>9}")
     for row in rows:
         r = row.result
-        if row.phase == "empty floor":
-            floor = r.rate
+        same = [other for other in rows if other.setup == row.setup]
+        floor, raw = _rate(same, "empty floor"), _rate(same, "raw driver")
+        measured = row.phase in ("generate", "validate")
         cpu = f"{row.server_cpu / r.elapsed * 100:.0f} %" if row.server_cpu is not None and r.elapsed else "-"
-        share = f"{r.rate / floor * 100:.1f} %" if floor and row.phase != "empty floor" else ""
+        split = "/".join(f"{s * 100:.0f}" for s in row.split) if row.split and len(row.split) > 1 else ""
+        share = f"{r.rate / floor * 100:.1f} %" if floor and measured else ""
+        of_raw = f"{r.rate / raw * 100:.1f} %" if raw and measured else ""
         flag = "  TIMED OUT" if r.timed_out else ""
+        latency = (f"{r.percentile(50):>9.1f}{r.percentile(99):>9.1f}" if r.latencies else f"{'':>18}")
         print(f"{row.setup:<34}{row.phase:<13}{r.done:>7}{r.ok:>7}{r.elapsed:>9.2f}{r.rate:>9.0f}"
-              f"{r.percentile(50):>9.1f}{r.percentile(99):>9.1f}{cpu:>12}{share:>10}{flag}")
+              f"{latency}{cpu:>12}{split:>10}{share:>10}{of_raw:>9}{flag}")
         if row.note:
             print(f"{'':<34}  ({row.note})")
         if r.ok < r.done:
             print(f"    !! {r.done - r.ok} not ok; statuses {r.statuses}; first: {r.first_failure}")
+
+
+def print_summary(runs: list[tuple[list[Row], str]]) -> None:
+    """One line per PostgreSQL run: raw rate, generate and validate (req/s, p99, share of raw), load average."""
+    print(f"\n{len(runs)} runs, PostgreSQL (raw = generate-shaped transactions through psycopg, same run and schema)")
+    print(f"{'run':<5}{'raw tx/s':>10}{'gen req/s':>11}{'gen p99':>9}{'gen/raw':>9}{'val req/s':>11}{'val p99':>9}"
+          f"{'val/raw':>9}{'gen split':>11}   load average before; PostgreSQL background work during the run")
+    table = []
+    for number, (rows, load) in enumerate(runs, 1):
+        raw = _rate(rows, "raw driver")
+        gen = next(row for row in rows if row.phase == "generate")
+        val = next(row for row in rows if row.phase == "validate")
+        line = [raw, gen.result.rate, gen.result.percentile(99), gen.result.rate / raw * 100,
+                val.result.rate, val.result.percentile(99), val.result.rate / raw * 100]
+        table.append(line)
+        split = "/".join(f"{s * 100:.0f}" for s in gen.split) if gen.split and len(gen.split) > 1 else ""
+        print(f"{number:<5}{line[0]:>10.0f}{line[1]:>11.0f}{line[2]:>9.1f}{line[3]:>8.1f}%{line[4]:>11.0f}"
+              f"{line[5]:>9.1f}{line[6]:>8.1f}%{split:>11}   {load}")
+    medians = [statistics.median(column) for column in zip(*table)]
+    print(f"{'med':<5}{medians[0]:>10.0f}{medians[1]:>11.0f}{medians[2]:>9.1f}{medians[3]:>8.1f}%{medians[4]:>11.0f}"
+          f"{medians[5]:>9.1f}{medians[6]:>8.1f}%")
+    met = sum(1 for line in table if line[3] >= RAW_GOAL * 100 and line[2] < P99_GOAL_MS)
+    print(f"goal (generate >= {RAW_GOAL:.0%} of raw and p99 < {P99_GOAL_MS:g} ms) met in {met} of {len(table)} runs")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -339,13 +341,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pg-url", default=os.environ.get("OTP_TEST_DATABASE_URL") or DEFAULT_PG_URL,
                         help=f"PostgreSQL on this machine (default $OTP_TEST_DATABASE_URL or {DEFAULT_PG_URL})")
     parser.add_argument("--only", choices=("sqlite", "postgresql"), help="run one set-up only")
-    parser.add_argument("--pg-workers", type=int, default=2, help="uvicorn workers on PostgreSQL (default 2)")
-    parser.add_argument("--no-serve-variant", action="store_true",
-                        help="skip the second multi-worker run, started by serve.py instead of uvicorn's CLI")
+    parser.add_argument("--pg-workers", type=int, default=2, help="API workers on PostgreSQL (default 2)")
+    parser.add_argument("--runs", type=int, default=1, help="PostgreSQL set-ups in a row, summarised (default 1)")
+    parser.add_argument("--raw-transactions", type=int, default=2000,
+                        help="generate-shaped transactions of the raw-driver reference (default 2000)")
+    parser.add_argument("--uvicorn-cli", action="store_true",
+                        help="also run the PostgreSQL set-up started by `uvicorn --workers N` (no TCP_NODELAY)")
     args = parser.parse_args(argv)
-    if min(args.requests, args.warmup + 1, args.concurrency, args.empty_factor, args.pg_workers) < 1 \
-            or args.timeout <= 0:
-        parser.error("--requests, --concurrency, --empty-factor, --pg-workers and --timeout must be positive")
+    if min(args.requests, args.warmup + 1, args.concurrency, args.empty_factor, args.pg_workers, args.runs,
+           args.raw_transactions) < 1 or args.timeout <= 0:
+        parser.error("--requests, --concurrency, --empty-factor, --pg-workers, --runs, --raw-transactions and "
+                     "--timeout must be positive")
 
     from importlib.util import find_spec
 
@@ -355,12 +361,14 @@ def main(argv: list[str] | None = None) -> int:
     loop_kind = "uvloop" if find_spec("uvloop") else "asyncio"
     http_kind = "httptools" if find_spec("httptools") else "h11"
     print(f"OTP load run: Python {platform.python_version()}, {os.cpu_count()} CPUs, uvicorn {uvicorn.__version__} "
-          f"(loop {loop_kind}, http {http_kind}, no access log), FastAPI {fastapi.__version__}; 127.0.0.1 only")
+          f"(loop {loop_kind}, http {http_kind}, no access log), FastAPI {fastapi.__version__}; 127.0.0.1 only; "
+          f"load average {load_average()}")
     print(f"  {args.requests} requests per phase ({args.requests * args.empty_factor} for the empty floor) after "
           f"{args.warmup} warm-up, {args.concurrency} in flight, timeout {args.timeout:g} s per phase")
 
     numbers = Numbers("--requests or --warmup")
     rows: list[Row] = []
+    runs: list[tuple[list[Row], str]] = []
     failed = False
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="otp-load-"))
@@ -374,26 +382,37 @@ def main(argv: list[str] | None = None) -> int:
                 failed = True
                 print(f"  !! {setup.name} failed: {type(exc).__name__}: {exc}")
         if args.only in (None, "postgresql"):
-            (tmp / "pg").mkdir()
-            try:
-                with PrivateSchema(args.pg_url) as schema:
-                    print(f"\nPostgreSQL {schema.server_version}: private schema {schema.name} (dropped afterwards)")
-                    workers = args.pg_workers
-                    rows += run_setup(Setup(f"PostgreSQL, {workers} workers", workers, schema.url), numbers, args,
-                                      tmp / "pg")
-                    if workers > 1 and not args.no_serve_variant:
-                        (tmp / "pg-serve").mkdir()
-                        rows += run_setup(Setup(f"PostgreSQL, {workers} workers, serve.py", workers, schema.url,
-                                                serve_py=True), numbers, args, tmp / "pg-serve")
-            except Exception as exc:
-                failed = True
-                print(f"  !! PostgreSQL failed: {type(exc).__name__}: {exc}")
+            workers = args.pg_workers
+            for run in range(1, args.runs + 1):
+                (tmp / f"pg{run}").mkdir()
+                try:
+                    with PrivateSchema(args.pg_url) as schema:
+                        load = load_average()
+                        print(f"\nPostgreSQL {schema.server_version}, run {run}/{args.runs}: private schema "
+                              f"{schema.name} (dropped afterwards); load average {load}")
+                        name = f"PostgreSQL, {workers} workers" + (f", run {run}" if args.runs > 1 else "")
+                        before = schema.background()
+                        got = run_setup(Setup(name, workers, schema.url), numbers, args, tmp / f"pg{run}")
+                        after = schema.background()
+                        rows += got
+                        runs.append((got, f"{load}; " + ", ".join(
+                            f"{key} +{after[key] - before[key]:.0f}" for key in after)))
+                        if args.uvicorn_cli and workers > 1:
+                            (tmp / f"pg-cli{run}").mkdir()
+                            rows += run_setup(Setup(f"{name}, uvicorn CLI", workers, schema.url, serve_py=False),
+                                              numbers, args, tmp / f"pg-cli{run}")
+                except Exception as exc:
+                    failed = True
+                    print(f"  !! PostgreSQL failed: {type(exc).__name__}: {exc}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if rows:
         print_table(rows)
-        print(f"\n'of floor' = req/s as a share of the empty endpoint's on the same set-up. "
-              f"Whole run: {time.monotonic() - started:.0f} s.")
+        print(f"\n'of floor' = req/s as a share of the empty endpoint's on the same set-up; 'of raw' = as a share "
+              f"of the raw-driver rate (PostgreSQL). Whole run: {time.monotonic() - started:.0f} s; "
+              f"load average now {load_average()}.")
+    if runs:
+        print_summary(runs)
     bad = [row for row in rows if row.result.ok < row.result.done or row.result.timed_out]
     return 1 if failed or bad or not rows else 0
 

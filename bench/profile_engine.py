@@ -16,7 +16,6 @@ Needs `pip install pyinstrument` for the sampled breakdowns (not a project requi
 from __future__ import annotations
 
 import argparse
-import base64
 import cProfile
 import linecache
 import pstats
@@ -34,7 +33,8 @@ for _path in (str(ROOT), str(BENCH)):
         sys.path.insert(0, _path)
 
 import engine as bench  # noqa: E402  (bench/engine.py)
-from loadgen import LIMITS_OFF, Numbers, Server, http_request, run_load  # noqa: E402
+from common import create_api_client, generate_body, generate_ok, server_env  # noqa: E402
+from loadgen import Numbers, Server, http_request, run_load  # noqa: E402
 
 CORE = str(ROOT / "core") + "/"
 API = str(ROOT / "api.py")
@@ -266,11 +266,8 @@ def profile_http(args: argparse.Namespace) -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="otp-profile-http-"))
     db_path = tmp / "otp.db"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTP_")}
-    env.update(OTP_DATABASE_URL=f"sqlite:///{db_path}", OTP_SECRET_KEY_FILE=str(tmp / "key"), OTP_ENV="development",
-               **LIMITS_OFF)
-    key, secret = bench.create_api_client(env)
-    auth = {"Authorization": "Basic " + base64.b64encode(f"{key}:{secret}".encode()).decode()}
+    env = server_env(OTP_DATABASE_URL=f"sqlite:///{db_path}", OTP_SECRET_KEY_FILE=str(tmp / "key"))
+    auth = create_api_client(env)
     out = tmp / "server.pyisession"
     # The server profiles itself between SIGUSR1 (sent after the warm-up) and SIGUSR2 (after the measured
     # load), so start-up, migrations, imports and the first Argon2 verifications are left out.
@@ -290,14 +287,14 @@ def profile_http(args: argparse.Namespace) -> None:
         server.wait_ready(http_request("GET", "/health", server.port))
         numbers = Numbers("--requests")
         build = lambda n: http_request("POST", "/v2/otp/generate", server.port,  # noqa: E731
-                                       bench._json(bench.generate_body(n)), auth)
+                                       generate_body(n), auth)
         run_load(server.port, [build(n) for n in numbers.take(args.warmup)], concurrency=args.concurrency,
                  timeout=args.timeout)
         os.kill(server.proc.pid, signal.SIGUSR1)
         time.sleep(0.2)
         started = time.monotonic()
         result = run_load(server.port, [build(n) for n in numbers.take(args.requests)],
-                          concurrency=args.concurrency, timeout=args.timeout, check=bench._generate_ok)
+                          concurrency=args.concurrency, timeout=args.timeout, check=generate_ok)
         print(f"HTTP generate under pyinstrument: {result.done} done, {result.ok} ok, {result.rate:.0f}/s "
               f"({time.monotonic() - started:.1f} s)")
         os.kill(server.proc.pid, signal.SIGUSR2)

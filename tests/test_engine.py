@@ -4,12 +4,13 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import text
 
 from core import errors as E
 from core.db.models import TemplateVersion
 from core.enums import Action
 from core.errors import OtpError
+from core.issuing import codes as code_sql
 from core.runtime import run
 from core.services.generation import generate
 from core.services.validation import validate
@@ -217,36 +218,33 @@ def test_every_validation_row_names_the_code_it_was_checked_against(rt, clock):
     assert [tuple(r) for r in rows] == [("wrong", 1), ("burned", 1), ("expired", 2), ("ok", 3)]
 
 
-def _mark_used_before(rt, marker: str):
-    """Another request uses the live code just before this one's statement containing marker runs: the race a
-    single-row read followed by a conditional UPDATE must lose gracefully."""
-    def steal(conn, cursor, statement, parameters, context, executemany):  # noqa: ARG001
-        if statement.startswith("UPDATE otp_code") and marker in statement:
-            cursor.connection.cursor().execute("UPDATE otp_code SET state = 'used' WHERE state = 'active'")
-    event.listen(rt.db, "before_cursor_execute", steal)
-    return steal
+def _mark_used_before(monkeypatch, statement):
+    """Another request uses the live code just before this one's conditional UPDATE (core.issuing.codes._USE or _FAIL, run on
+    the driver's cursor) runs: the race a single-row read followed by a conditional UPDATE must lose gracefully."""
+    run_it = statement.execute
+
+    def steal(conn, params):
+        conn.connection.driver_connection.cursor().execute("UPDATE otp_code SET state = 'used' WHERE state = 'active'")
+        return run_it(conn, params)
+    monkeypatch.setattr(statement, "execute", steal)
 
 
-def test_a_code_used_by_another_request_after_the_read_is_not_used_again(rt):
+def test_a_code_used_by_another_request_after_the_read_is_not_used_again(rt, monkeypatch):
     gen(rt)
     code = code_sent_to(rt, PHONE)
-    steal = _mark_used_before(rt, "used_at")
-    try:
+    with monkeypatch.context() as patch:
+        _mark_used_before(patch, code_sql._USE)
         result = val(rt, code)
-    finally:
-        event.remove(rt.db, "before_cursor_execute", steal)
     assert not result.valid and result.warnings[0].message == "the OTP was already used"
     assert scalar(rt, "SELECT outcome || ':' || code_id FROM otp_validation") == "used_elsewhere:1"
 
 
-def test_a_wrong_guess_racing_a_success_is_not_counted_as_a_failure(rt):
+def test_a_wrong_guess_racing_a_success_is_not_counted_as_a_failure(rt, monkeypatch):
     gen(rt)
     wrong = "000000" if code_sent_to(rt, PHONE) != "000000" else "111111"
-    steal = _mark_used_before(rt, "failed_attempts")
-    try:
+    with monkeypatch.context() as patch:
+        _mark_used_before(patch, code_sql._FAIL)
         result = val(rt, wrong)
-    finally:
-        event.remove(rt.db, "before_cursor_execute", steal)
     assert not result.valid and result.warnings[0].message == "the OTP was already used"
     assert scalar(rt, "SELECT failed_attempts FROM otp_code") == 0
     assert scalar(rt, "SELECT count(*) FROM failure_counter WHERE consecutive > 0") == 0

@@ -30,7 +30,8 @@ async def _burst(url: str, headers: dict, path: str, bodies: list[dict], connect
 
 
 @pytest.mark.postgresql
-def test_two_workers_hold_the_daily_limit_and_single_use(pg_schema_env):
+@pytest.mark.parametrize("workers", [2, 4])
+def test_workers_hold_the_daily_limit_and_single_use(pg_schema_env, workers):
     env = pg_schema_env
     cli(env, "migrate")
     engine = create_engine(env["OTP_DATABASE_URL"])
@@ -38,7 +39,7 @@ def test_two_workers_hold_the_daily_limit_and_single_use(pg_schema_env):
         conn.execute(text("UPDATE action_config SET max_sends_per_code = 1000, validate_limit = 100 "
                           "WHERE action = 'COUPON'"))
     key, secret = new_client(env)
-    with ApiServer(env, workers=2) as server:  # python serve.py --workers 2
+    with ApiServer(env, workers=workers) as server:  # python serve.py --workers N
         responses = asyncio.run(_burst(server.url, basic(key, secret), "/v2/otp/generate", [GENERATE] * 600, 60))
         statuses = [r.status_code for r in responses]
         assert statuses.count(200) == 500 and statuses.count(429) == 100, sorted(set(statuses))

@@ -129,3 +129,48 @@ def test_four_workers_start_together_on_a_fresh_postgresql_database(tmp_path, at
 def test_four_workers_start_together_on_a_fresh_sqlite_file(tmp_path):
     seconds = start_four_workers_on_a_fresh_database(f"sqlite:///{tmp_path / 'otp.db'}", tmp_path / "server.log")
     print(f"\nSQLite, 4 workers, fresh file: up in {seconds:.1f} s")
+
+
+def _established_per_worker(workers: list[int], port: int) -> dict[int, int]:
+    """How many established TCP connections to port each worker process holds (Linux /proc)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":  # local port, ESTABLISHED
+                inodes.add(fields[9])
+    held = {}
+    for pid in workers:
+        links = []
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                links.append(str(fd.readlink()))
+            except OSError:
+                pass  # closed meanwhile
+        held[pid] = sum(1 for link in links if link.startswith("socket:[") and link[8:-1] in inodes)
+    return held
+
+
+def test_two_workers_share_a_burst_of_keep_alive_connections(tmp_path):
+    """A client opening its pool of keep-alive connections at once (a load balancer, bench/load.py) must not have
+    them all accepted by one worker, which then serves everything while the other idles (serve.FairAcceptLoop)."""
+    env = {"OTP_DATABASE_URL": f"sqlite:///{tmp_path / 'otp.db'}", "OTP_SECRET_KEY": TEST_KEY}
+    cli(env, "migrate")
+    with ApiServer(env, workers=2, serve=True) as server:
+        assert server.process is not None
+        workers = workers_of(server.process.pid)
+        assert len(workers) == 2
+        for _burst in range(3):
+            connections = [socket.create_connection(("127.0.0.1", server.port), timeout=30) for _ in range(32)]
+            try:
+                request = f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n\r\n".encode()
+                for conn in connections:  # every connection accepted and answered, and kept open
+                    conn.sendall(request)
+                for conn in connections:
+                    assert conn.recv(64).startswith(b"HTTP/1.1 200")
+                held = _established_per_worker(workers, server.port)
+                assert sum(held.values()) == 32, held
+                assert min(held.values()) >= 6, held  # one-sided: 32/0 without the fair accept
+            finally:
+                for conn in connections:
+                    conn.close()

@@ -24,12 +24,18 @@ class Prepared:
     parameters go through the column types' own bind processors, so stored values are exactly those
     SQLAlchemy would write. It runs inside the caller's SQLAlchemy transaction, on its connection. Driver
     errors are re-raised as SQLAlchemy's (IntegrityError, OperationalError...) so callers handle one kind.
-    Only for statements whose results are plain values (ids, counts): rows are not type-converted.
+    Rows read with fetch (or scalar, first) go through the result columns' own result processors, so a timestamp
+    comes back as the aware datetime SQLAlchemy would return.
+
+    In psycopg's pipeline mode (core.db.groupcommit runs each PostgreSQL unit of work in it) execute only queues the
+    statement: statements whose results nobody reads yet travel together, with the transaction's BEGIN and its
+    COMMIT, and fetch waits for the results it needs (one round trip for everything queued before it).
     """
 
     def __init__(self, build: Callable[[Callable], Executable]) -> None:
         self._build = build  # called with the dialect's insert: upserts differ by dialect in SQLAlchemy's API
         self._compiled: dict[tuple[str, str, tuple[str, ...]], tuple[str, Callable[[dict], object]]] = {}
+        self._results: dict[tuple[str, str], tuple[Callable | None, ...]] = {}  # per dialect: result processors
 
     def _compile(self, conn: Connection, keys: tuple[str, ...]) -> tuple[str, Callable[[dict], object]]:
         dialect = conn.dialect
@@ -37,15 +43,26 @@ class Prepared:
         compiled = statement.compile(dialect=dialect, column_keys=list(keys))
         defaults = compiled.params
         processors = {name: bind.type.dialect_impl(dialect).bind_processor(dialect)
-                      for name, bind in compiled.binds.items()}
+                      for bind, name in compiled.bind_names.items()}  # by rendered name (anonymous ones too)
         processors = {name: p for name, p in processors.items() if p is not None}
         order = compiled.positiontup
+        self._results[(dialect.name, dialect.driver)] = tuple(
+            column.type.dialect_impl(dialect).result_processor(dialect, None)
+            for column in compiled._result_columns)  # (SQLAlchemy's own list of the statement's result columns)
 
-        def arguments(params: dict) -> object:
-            values = {**defaults, **params}
-            for name, process in processors.items():
-                values[name] = process(values[name])
-            return [values[name] for name in order] if order is not None else values
+        if order is not None:  # positional (SQLite): one pass in parameter order, no intermediate dict
+            plan = [(name, defaults.get(name), processors.get(name)) for name in order]
+
+            def arguments(params: dict) -> object:
+                get = params.get
+                return [get(name, default) if process is None else process(get(name, default))
+                        for name, default, process in plan]
+        else:
+            def arguments(params: dict) -> object:
+                values = {**defaults, **params}
+                for name, process in processors.items():
+                    values[name] = process(values[name])
+                return values
 
         return compiled.string, arguments
 
@@ -65,7 +82,24 @@ class Prepared:
                                       hide_parameters=True, dialect=conn.dialect) from exc
         return cursor
 
+    def fetch(self, conn: Connection, cursor) -> list[tuple]:  # type: ignore[no-untyped-def]
+        """Every row of a cursor execute returned, type-converted (in pipeline mode: once its results are in)."""
+        try:
+            rows = cursor.fetchall()  # drained, so the statement is finished before COMMIT
+        except conn.dialect.loaded_dbapi.Error as exc:
+            raise DBAPIError.instance("(fetch)", None, exc, conn.dialect.loaded_dbapi.Error,
+                                      hide_parameters=True, dialect=conn.dialect) from exc
+        processors = self._results.get((conn.dialect.name, conn.dialect.driver), ())
+        if rows and any(processors):
+            return [tuple(p(v) if p is not None else v for p, v in zip(processors, row)) for row in rows]
+        return rows
+
+    def first(self, conn: Connection, params: dict) -> tuple | None:
+        """The first row (type-converted), or None when no row came back."""
+        rows = self.fetch(conn, self.execute(conn, params))
+        return rows[0] if rows else None
+
     def scalar(self, conn: Connection, params: dict) -> object | None:
         """The first column of the first row, or None when no row came back."""
-        rows = self.execute(conn, params).fetchall()  # drained, so the statement is finished before COMMIT
-        return rows[0][0] if rows else None
+        row = self.first(conn, params)
+        return row[0] if row is not None else None

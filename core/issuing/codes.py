@@ -30,27 +30,29 @@ _RESEND = (update(_code)
 _EXPIRE_STALE = (update(_code).where(_live, _code.c.expires_at <= bindparam("p_now", type_=_when))
                  .values(state="expired", code_enc=None))
 _LIVE_EXPIRY = select(_code.c.expires_at).where(_live)
-_FIND_LIVE = select(_code.c.id, _code.c.code_hmac, _code.c.expires_at).where(_live)
-_EXPIRE_ONE = (update(_code).where(_code.c.id == bindparam("p_id"), _code.c.state == "active")
-               .values(state="expired", code_enc=None))
-_USE = (update(_code).where(_code.c.id == bindparam("p_id"), _code.c.state == "active",
-                            _code.c.expires_at > bindparam("p_now", type_=_when))
-        .values(state="used", code_enc=None, used_at=bindparam("p_used_at", type_=_when)).returning(_code.c.id))
+# A validate's statements run on the driver's cursor (core.db.prepared.Prepared), as a generate's do.
+# The live code, and whether it is still fresh, as SQL compares it (as _USE does): no timestamp parsed in Python.
+_FIND_LIVE = Prepared(lambda _insert: select(
+    _code.c.id, _code.c.code_hmac, (_code.c.expires_at > bindparam("p_now", type_=_when)).label("fresh")).where(_live))
+_EXPIRE_ONE = Prepared(lambda _insert: update(_code).where(_code.c.id == bindparam("p_id"), _code.c.state == "active")
+                       .values(state="expired", code_enc=None))
+_USE = Prepared(lambda _insert: update(_code).where(
+    _code.c.id == bindparam("p_id"), _code.c.state == "active", _code.c.expires_at > bindparam("p_now", type_=_when))
+    .values(state="used", code_enc=None, used_at=bindparam("p_used_at", type_=_when)).returning(_code.c.id))
 _burns = _code.c.failed_attempts + 1 >= bindparam("p_attempts")
-_FAIL = (update(_code).where(_code.c.id == bindparam("p_id"), _code.c.state == "active").values(
+_FAIL = Prepared(lambda _insert: update(_code).where(_code.c.id == bindparam("p_id"), _code.c.state == "active").values(
     failed_attempts=_code.c.failed_attempts + 1,
     state=case((_burns, "burned"), else_=_code.c.state),
     code_enc=case((_burns, None), else_=_code.c.code_enc),
 ).returning(_code.c.failed_attempts, _code.c.state))
-_LAST_USED_MAC = (select(_code.c.code_hmac).where(_code.c.user_key == bindparam("p_user"),
-                                                  _code.c.action == bindparam("p_action"), _code.c.state == "used")
-                  .order_by(_code.c.id.desc()).limit(1))
-_LOCKED_UNTIL = select(_failures.c.locked_until).where(
-    _failures.c.user_key == bindparam("p_user"), _failures.c.action == bindparam("p_action"))
-_RESET_FAILURES = (update(_failures).where(_failures.c.user_key == bindparam("p_user"),
-                                           _failures.c.action == bindparam("p_action"), _failures.c.consecutive > 0)
-                   .values(consecutive=0, locked_until=None))
-
+_LAST_USED_MAC = Prepared(lambda _insert: select(_code.c.code_hmac).where(
+    _code.c.user_key == bindparam("p_user"), _code.c.action == bindparam("p_action"), _code.c.state == "used")
+    .order_by(_code.c.id.desc()).limit(1))
+_LOCKED_UNTIL = Prepared(lambda _insert: select(_failures.c.locked_until, _failures.c.consecutive).where(
+    _failures.c.user_key == bindparam("p_user"), _failures.c.action == bindparam("p_action")))
+_RESET_FAILURES = Prepared(lambda _insert: update(_failures).where(
+    _failures.c.user_key == bindparam("p_user"), _failures.c.action == bindparam("p_action"),
+    _failures.c.consecutive > 0).values(consecutive=0, locked_until=None))
 
 def _insert_code_statement(insert):  # type: ignore[no-untyped-def]
     """Insert a new live code unless one exists (the partial unique index decides), returning its id."""
@@ -138,34 +140,65 @@ class CheckOutcome:
     code_id: int | None = None
 
 
+@dataclass(frozen=True)
+class ValidationRead:
+    """What a validate reads before deciding: the user's lock for the action, and the live code (if any)."""
+    locked_until: datetime | None  # a lock in force now, else None
+    failures: int | None  # consecutive failures so far (None: not read)
+    live: tuple | None  # (id, code_hmac, fresh): fresh is whether it expires after now
+
+
+def read_for_validation(conn: Connection, *, user_key: str, action: str, now: datetime,
+                        read_lock: bool = True) -> ValidationRead:
+    """The lock and the live code, both statements sent before either result is awaited.
+
+    On PostgreSQL (pipeline mode, core.db.groupcommit) that is one round trip for the two; on SQLite, two statements.
+    """
+    who = {"p_user": user_key, "p_action": action}
+    lock_cursor = _LOCKED_UNTIL.execute(conn, who) if read_lock else None
+    live_cursor = _FIND_LIVE.execute(conn, {**who, "p_now": now})
+    lock = _LOCKED_UNTIL.fetch(conn, lock_cursor) if lock_cursor is not None else []
+    live = _FIND_LIVE.fetch(conn, live_cursor)
+    until = lock[0][0] if lock else None
+    return ValidationRead(until if until is not None and until > now else None,
+                          (lock[0][1] if lock else 0) if read_lock else None, live[0] if live else None)
+
+
 def check_code(conn: Connection, keys: CodeKeys, *, user_key: str, config: OtpConfig, submitted: str,
-               now: datetime) -> CheckOutcome:
-    """Compare a submitted code with the live one and move the code along its life accordingly."""
+               now: datetime, read: ValidationRead | None = None) -> CheckOutcome:
+    """Compare a submitted code with the live one and move the code along its life accordingly.
+
+    read: what read_for_validation found in this transaction (read here when not given).
+    """
     action = config.action.value
-    row = conn.execute(_FIND_LIVE, {"p_user": user_key, "p_action": action}).first()
+    if read is None:
+        read = read_for_validation(conn, user_key=user_key, action=action, now=now, read_lock=False)
+    row = read.live
     if row is None:
         # No live code: a match with the last used one is a replay, worth a security event.
-        last = conn.execute(_LAST_USED_MAC, {"p_user": user_key, "p_action": action}).scalar()
+        last = _LAST_USED_MAC.scalar(conn, {"p_user": user_key, "p_action": action})
         if last is not None and equal(keys.code_mac(user_key, action, submitted), last):
             return CheckOutcome("replayed")
         return CheckOutcome("none")
-    if row.expires_at <= now:
-        conn.execute(_EXPIRE_ONE, {"p_id": row.id})
-        return CheckOutcome("expired", row.id)
-    if equal(keys.code_mac(user_key, action, submitted), row.code_hmac):
-        used = conn.execute(_USE, {"p_id": row.id, "p_now": now, "p_used_at": now}).first()
+    code_id, code_hmac, fresh = row
+    if not fresh:
+        _EXPIRE_ONE.execute(conn, {"p_id": code_id})
+        return CheckOutcome("expired", code_id)
+    if equal(keys.code_mac(user_key, action, submitted), code_hmac):
+        used = _USE.first(conn, {"p_id": code_id, "p_now": now, "p_used_at": now})
         # Another request may have used it between our read and this update; only one wins.
-        return CheckOutcome("ok" if used else "used_elsewhere", row.id)
-    after = conn.execute(_FAIL, {"p_id": row.id, "p_attempts": config.attempts_per_code}).first()
+        return CheckOutcome("ok" if used else "used_elsewhere", code_id)
+    after = _FAIL.first(conn, {"p_id": code_id, "p_attempts": config.attempts_per_code})
     if after is None:
-        return CheckOutcome("used_elsewhere", row.id)
-    if after.state == "burned":
-        return CheckOutcome("burned", row.id)
-    return CheckOutcome("wrong", row.id)
+        return CheckOutcome("used_elsewhere", code_id)
+    if after[1] == "burned":
+        return CheckOutcome("burned", code_id)
+    return CheckOutcome("wrong", code_id)
 
 
 def locked_until(conn: Connection, *, user_key: str, action: str, now: datetime) -> datetime | None:
-    until = conn.execute(_LOCKED_UNTIL, {"p_user": user_key, "p_action": action}).scalar()
+    row = _LOCKED_UNTIL.first(conn, {"p_user": user_key, "p_action": action})
+    until = row[0] if row is not None else None
     return until if until is not None and until > now else None
 
 
@@ -178,8 +211,13 @@ def record_failure(conn: Connection, *, user_key: str, config: OtpConfig, now: d
     })
 
 
-def reset_failures(conn: Connection, *, user_key: str, action: str) -> None:
-    conn.execute(_RESET_FAILURES, {"p_user": user_key, "p_action": action})
+def reset_failures(conn: Connection, *, user_key: str, action: str, failures: int | None = None) -> None:
+    """End a run of consecutive failures (and its lock). failures: the count this transaction read, if it did;
+    with none to reset the statement is skipped (a failure recorded meanwhile by another request then counts as
+    coming after this success, an order the two could have had)."""
+    if failures == 0:
+        return
+    _RESET_FAILURES.execute(conn, {"p_user": user_key, "p_action": action})
 
 
 _GIVE_BACK_SEND = update(_code).where(_code.c.id == bindparam("p_id"), _code.c.send_count > 0) \

@@ -4,14 +4,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection, insert
+from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
 from core import errors as E
 from core import metrics
 from core.db.models import OtpValidation
+from core.db.prepared import Prepared
 from core.errors import Problem
-from core.issuing.codes import CheckOutcome, check_code, locked_until, record_failure, reset_failures
+from core.issuing.codes import CheckOutcome, check_code, read_for_validation, record_failure, reset_failures
 from core.issuing.entities import mask
 from core.issuing.limits import Refused, count, validate_counter
 from core.issuing.requests import parse_validate
@@ -21,7 +22,7 @@ from core.services.refusals import record_refusal, seconds_until, security_event
 log = logging.getLogger(__name__)
 
 
-_INSERT_VALIDATION = insert(OtpValidation.__table__)
+_INSERT_VALIDATION = Prepared(lambda insert: insert(OtpValidation.__table__))
 
 
 @dataclass
@@ -57,13 +58,14 @@ async def validate(rt: Runtime, payload: object, *, client_id: int | None = None
     def check(conn: Connection) -> CheckOutcome:
         if not exempt:
             count(conn, [validate_counter(config, user_key=user_key, now=now)], now=now)
-        lock = None if exempt else locked_until(conn, user_key=user_key, action=action, now=now)
-        if lock is not None:
+        read = read_for_validation(conn, user_key=user_key, action=action, now=now, read_lock=not exempt)
+        if read.locked_until is not None:
             raise Refused("lock", "too many failed validations; this user is locked for this action",
-                          seconds_until(lock, now))
-        outcome = check_code(conn, rt.keys, user_key=user_key, config=config, submitted=submitted, now=now)
+                          seconds_until(read.locked_until, now))
+        outcome = check_code(conn, rt.keys, user_key=user_key, config=config, submitted=submitted, now=now,
+                             read=read)
         if outcome.outcome == "ok":
-            reset_failures(conn, user_key=user_key, action=action)
+            reset_failures(conn, user_key=user_key, action=action, failures=read.failures)
         elif outcome.outcome in ("wrong", "burned"):
             failures = record_failure(conn, user_key=user_key, config=config, now=now)
             if failures >= config.max_consecutive_failures:  # this failure locked the user: every lock is an event
@@ -71,7 +73,7 @@ async def validate(rt: Runtime, payload: object, *, client_id: int | None = None
                                 detail=f"{failures} consecutive failures")
         if outcome.outcome in ("burned", "replayed"):
             security_event(conn, f"{outcome.outcome}_code", user_key=user_key, action=action, now=now)
-        conn.execute(_INSERT_VALIDATION, {"created_at": now, "user_key": user_key, "action": action,
+        _INSERT_VALIDATION.execute(conn, {"created_at": now, "user_key": user_key, "action": action,
                                           "code_id": outcome.code_id, "outcome": outcome.outcome})
         return outcome
 
