@@ -343,7 +343,8 @@ def test_each_organisation_sends_with_its_own_gateways_templates_and_brand(rt, a
     sent = rows(rt, "SELECT d.org_id, d.gateway, o.body FROM delivery d JOIN outbox_message o "
                     "ON o.delivery_id = d.id ORDER BY d.org_id")
     assert [(r["org_id"], r["gateway"]) for r in sent] == [(alpha, "outbox"), (beta, "beta-sms")]
-    assert sent[1]["body"].startswith("Beta Brand: ") and "Beta Brand" not in sent[0]["body"]
+    assert sent[1]["body"].startswith("Beta Brand: ")
+    assert sent[0]["body"].startswith("Hi user.Your otp for validation is ")  # alpha: the built-in template
 
 
 def test_national_numbers_are_read_in_the_organisations_region(rt, api):
@@ -428,7 +429,8 @@ def test_the_end_user_address_limit_counts_across_organisations(db_url, tmp_path
 def test_the_platform_channel_budget_counts_across_organisations_and_an_actions_budget_does_not(
         db_url, tmp_path, clock):
     """Defence: OTP_CHANNEL_BUDGETS is one platform-wide budget above the organisations' (its counter has no
-    organisation); an action's own budget is its organisation's."""
+    organisation); an action's own budget is its organisation's, even when two organisations give the same action
+    a budget of the same channel."""
     rt = Runtime(make_settings(db_url, tmp_path, channel_budgets="SMS=3"), clock=clock)
     try:
         alpha, beta = make_org(rt, "alpha"), make_org(rt, "beta")
@@ -436,25 +438,28 @@ def test_the_platform_channel_budget_counts_across_organisations_and_an_actions_
         from core.admin.action_configs import update_action_config
         from core.db.models import ActionConfigUpdate
         from core.enums import Action
-        with rt.session() as session:  # alpha's COUPON has a budget of its own: 1 SMS a day
-            update = ActionConfigUpdate(**{**rt.config_for(alpha, Action.COUPON).to_update().model_dump(),
-                                           "channel_budgets": "SMS=1"})
-            update_action_config(session, org_id=alpha, action=Action.COUPON, update=update, actor="test",
-                                 service_daily_limit=rt.settings.daily_limit)
+        for org_id in (alpha, beta):  # each organisation's COUPON has a budget of its own: 1 SMS a day
+            with rt.session() as session:
+                update = ActionConfigUpdate(**{**rt.config_for(org_id, Action.COUPON).to_update().model_dump(),
+                                               "channel_budgets": "SMS=1"})
+                update_action_config(session, org_id=org_id, action=Action.COUPON, update=update, actor="test",
+                                     service_daily_limit=rt.settings.daily_limit)
         rt.configuration_changed()
 
-        def sms(number: str) -> dict:
-            return {**GENERATE, "entityValue": number, "channels": [{"type": "SMS", "value": number}]}
+        def sms(number: str, action: str = "COUPON") -> dict:
+            return {**GENERATE, "action": action, "entityValue": number,
+                    "channels": [{"type": "SMS", "value": number}]}
         with TestClient(create_app(rt), raise_server_exceptions=False) as api:
             assert generate(api, a, sms("+919955882211")).status_code == 200
             own = generate(api, a, sms("+919811882212"))  # alpha's COUPON budget is spent ...
             assert own.status_code == 429 and reason(own) == "budget"
-            assert generate(api, b, sms("+917011882213")).status_code == 200  # ... beta's COUPON is not
-            assert generate(api, b, sms("+918011882214")).status_code == 200  # the platform's third SMS
-            spent = generate(api, b, sms("+916011882215"))
+            assert generate(api, b, sms("+917011882213")).status_code == 200  # ... beta's COUPON budget is not
+            assert generate(api, b, sms("+918011882214", "POINTS")).status_code == 200  # the platform's third SMS
+            spent = generate(api, b, sms("+916011882215", "POINTS"))
             assert spent.status_code == 429 and reason(spent) == "budget", spent.json()
         trips = rows(rt, "SELECT org_id, detail FROM security_event WHERE kind = 'budget_trip' ORDER BY id")
-        assert trips == [{"org_id": alpha, "detail": "SMS, COUPON budget"}, {"org_id": beta, "detail": "SMS"}]
+        assert trips == [{"org_id": alpha, "detail": "SMS, COUPON budget"}, {"org_id": beta, "detail": "SMS, COUPON budget"},
+                         {"org_id": beta, "detail": "SMS"}]
     finally:
         rt.db.dispose()
 
