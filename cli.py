@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                         token_ttl_seconds=args.token_ttl,
                                                                         end_user_ip_header=header), org_id=org_id)
             print(f"id: {made.client.id}")
-            print(f"organisation: {args.org.strip().lower()}")
+            if len(list_organisations(session)) > 1:  # one organisation: the output as before organisations
+                print(f"organisation: {args.org.strip().lower()}")
             print(f"key: {made.key}")
             print(f"secret: {made.secret}")
             print(f"bearer: {made.bearer_token}")
@@ -121,9 +122,9 @@ def main(argv: list[str] | None = None) -> int:
             slugs = {o.id: o.slug for o in list_organisations(session)}
             for row in list_clients(session, org_id=None):
                 state = "revoked" if row.revoked_at else "active"
+                org = f"\torg {slugs.get(row.org_id, row.org_id)}" if len(slugs) > 1 else ""
                 print(f"{row.id}\t{row.key}\t{row.name}\t{row.permissions}\t{state}\t"
-                      f"{row.end_user_ip_header or '-'}\ttoken ttl {row.token_ttl_seconds}s\t"
-                      f"org {slugs.get(row.org_id, row.org_id)}")
+                      f"{row.end_user_ip_header or '-'}\ttoken ttl {row.token_ttl_seconds}s{org}")
     return 0
 
 
