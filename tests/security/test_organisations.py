@@ -347,6 +347,42 @@ def test_each_organisation_sends_with_its_own_gateways_templates_and_brand(rt, a
     assert sent[0]["body"].startswith("Hi user.Your otp for validation is ")  # alpha: the built-in template
 
 
+def test_a_late_failover_sends_with_the_organisations_own_plan_and_gateways(rt, api, orgs, provider):
+    """The failover poller, with no request in hand, finds the organisation from the delivery's request: beta's
+    plan (SMS then voice), beta's voice gateway, beta's customer's code."""
+    from core.admin.action_configs import update_action_config
+    from core.db.models import ActionConfigUpdate
+    from core.enums import Action
+    from core.runtime import run
+    from core.services.failover import run_due_failovers
+    with rt.session() as session:
+        made = create_first_admin(session, username="ada", password="correct horse 1")
+    admin = StaffIdentity(made.id, made.username, made.role)
+    (beta, b) = orgs["beta"]
+    _hook(rt, beta, "secret-of-beta", provider, admin)  # SMS: 'sent', awaiting a receipt
+    with rt.session() as session:
+        save_gateway(session, rt.box, actor=admin, org_id=beta, credentials=None, config=GatewayConfigBase(
+            name="beta-voice", channel="PHONE", provider="outbox", is_default=True))
+    with rt.session() as session:
+        update = ActionConfigUpdate(**{**rt.config_for(beta, Action.COUPON).to_update().model_dump(),
+                                       "failover": "SMS,PHONE", "failover_seconds": 30})
+        update_action_config(session, org_id=beta, action=Action.COUPON, update=update, actor="test",
+                             service_daily_limit=rt.settings.daily_limit)
+    rt.configuration_changed()
+    assert generate(api, b).status_code == 200
+    rt.clock.advance(seconds=31)  # no 'delivered' receipt in time
+    assert run(run_due_failovers(rt)) == 1
+    steps = rows(rt, "SELECT org_id, channel, gateway, status, failover_step FROM delivery ORDER BY id")
+    assert steps == [{"org_id": beta, "channel": "SMS", "gateway": "hook", "status": "sent", "failover_step": 0},
+                     {"org_id": beta, "channel": "PHONE", "gateway": "beta-voice", "status": "delivered",
+                      "failover_step": 1}]
+    spoken = rows(rt, "SELECT org_id, body FROM outbox_message")
+    assert len(spoken) == 1 and spoken[0]["org_id"] == beta
+    code = spoken[0]["body"].rsplit(" ", 1)[-1].rstrip(".")
+    assert provider.requests[0].json()["text"].endswith(f" {code}.")  # the same code as the SMS
+    assert validate(api, b, code).json()["entity"] is True
+
+
 def test_national_numbers_are_read_in_the_organisations_region(rt, api):
     """An organisation in Vietnam reads a national number as VN; the default organisation as OTP_DEFAULT_REGION."""
     vn = make_org(rt, "acme-vn", phone_region="VN")
