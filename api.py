@@ -27,6 +27,8 @@ from core.admin.tokens import read_token_request
 from core.delivery.gateways.http import close_shared_client
 from core.enums import Action, Channel, EntityType
 from core.errors import OtpError
+from core.issuing.entities import DEFAULT_ORG
+from core.issuing.org_settings import UnknownOrganisation
 from core.net import end_user_address
 from core.runtime import Runtime
 from core.services import receipts
@@ -207,13 +209,17 @@ async def verified_client(runtime: Runtime, key: str, secret: str) -> ClientIden
 
 
 async def token_client(runtime: Runtime, token: str) -> ClientIdentity | None:
-    """The still-active client an OAuth access token was issued to, or None (bad, expired, or revoked)."""
-    client_id = runtime.tokens.client_id(token, now=runtime.clock())
-    if client_id is None:
+    """The still-active client an OAuth access token was issued to, or None (bad, expired, revoked, or its
+    org_id claim is not the client's organisation: checked on every use)."""
+    found = runtime.tokens.verify(token, now=runtime.clock())
+    if found is None:
         return None
+    client_id, org_id = found
     known, client = runtime.auth.cached_by_id(client_id)
     if not known:  # a read of the client's row at most once per OTP_AUTH_CACHE_SECONDS
         client = await run_in_threadpool(runtime.auth.by_id, client_id)
+    if client is None or client.org_id != org_id:
+        return None
     return client
 
 
@@ -377,14 +383,17 @@ def create_app(runtime: Runtime | None = None, settings: Settings | None = None)
         runtime_: Runtime = request.app.state.runtime
         peer = request.client.host if request.client else ""
         ip = end_user_address(peer, request.headers, runtime_.settings, end_user_ip_header=client.end_user_ip_header)
-        result = await generate(runtime_, await read_json(request), client_id=client.id, client_ip=ip)
+        # The organisation is the client's, never the request's: no body field or header can name another.
+        result = await generate(runtime_, await read_json(request), org_id=client.org_id, client_id=client.id,
+                                client_ip=ip)
         return JSONResponse(result.body())
 
     @app.post("/v2/otp/validate", response_model=ValidateResponse, responses=_ERRORS,
               openapi_extra={"requestBody": validate_body})
     async def validate_otp(request: Request) -> JSONResponse:
         client = await authorised_client(request)
-        result = await validate(request.app.state.runtime, await read_json(request), client_id=client.id)
+        result = await validate(request.app.state.runtime, await read_json(request), org_id=client.org_id,
+                                client_id=client.id)
         return JSONResponse(result.body())
 
     @app.post("/v3/oauth/token/generate", response_model=TokenResponse,
@@ -404,15 +413,30 @@ def create_app(runtime: Runtime | None = None, settings: Settings | None = None)
                 raise OtpError.single(401, "invalid API client key or secret", 401)
         except OtpError as exc:
             return JSONResponse({"data": None, **exc.envelope()}, status_code=exc.http_status)
-        issued = runtime_.tokens.issue(client_id=client.id, ttl_seconds=client.token_ttl_seconds,
-                                       now=runtime_.clock())
+        issued = runtime_.tokens.issue(client_id=client.id, org_id=client.org_id,
+                                       ttl_seconds=client.token_ttl_seconds, now=runtime_.clock())
         return JSONResponse({"data": {"accessToken": issued.access_token, "ttlSeconds": issued.ttl_seconds},
                              "errors": None}, headers={"Cache-Control": "no-store"})
 
-    @app.post("/v2/otp/receipts/{gateway}",
-              responses={**_ERRORS, 404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}})
+    receipt_responses = {**_ERRORS, 404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}}
+
+    @app.post("/v2/otp/receipts/{gateway}", responses=receipt_responses)
     async def delivery_receipt(gateway: str, request: Request) -> JSONResponse:
-        """A provider's status callback, authenticated by the provider's signature (no API credentials)."""
+        """A provider's status callback for a gateway of the default organisation, authenticated by the provider's
+        signature (no API credentials)."""
+        return await _receipt(request, DEFAULT_ORG, gateway)
+
+    @app.post("/v2/otp/receipts/{org}/{gateway}", responses=receipt_responses)
+    async def org_delivery_receipt(org: str, gateway: str, request: Request) -> JSONResponse:
+        """A provider's status callback for a gateway of the organisation with slug org: verified with that
+        organisation's gateway secret, and only that organisation's deliveries can be changed by it."""
+        try:
+            org_id = request.app.state.runtime.org_by_slug(org).id
+        except UnknownOrganisation:
+            raise OtpError.single(404, "no such gateway", 404) from None
+        return await _receipt(request, org_id, gateway)
+
+    async def _receipt(request: Request, org_id: int, gateway: str) -> JSONResponse:
         runtime_: Runtime = request.app.state.runtime
         body = await read_body(request)
         url = str(request.url)
@@ -420,7 +444,7 @@ def create_app(runtime: Runtime | None = None, settings: Settings | None = None)
             url = runtime_.settings.public_url.rstrip("/") + request.url.path + (
                 f"?{request.url.query}" if request.url.query else "")
         try:
-            outcome = await run_in_threadpool(receipts.apply_receipt, runtime_, gateway, url=url,
+            outcome = await run_in_threadpool(receipts.apply_receipt, runtime_, gateway, org_id=org_id, url=url,
                                               headers=dict(request.headers), body=body)
         except receipts.ReceiptRefused as exc:
             raise OtpError.single(exc.http_status, str(exc), exc.http_status) from None

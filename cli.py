@@ -1,4 +1,5 @@
-"""Command line: `python -m cli client create NAME` prints the new client's key and secret once."""
+"""Command line: `python -m cli client create NAME [--org SLUG]` prints the new client's key and secret once;
+`python -m cli org create SLUG --name NAME` makes an organisation, `org list` lists them."""
 from __future__ import annotations
 
 import argparse
@@ -6,8 +7,10 @@ import sys
 
 from core.admin.clients import (check_end_user_ip_header, create_client, list_clients, revoke_client,
                                 set_end_user_ip_header, set_token_ttl)
+from core.admin.organisations import (OrganisationRefused, UnknownOrganisation, create_organisation,
+                                      get_organisation_by_slug, list_organisations)
 from core.admin.tokens import DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS, MIN_TTL_SECONDS, check_token_ttl
-from core.db.models import ApiClientCreate
+from core.db.models import ApiClientCreate, OrganisationBase
 from core.runtime import Runtime
 from core.settings import settings_or_exit
 
@@ -18,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     client = groups.add_parser("client", help="API clients").add_subparsers(dest="command", required=True)
     create = client.add_parser("create", help="create a client; its secret is printed once")
     create.add_argument("name")
+    create.add_argument("--org", default="default", metavar="SLUG",
+                        help="the organisation the client acts in (default: the default organisation)")
     create.add_argument("--permissions", default="otp:write", help="comma-separated (default: otp:write)")
     ttl_help = f"seconds its OAuth access tokens live, {MIN_TTL_SECONDS} to {MAX_TTL_SECONDS}"
     create.add_argument("--token-ttl", type=int, default=DEFAULT_TTL_SECONDS,
@@ -35,7 +40,17 @@ def main(argv: list[str] | None = None) -> int:
     update.add_argument("--end-user-ip-header", required=True, metavar="HEADER", help=header_help)
     revoke = client.add_parser("revoke", help="revoke a client by id")
     revoke.add_argument("id", type=int)
-    client.add_parser("list", help="list clients (never their secrets)")
+    client.add_parser("list", help="list clients (never their secrets), with their organisation")
+    org = groups.add_parser("org", help="organisations").add_subparsers(dest="command", required=True)
+    org_create = org.add_parser("create", help="create an organisation (default configuration, no gateways, "
+                                               "no clients)")
+    org_create.add_argument("slug", help="lower-case letters, digits and '-', e.g. acme-vn")
+    org_create.add_argument("--name", required=True)
+    org_create.add_argument("--brand", default=None, help="its {{ brand }} (default: OTP_BRAND)")
+    org_create.add_argument("--timezone", default=None, help="where its day begins (default: OTP_TIMEZONE)")
+    org_create.add_argument("--region", default=None, help="ISO region of its national numbers "
+                                                           "(default: OTP_DEFAULT_REGION)")
+    org.add_parser("list", help="list organisations")
     groups.add_parser("migrate", help="apply database migrations and seed the default configuration")
     args = parser.parse_args(argv)
 
@@ -53,41 +68,74 @@ def main(argv: list[str] | None = None) -> int:
     if args.group == "migrate":
         print("database is up to date")
         return 0
+    if args.group == "org":
+        return _org(args, runtime)
     with runtime.session() as session:
         if args.command == "create":
             name = args.name.strip()
             if not name or len(name) > 120:
                 parser.error("NAME must be 1 to 120 characters")
+            try:
+                org_id = get_organisation_by_slug(session, args.org).id
+            except UnknownOrganisation as exc:
+                print(exc, file=sys.stderr)
+                return 1
             made = create_client(session, client_create=ApiClientCreate(name=name, permissions=args.permissions,
                                                                         token_ttl_seconds=args.token_ttl,
-                                                                        end_user_ip_header=header))
+                                                                        end_user_ip_header=header), org_id=org_id)
             print(f"id: {made.client.id}")
+            if len(list_organisations(session)) > 1:  # one organisation: the output as before organisations
+                print(f"organisation: {args.org.strip().lower()}")
             print(f"key: {made.key}")
             print(f"secret: {made.secret}")
             print(f"bearer: {made.bearer_token}")
             print("The secret is shown only now; store it safely.", file=sys.stderr)
         elif args.command == "revoke":
-            if not revoke_client(session, client_id=args.id):
+            if not revoke_client(session, client_id=args.id, org_id=None):
                 print(f"no active client with id {args.id}", file=sys.stderr)
                 return 1
             print(f"revoked client {args.id}")
         elif args.command == "token-ttl":
-            if not set_token_ttl(session, client_id=args.id, seconds=args.seconds):
+            if not set_token_ttl(session, client_id=args.id, seconds=args.seconds, org_id=None):
                 print(f"no active client with id {args.id}", file=sys.stderr)
                 return 1
             print(f"client {args.id}: new access tokens live {args.seconds} s")
         elif args.command == "update":
             try:
-                stored = set_end_user_ip_header(session, client_id=args.id, header=header)
+                stored = set_end_user_ip_header(session, client_id=args.id, header=header, org_id=None)
             except LookupError as exc:
                 print(exc, file=sys.stderr)
                 return 1
             print(f"client {args.id}: end users' addresses from {stored or 'nowhere (a backend)'}")
         else:
-            for row in list_clients(session):
+            slugs = {o.id: o.slug for o in list_organisations(session)}
+            for row in list_clients(session, org_id=None):
                 state = "revoked" if row.revoked_at else "active"
+                org = f"\torg {slugs.get(row.org_id, row.org_id)}" if len(slugs) > 1 else ""
                 print(f"{row.id}\t{row.key}\t{row.name}\t{row.permissions}\t{state}\t"
-                      f"{row.end_user_ip_header or '-'}\ttoken ttl {row.token_ttl_seconds}s")
+                      f"{row.end_user_ip_header or '-'}\ttoken ttl {row.token_ttl_seconds}s{org}")
+    return 0
+
+
+def _org(args: argparse.Namespace, runtime: Runtime) -> int:
+    with runtime.session() as session:
+        if args.command == "create":
+            try:
+                made = create_organisation(session, actor="cli", fields=OrganisationBase(
+                    slug=args.slug, name=args.name, brand=args.brand, timezone=args.timezone,
+                    phone_region=args.region))
+            except OrganisationRefused as exc:
+                for problems in exc.problems.values():
+                    for problem in problems:
+                        print(problem, file=sys.stderr)
+                return 1
+            print(f"id: {made.id}")
+            print(f"slug: {made.slug}")
+            print(f"create its API clients with: python -m cli client create NAME --org {made.slug}")
+            return 0
+        for row in list_organisations(session):
+            print(f"{row.id}\t{row.slug}\t{row.name}\tbrand {row.brand if row.brand is not None else '(OTP_BRAND)'}"
+                  f"\ttimezone {row.timezone or '(OTP_TIMEZONE)'}\tregion {row.phone_region or '(OTP_DEFAULT_REGION)'}")
     return 0
 
 

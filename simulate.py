@@ -199,9 +199,9 @@ class Simulation:
             self.push(at + timedelta(seconds=30 + 5 * i), "validate", guesser, Action.POINTS, guess="000000")
         # Consecutive-failure lock: wrong guesses across windows and codes until locked, then more.
         locked = self.customer(self.users + 3)
-        ceiling = self.rt.config_for(Action.REGISTRATION).max_consecutive_failures
-        window = self.rt.config_for(Action.REGISTRATION).validate_window_minutes
-        per_window = self.rt.config_for(Action.REGISTRATION).validate_limit
+        ceiling = self.rt.config_for(1, Action.REGISTRATION).max_consecutive_failures
+        window = self.rt.config_for(1, Action.REGISTRATION).validate_window_minutes
+        per_window = self.rt.config_for(1, Action.REGISTRATION).validate_limit
         moment = at
         for n in range(ceiling + 3):
             if n % per_window == 0:
@@ -215,11 +215,11 @@ class Simulation:
         limit = self.rt.settings.daily_limit
         if limit <= 1000:
             scripted = self.customer(self.users + 4)
-            per_round = len(Action) * self.rt.config_for(Action.COUPON).max_sends_per_code
+            per_round = len(Action) * self.rt.config_for(1, Action.COUPON).max_sends_per_code
             moment = day_start + timedelta(hours=1)
             for n in range(limit + 10):
                 if n and n % per_round == 0:
-                    moment += timedelta(minutes=self.rt.config_for(Action.COUPON).validity_minutes + 1)
+                    moment += timedelta(minutes=self.rt.config_for(1, Action.COUPON).validity_minutes + 1)
                 action = list(Action)[n % len(Action)]
                 self.push(moment + timedelta(seconds=n % per_round), "generate", scripted, action, channels=None)
 
@@ -246,13 +246,13 @@ class Simulation:
                         entity["whatsappTemplateName"] = "otp_auth"
                         entity["zaloTemplateIdentifier"] = "240001"
                     report.generates += 1
-                    await generate(self.rt, entity)
+                    await generate(self.rt, entity, org_id=1)
                 else:
                     code = event.guess or self.inbox.get(event.customer.destination)
                     if not code:
                         continue  # the message never arrived: the customer gives up
                     report.validations += 1
-                    await validate(self.rt, {**entity, "code": code})
+                    await validate(self.rt, {**entity, "code": code}, org_id=1)
             except OtpError as exc:
                 if exc.http_status == 429:
                     report.refused += 1

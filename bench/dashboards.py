@@ -76,15 +76,15 @@ def build(path: Path, requests: int) -> None:
              f"WHEN {h('i', 3)} % 100 < 97 THEN 'burned' ELSE 'expired' END)")
     db.execute(f"""
         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {codes})
-        INSERT INTO otp_code (id, user_key, entity_type, action, code_hmac, code_enc, created_at, expires_at, state,
-                              failed_attempts, send_count, used_at)
-        SELECT i, {user}, 'MOBILE', {action}, x'00', NULL, {ts(created)}, {ts(created + ' + 600')}, {state}, 0, 1,
+        INSERT INTO otp_code (org_id, id, user_key, entity_type, action, code_hmac, code_enc, created_at, expires_at,
+                              state, failed_attempts, send_count, used_at)
+        SELECT 1, i, {user}, 'MOBILE', {action}, x'00', NULL, {ts(created)}, {ts(created + ' + 600')}, {state}, 0, 1,
                CASE WHEN {h('i', 3)} % 100 < 80 THEN {ts(created + f" + 3 + ({h('i', 4)} % 1000) / 10.0")} END
         FROM n""")
     # Every code's issuing request, then re-sends of some codes 40 s later (ids interleave in time order).
     db.execute("""
-        INSERT INTO otp_request (created_at, code_id, user_key, action, kind, client_id)
-        SELECT created_at, id, user_key, action, kind, 1 FROM (
+        INSERT INTO otp_request (org_id, created_at, code_id, user_key, action, kind, client_id)
+        SELECT 1, created_at, id, user_key, action, kind, 1 FROM (
             SELECT created_at, id, user_key, action, 'issued' AS kind FROM otp_code
             UNION ALL
             SELECT strftime('%Y-%m-%d %H:%M:%f', created_at, '+40 seconds') || '000', id, user_key, action, 'resent'
@@ -99,15 +99,15 @@ def build(path: Path, requests: int) -> None:
                                               "destination unreachable", "HTTP 429 from provider: throttled"])
     latency = f"(80 + {h('r.id * 2 + k', 9)} % 900 + CASE WHEN {h('r.id', 10)} % 50 = 0 THEN 4000 ELSE 0 END)"
     db.execute(f"""
-        INSERT INTO delivery (request_id, code_id, channel, destination, gateway, status, provider_message_id,
+        INSERT INTO delivery (org_id, request_id, code_id, channel, destination, gateway, status, provider_message_id,
                               http_status, error, latency_ms, attempts, created_at, updated_at, failover_step)
-        SELECT r.id, r.code_id, CASE k WHEN 0 THEN {channel_a} ELSE 'WHATSAPP' END, substr(r.user_key, 8),
+        SELECT r.org_id, r.id, r.code_id, CASE k WHEN 0 THEN {channel_a} ELSE 'WHATSAPP' END, substr(r.user_key, 8),
                CASE k WHEN 0 THEN {gateway} ELSE 'meta' END, {status}, NULL, NULL,
                CASE WHEN {status} = 'failed' THEN {error} END, {latency}, 1, r.created_at, r.created_at, 0
         FROM otp_request r CROSS JOIN (SELECT 0 AS k UNION ALL SELECT 1) ORDER BY r.id, k""")
     db.execute(f"""
-        INSERT INTO otp_validation (created_at, user_key, action, code_id, outcome)
-        SELECT created_at, user_key, action, code_id, outcome FROM (
+        INSERT INTO otp_validation (org_id, created_at, user_key, action, code_id, outcome)
+        SELECT 1, created_at, user_key, action, code_id, outcome FROM (
             SELECT used_at AS created_at, user_key, action, id AS code_id, 'ok' AS outcome FROM otp_code
             WHERE state = 'used'
             UNION ALL
@@ -118,8 +118,8 @@ def build(path: Path, requests: int) -> None:
     kinds = case_list(f"{h('i', 12)} % 5", ["daily", "code_sends", "validate", "lock", "code_sends"])
     db.execute(f"""
         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 30000)
-        INSERT INTO limit_event (created_at, user_key, action, limit_type, client_id)
-        SELECT {ts(f'(i * {span / 30000!r})')},
+        INSERT INTO limit_event (org_id, created_at, user_key, action, limit_type, client_id)
+        SELECT 1, {ts(f'(i * {span / 30000!r})')},
                CASE WHEN i % 10 = 0 THEN 'MOBILE:+9190000' || printf('%05d', i % 700)
                     ELSE 'MOBILE:+9199' || printf('%08d', {h('i', 13)} % 2000) END,
                {case_list(f"{h('i', 14)} % 10", ACTIONS)}, {kinds}, 1 FROM n""")

@@ -114,13 +114,15 @@ class EngineBench:
     def generate(self, numbers: list[str], timeout: float) -> LoadResult:
         from core.services.generation import generate
 
-        return self._run([generate_payload(n) for n in numbers], timeout, generate)
+        return self._run([generate_payload(n) for n in numbers], timeout,
+                         lambda rt, body: generate(rt, body, org_id=1))
 
     def validate(self, numbers: list[str], timeout: float) -> LoadResult:
         from core.services.validation import validate
 
         codes = codes_sent(f"sqlite:///{self.db_path}", numbers)
-        return self._run([validate_payload(n, codes[n]) for n in numbers if n in codes], timeout, validate)
+        return self._run([validate_payload(n, codes[n]) for n in numbers if n in codes], timeout,
+                         lambda rt, body: validate(rt, body, org_id=1))
 
     def close(self) -> None:
         self.rt.db.dispose()

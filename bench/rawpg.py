@@ -25,16 +25,17 @@ from datetime import datetime, timedelta, timezone
 BUMP = ("INSERT INTO usage_counter (scope, user_key, period, count) VALUES (%s, %s, %s, 1) "
         "ON CONFLICT (scope, user_key, period) DO UPDATE SET count = usage_counter.count + 1 "
         "WHERE usage_counter.count < %s RETURNING usage_counter.count")
-INSERT_CODE = ("INSERT INTO otp_code (user_key, entity_type, action, code_hmac, code_enc, created_at, expires_at, "
-               "state, failed_attempts, send_count) VALUES (%s, 'MOBILE', 'COUPON', %s, %s, %s, %s, 'active', 0, 1) "
-               "ON CONFLICT (user_key, action) WHERE state = 'active' DO NOTHING RETURNING otp_code.id")
-INSERT_REQUEST = ("INSERT INTO otp_request (created_at, code_id, user_key, action, kind, client_id) "
-                  "VALUES (%s, %s, %s, 'COUPON', 'issued', NULL) RETURNING otp_request.id")
-INSERT_DELIVERY = ("INSERT INTO delivery (request_id, code_id, channel, destination, gateway, status, error, "
+INSERT_CODE = ("INSERT INTO otp_code (org_id, user_key, entity_type, action, code_hmac, code_enc, created_at, "
+               "expires_at, state, failed_attempts, send_count) "
+               "VALUES (1, %s, 'MOBILE', 'COUPON', %s, %s, %s, %s, 'active', 0, 1) "
+               "ON CONFLICT (org_id, user_key, action) WHERE state = 'active' DO NOTHING RETURNING otp_code.id")
+INSERT_REQUEST = ("INSERT INTO otp_request (org_id, created_at, code_id, user_key, action, kind, client_id) "
+                  "VALUES (1, %s, %s, %s, 'COUPON', 'issued', NULL) RETURNING otp_request.id")
+INSERT_DELIVERY = ("INSERT INTO delivery (org_id, request_id, code_id, channel, destination, gateway, status, error, "
                    "latency_ms, attempts, created_at, updated_at, failover_step) "
-                   "VALUES (%s, %s, 'SMS', %s, 'outbox', 'delivered', NULL, 0.1, 1, %s, %s, 0) RETURNING delivery.id")
-INSERT_OUTBOX = ("INSERT INTO outbox_message (created_at, delivery_id, channel, recipient, subject, body, is_html) "
-                 "VALUES (%s, %s, 'SMS', %s, NULL, %s, false) RETURNING outbox_message.id")
+                   "VALUES (1, %s, %s, 'SMS', %s, 'outbox', 'delivered', NULL, 0.1, 1, %s, %s, 0) RETURNING delivery.id")
+INSERT_OUTBOX = ("INSERT INTO outbox_message (org_id, created_at, delivery_id, channel, recipient, subject, body, "
+                 "is_html) VALUES (1, %s, %s, 'SMS', %s, NULL, %s, false) RETURNING outbox_message.id")
 
 
 def libpq_url(url: str) -> str:

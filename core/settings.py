@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -292,9 +292,18 @@ class Settings(BaseSettings):
                 raise ValueError("OTP_METRICS_TOKEN is required when OTP_ENV=production and OTP_METRICS=on")
         return self
 
+    # An organisation's copy of the settings (core.issuing.org_settings) keeps the service's own time zone here:
+    # the platform-wide channel budgets have one day for every organisation. Never read from the environment.
+    _service_timezone: str | None = PrivateAttr(default=None)
+
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+    @property
+    def service_tz(self) -> ZoneInfo:
+        """The service's time zone (OTP_TIMEZONE), also in an organisation's copy with a time zone of its own."""
+        return ZoneInfo(self._service_timezone or self.timezone)
 
     @property
     def is_development(self) -> bool:

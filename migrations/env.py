@@ -14,13 +14,31 @@ target_metadata = SQLModel.metadata
 def run_migrations_online() -> None:
     engine = context.config.attributes.get("engine") or make_engine(get_settings().database_url)
     with engine.connect() as connection:
-        context.configure(connection=connection, target_metadata=target_metadata,
-                          render_as_batch=connection.dialect.name == "sqlite")
-        with context.begin_transaction():
-            context.run_migrations()
-        # Connection.commit() is needed on SQLAlchemy 2 when the connection began its own transaction.
-        if connection.in_transaction():
-            connection.commit()
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            # SQLite's documented way to re-make a table (alembic's batch mode does): foreign keys off, outside
+            # any transaction (the pragma is a no-op inside one), so dropping the old copy of a table that others
+            # reference does not fail; checked again below before they are turned back on.
+            _driver(connection).execute("PRAGMA foreign_keys=OFF")
+        try:
+            context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=sqlite)
+            with context.begin_transaction():
+                context.run_migrations()
+                if sqlite:
+                    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise RuntimeError(f"the migration broke {len(broken)} foreign keys: {broken[:5]}")
+            # Connection.commit() is needed on SQLAlchemy 2 when the connection began its own transaction.
+            if connection.in_transaction():
+                connection.commit()
+        finally:
+            if sqlite:
+                _driver(connection).execute("PRAGMA foreign_keys=ON")
+
+
+def _driver(connection):  # type: ignore[no-untyped-def]
+    """The DB-API connection itself: a pragma sent through SQLAlchemy would begin a transaction first."""
+    return connection.connection.driver_connection
 
 
 run_migrations_online()

@@ -47,7 +47,7 @@ def confirm(action: str, target: int, question: str, yes_label: str) -> bool:
 staff_tab, clients_tab = st.tabs(["Staff", "API clients"], key="admin_tab", on_change="rerun")
 with staff_tab:
     with rt.session() as db:
-        people = list_staff(db)
+        people = list_staff(db, org_id=1)
     st.dataframe(pd.DataFrame([{"id": p.id, "username": p.username, "role": p.role,
                                 "active": p.disabled_at is None, "last sign-in": when(p.last_login_at)}
                                for p in people]),
@@ -62,7 +62,7 @@ with staff_tab:
     if add:
         try:
             with rt.session() as db:
-                create_staff(db, actor=identity, staff_create=StaffCreate(username=username, password=password, role=role))
+                create_staff(db, actor=identity, staff_create=StaffCreate(username=username, password=password, role=role), org_id=1)
         except InvalidStaff as exc:
             st.error(str(exc))
         else:
@@ -80,7 +80,7 @@ with staff_tab:
         try:
             if c.button("Change role", key="staff_change_role"):
                 with rt.session() as db:
-                    set_role(db, actor=identity, staff_id=who.id, role=new_role)
+                    set_role(db, actor=identity, staff_id=who.id, role=new_role, org_id=1)
                 st.session_state["admin_flash"] = ("success", f"{who.username} is now {new_role}.")
                 st.rerun()
             if d.button("Disable account", key="staff_disable"):
@@ -88,7 +88,7 @@ with staff_tab:
             if confirm("staff_disable", who.id, f"Disable {who.username}? They can no longer sign in, and only a "
                                                 "new account brings them back.", f"Yes, disable {who.username}"):
                 with rt.session() as db:
-                    disable_staff(db, actor=identity, staff_id=who.id)
+                    disable_staff(db, actor=identity, staff_id=who.id, org_id=1)
                 st.session_state.pop("admin_confirm", None)
                 st.session_state["admin_flash"] = ("success", f"{who.username} can no longer sign in.")
                 st.rerun()
@@ -100,7 +100,7 @@ with clients_tab:
         st.warning("Copy the secret now: it is shown only once.")
         st.code(f"key: {made.key}\nsecret: {made.secret}\nbearer: {made.bearer_token}")
     with rt.session() as db:
-        clients = list_clients(db)
+        clients = list_clients(db, org_id=1)
     st.dataframe(pd.DataFrame([{"id": c.id, "name": c.name, "key": c.key, "permissions": c.permissions,
                                 "end users' IP from": c.end_user_ip_header or "-",
                                 "token TTL (s)": c.token_ttl_seconds,
@@ -121,7 +121,7 @@ with clients_tab:
     if create:
         try:
             st.session_state["admin_new_client"] = new_api_client(
-                rt, actor=identity, name=name, permissions=permissions, end_user_ip_header=header)
+                rt, actor=identity, name=name, permissions=permissions, end_user_ip_header=header, org_id=1)
         except ValueError as exc:
             st.error(str(exc))
         else:
@@ -137,7 +137,7 @@ with clients_tab:
                                  value=timed.token_ttl_seconds, step=60, key=f"client_ttl_seconds_{timed.id}")
         if st.button("Save token life", key="client_ttl_save"):
             try:
-                set_api_client_token_ttl(rt, actor=identity, client_id=timed.id, seconds=int(seconds))
+                set_api_client_token_ttl(rt, actor=identity, client_id=timed.id, seconds=int(seconds), org_id=1)
             except ValueError as exc:
                 st.error(str(exc))
             else:
@@ -150,7 +150,7 @@ with clients_tab:
                                   key=f"client_ip_header_{chosen.id}")
         if b.button("Save", key="client_ip_header_save"):
             try:
-                stored = set_api_client_end_user_ip_header(rt, actor=identity, client_id=chosen.id, header=new_header)
+                stored = set_api_client_end_user_ip_header(rt, actor=identity, client_id=chosen.id, header=new_header, org_id=1)
             except (ValueError, LookupError) as exc:
                 st.error(str(exc))
             else:
@@ -162,7 +162,7 @@ with clients_tab:
         if confirm("client_revoke", chosen.id, f"Revoke {chosen.name}? Its calls are refused from now on (on "
                    f"other API processes within {rt.settings.auth_cache_seconds:g} s); this cannot be undone.",
                    f"Yes, revoke {chosen.name}"):
-            revoke_api_client(rt, actor=identity, client_id=chosen.id)
+            revoke_api_client(rt, actor=identity, client_id=chosen.id, org_id=1)
             st.session_state.pop("admin_confirm", None)
             st.session_state["admin_flash"] = ("success", f"Revoked {chosen.name}.")
             st.rerun()

@@ -16,7 +16,7 @@ st.caption("Sign-ins, test sends, gateway, configuration, template, staff and AP
            "are masked and credentials shown as hints; no code or password is ever recorded.")
 today = utcnow().date()
 with rt.session() as db:
-    people = actors(db)
+    people = actors(db, org_id=1)
 a, b, c = st.columns([2, 2, 3])
 kind = a.selectbox("Kind", [ALL, *KINDS], key="audit_kind", format_func=lambda k: "everything" if k == ALL else KINDS[k])
 actor = b.selectbox("Who", [ALL, *people], key="audit_actor", format_func=lambda p: "everyone" if p == ALL else p)
@@ -25,7 +25,7 @@ first, last = (days[0], days[-1]) if isinstance(days, (tuple, list)) and days el
 with rt.session() as db:
     rows = search(db, kind=None if kind == ALL else kind, actor=None if actor == ALL else actor,
                   start=datetime.combine(first, time(), timezone.utc),
-                  end=datetime.combine(last + timedelta(days=1), time(), timezone.utc))
+                  end=datetime.combine(last + timedelta(days=1), time(), timezone.utc), org_id=1)
 st.dataframe(pd.DataFrame([{"when": r.at, "who": r.actor, "what": r.action, "target": r.target, "why": r.reason or "",
                             "detail": r.detail or ""} for r in rows], columns=["when", "who", "what", "target", "why", "detail"]),
              hide_index=True, width="stretch", key="audit_table",

@@ -27,7 +27,7 @@ NUMBERS = {"code_length": "cfg_code_length", "validity_minutes": "cfg_validity",
 
 def load_stored(action: Action) -> None:
     """Fill the form with what is stored for the action (on first view, on switching action, after a save)."""
-    c = rt.config_for(action)
+    c = rt.config_for(1, action)
     st.session_state.update({
         **{key: getattr(c, name) for name, key in NUMBERS.items() if name != "daily_cap"},
         "cfg_cap_on": c.daily_cap is not None, "cfg_cap": c.daily_cap or 100, "cfg_alphanumeric": c.alphanumeric,
@@ -53,7 +53,7 @@ def save() -> None:
         safe_mode=None if state["cfg_safe_mode"] == SERVICE_MODE else state["cfg_safe_mode"], **overrides)
     try:
         save_action_config(rt, actor=identity, action=action, update=update, reason=state["cfg_reason"],
-                           form_problems=form_problems)
+                           form_problems=form_problems, org_id=1)
     except ConfigRefused as refused:
         state["cfg_problems"] = refused.problems  # the input stays as typed
     else:

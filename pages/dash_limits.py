@@ -87,7 +87,7 @@ if who:
     moment = rt.clock()
     with rt.read_db.connect() as conn:
         limits = why_refused(conn, rt.settings, user_key=user_key, now=moment,
-                             configs={a.value: c for a, c in rt.active_configs().items()})
+                             configs={a.value: c for a, c in rt.active_configs(1).items()})
     st.caption("The same limits the engine counts, for a code sent to this user on each channel its action "
                "enables; the client IP and API client limits depend on the caller and are not shown.")
     if not limits.blocks:
@@ -118,7 +118,7 @@ if who:
             try:
                 with rt.session() as session:
                     unblock(session, actor=identity, user_key=user_key, limit_type=block.limit_type,
-                            action=block.action, reason=reason, now=rt.clock(), tz=rt.settings.tz)
+                            action=block.action, reason=reason, now=rt.clock(), tz=rt.settings.tz, org_id=1)
             except (ValueError, PermissionDenied) as exc:
                 st.error(f"Not unblocked: {exc}")
             else:

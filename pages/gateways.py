@@ -23,7 +23,7 @@ def state_key(field_key: str) -> str:
 
 
 with rt.session() as db:
-    configured = list_gateways(db, rt.box)
+    configured = list_gateways(db, rt.box, org_id=1)
 if configured:
     st.dataframe(pd.DataFrame([{"name": g.name, "channel": g.channel, "provider": g.provider, "endpoint": g.endpoint,
                                 "sender": g.sender, "default": g.is_default, "enabled": g.enabled,
@@ -37,7 +37,7 @@ else:
 def load(name: str) -> None:
     """Fill the form with what is stored for name (secrets stay empty: only their hints are shown)."""
     with rt.session() as db:
-        stored = stored_form(db, rt.box, name) if name != NEW else None
+        stored = stored_form(db, rt.box, name, org_id=1) if name != NEW else None
     form = stored.form if stored else GatewayForm("", Channel.SMS.value, "outbox")
     st.session_state.update({"gw_name": form.name, "gw_channel": form.channel, "gw_provider": form.provider,
                              "gw_change_provider": False, "gw_advanced": form.advanced_options,
@@ -60,7 +60,7 @@ def save() -> None:
                        enabled=state["gw_enabled"], editing=editing, change_provider=state["gw_change_provider"])
     try:
         with rt.session() as db:
-            saved = save_gateway_form(db, rt.box, actor=identity, form=form, reason=state["gw_reason"])
+            saved = save_gateway_form(db, rt.box, actor=identity, form=form, reason=state["gw_reason"], org_id=1)
     except GatewayRefused as refused:
         state["gw_problems"] = refused.problems  # what was typed stays in the form
     else:
@@ -75,7 +75,7 @@ def test_message() -> None:
     try:
         state["gw_test_result"] = send_gateway_test(rt, actor=identity, gateway_name=state["gw_pick"],
                                                     destination=state["gw_test_to"],
-                                                    template=state.get("gw_test_template", ""))
+                                                    template=state.get("gw_test_template", ""), org_id=1)
     except ValueError as exc:
         state["gw_test_result"] = str(exc)
 

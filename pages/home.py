@@ -7,7 +7,7 @@ from core.services.status import configuration_table, gateway_table, safe_mode_c
 from simulate import simulate
 
 rt = runtime()
-status = service_status(rt)
+status = service_status(rt, org_id=1)
 
 st.title("OTP service status")
 if status.database_ok:
@@ -15,7 +15,7 @@ if status.database_ok:
 else:
     st.error(f"Database unreachable ({status.database_error}): {status.database}")
 
-for alert in safe_mode_channels(rt):
+for alert in safe_mode_channels(rt, org_id=1):
     st.error(alert.text(status.time_zone))
 
 left, middle, right, last = st.columns(4)
@@ -26,10 +26,10 @@ last.metric("Daily limit per user", f"{status.daily_limit:,}")
 st.caption(f"Day boundary: midnight in {status.time_zone} · default phone region: {status.default_region}")
 
 st.subheader("Gateways")
-st.dataframe(pd.DataFrame(gateway_table(rt)), hide_index=True, width="stretch", key="home_gateways")
+st.dataframe(pd.DataFrame(gateway_table(rt, org_id=1)), hide_index=True, width="stretch", key="home_gateways")
 
 st.subheader("OTP configuration per action")
-st.dataframe(pd.DataFrame(configuration_table(rt)), hide_index=True, width="stretch")
+st.dataframe(pd.DataFrame(configuration_table(rt, org_id=1)), hide_index=True, width="stretch")
 
 st.subheader("Demo traffic")
 if flash := st.session_state.pop("home_simulated", None):

@@ -10,7 +10,7 @@ identity = gate("outbox.view")
 st.title("Outbox")
 st.caption("Development mode only: these messages hold readable codes and never leave this machine.")
 recipient = st.text_input("Filter by recipient", key="outbox_recipient")
-messages = outbox_messages(rt, actor=identity, recipient=recipient)
+messages = outbox_messages(rt, actor=identity, recipient=recipient, org_id=1)
 if not messages:
     st.info("No messages yet.")
 else:

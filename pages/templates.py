@@ -20,13 +20,13 @@ if flash := st.session_state.pop("tpl_flash", None):
 left, right = st.columns(2)
 action = Action(left.selectbox("Action", [a.value for a in Action], key="tpl_action"))
 channel = Channel(right.selectbox("Channel", [c.value for c in Channel], key="tpl_channel"))
-config = rt.config_for(action)
+config = rt.config_for(1, action)
 
 st.subheader(f"Which template {action.value} uses")
 choice_rows = []
 for each in Channel:
     try:
-        chosen = resolve_template(each, action, rt.active_templates())
+        chosen = resolve_template(each, action, rt.active_templates(1))
         choice_rows.append({"channel": each.value, "used": chosen.origin, "version": chosen.version_id,
                             "why": chosen.reason})
     except OtpError as exc:
@@ -40,7 +40,7 @@ edit_tab, versions_tab = st.tabs(["Edit", "Versions"])
 with edit_tab:
     # The editor starts from what is in force (the approved version, else the built-in template) and follows
     # it: when it changes (an approval, a rollback) the editor shows the new one at once.
-    current = in_force(channel, action, rt.active_templates())
+    current = in_force(channel, action, rt.active_templates(1))
     suffix = f"{action.value}_{channel.value}"
     in_force_id = (current.version_id if current else None) or "builtin"
     if form_needs_loading(f"tpl_loaded_{suffix}", in_force_id,
@@ -99,7 +99,7 @@ with edit_tab:
         if save_col.button("Save as draft", key="tpl_save"):
             try:
                 with rt.session() as db:
-                    saved = save_draft(db, actor=identity, fields=draft, config=config)
+                    saved = save_draft(db, actor=identity, fields=draft, config=config, org_id=1)
             except TemplateRefused as exc:
                 st.error("; ".join(exc.reasons))
             else:
@@ -110,10 +110,10 @@ with edit_tab:
                 st.error("Fix these before submitting: " + "; ".join(report.issues))
             else:
                 with rt.session() as db:
-                    saved = save_draft(db, actor=identity, fields=draft, config=config)
+                    saved = save_draft(db, actor=identity, fields=draft, config=config, org_id=1)
                     try:
                         submit_for_review(db, actor=identity, version_id=saved.id, config=config,
-                                          brand=rt.settings.brand)
+                                          brand=rt.settings.brand, org_id=1)
                     except TemplateRefused as exc:
                         st.error("Not submitted: " + "; ".join(exc.reasons))
                     else:
@@ -122,7 +122,7 @@ with edit_tab:
 
 with versions_tab:
     with rt.session() as db:
-        versions = list_versions(db, action=action, channel=channel)
+        versions = list_versions(db, action=action, channel=channel, org_id=1)
     if not versions:
         st.info("No saved versions yet: the built-in template applies.")
     else:
@@ -142,7 +142,7 @@ with versions_tab:
         if not picked.is_active:
             # What approving (or re-activating) this version would change: against what is in force now,
             # the built-in template when no version was ever approved.
-            now = in_force(channel, action, rt.active_templates())
+            now = in_force(channel, action, rt.active_templates(1))
             label = f"v{now.version_id} (in force)" if now and now.version_id else "built-in (in force)"
             st.markdown(f"**Changes against what is in force** ({label})")
             st.code(diff_fields(content_of(now) if now else {}, content_of(picked), label, f"v{picked.version}")
@@ -151,7 +151,7 @@ with versions_tab:
         def act(step, success: str, **kwargs) -> None:
             try:
                 with rt.session() as db:
-                    step(db, actor=identity, version_id=picked.id, **kwargs)
+                    step(db, actor=identity, version_id=picked.id, org_id=1, **kwargs)
             except TemplateRefused as exc:
                 st.session_state["tpl_flash"] = ("error", "Refused: " + "; ".join(exc.reasons))
             else:

@@ -47,7 +47,7 @@ if submitted:
     st.session_state["ts_last_payload"] = payload
     try:
         if dry:
-            preview = trial_dry_run(rt, actor=identity, payload=payload)
+            preview = trial_dry_run(rt, actor=identity, payload=payload, org_id=1)
             st.success(f"Dry run: nothing was sent or counted. Daily use {preview.daily_used} of "
                        f"{preview.daily_limit}; {'the live code would be re-sent' if preview.would_resend else 'a new code would be issued'}.")
             for problem in preview.problems:
@@ -61,7 +61,7 @@ if submitted:
                 st.code(message.body or message.text or f"template {message.whatsapp_template_name or message.zalo_template_id}",
                         language=None, wrap_lines=True)  # message text, not Python
         else:
-            result = trial_generate(rt, actor=identity, payload=payload)
+            result = trial_generate(rt, actor=identity, payload=payload, org_id=1)
             st.session_state["ts_last_result"] = result
     except OtpError as exc:
         st.session_state.pop("ts_last_result", None)
@@ -82,7 +82,7 @@ if result is not None:
                  hide_index=True, width="stretch", key="ts_deliveries")
     if rt.settings.is_development:
         # Only deliveries the outbox gateway took are in the outbox: a provider's message reached a real phone.
-        kept = outbox_messages(rt, actor=identity, delivery_ids=[d.delivery_id for d in result.deliveries])
+        kept = outbox_messages(rt, actor=identity, delivery_ids=[d.delivery_id for d in result.deliveries], org_id=1)
         if kept:
             st.markdown("**Outbox: what the recipient sees** (development only)")
         else:
@@ -102,7 +102,7 @@ if result is not None:
         try:
             outcome = trial_validate(rt, actor=identity, payload={**{k: payload[k] for k in
                                                                     ("entityType", "entityValue", "action")},
-                                                                 "code": code})
+                                                                 "code": code}, org_id=1)
         except OtpError as exc:
             st.error("; ".join(f"{p.code}: {p.message}" for p in exc.problems))
         else:

@@ -127,7 +127,7 @@ def team(rt) -> dict:
         people = {"admin": boss}
         for name, role in (("eve", "editor"), ("abe", "approver"), ("vic", "viewer")):
             made = create_staff(db, actor=boss, staff_create=StaffCreate(username=name, password="password-123",
-                                                                          role=role))
+                                                                          role=role), org_id=1)
             people[role] = StaffIdentity(made.id, made.username, made.role)
     return people
 
@@ -156,10 +156,10 @@ def rt(db_url, tmp_path, clock) -> Runtime:
 
 def configure(rt: Runtime, action, **changes) -> None:
     """Change one action's configuration through the same function the console uses."""
-    update = ActionConfigUpdate(**{**rt.config_for(action).to_update().model_dump(), **changes})
+    update = ActionConfigUpdate(**{**rt.config_for(1, action).to_update().model_dump(), **changes})
     with rt.session() as session:
         update_action_config(session, action=action, update=update, actor="test",
-                             service_daily_limit=rt.settings.daily_limit)
+                             service_daily_limit=rt.settings.daily_limit, org_id=1)
     rt.configuration_changed()
 
 

@@ -51,7 +51,7 @@ CODE_IN_MESSAGE = re.compile(r"(?:is:? |parameter: |otp: )([0-9A-Za-z]+)")  # as
 
 def new_client(rt, name: str = "shop", permissions: str = "otp:write") -> NewClientCredentials:
     with rt.session() as session:
-        return create_client(session, client_create=ApiClientCreate(name=name, permissions=permissions))
+        return create_client(session, client_create=ApiClientCreate(name=name, permissions=permissions), org_id=1)
 
 
 def basic_header(key: str, secret: str) -> dict[str, str]:
@@ -218,7 +218,7 @@ def test_revoked_client_is_401(rt, api, creds):
     assert api.post(GENERATE_PATH, json=GENERATE, auth=(creds.key, creds.secret)).status_code == 200
     sent = outbox(rt)
     with rt.session() as session:
-        assert revoke_client(session, client_id=creds.client.id)
+        assert revoke_client(session, client_id=creds.client.id, org_id=1)
     rt.auth.forget_all()
     for path, headers in ((GENERATE_PATH, basic_header(creds.key, creds.secret)),
                           (VALIDATE_PATH, bearer_header(creds))):

@@ -23,7 +23,7 @@ from tests.console_app import app, on_page, texts
 
 def entries(rt, kind: str | None = None) -> list[dict]:
     with rt.session() as db:
-        return [r.model_dump() for r in reversed(audit.search(db, kind=kind))]
+        return [r.model_dump() for r in reversed(audit.search(db, kind=kind, org_id=1))]
 
 
 def everything(rt) -> str:
@@ -91,7 +91,7 @@ def test_gateway_save_records_before_and_after_with_credentials_as_hints_and_the
         with rt.session() as db:
             save_gateway(db, rt.box, actor=team["admin"], credentials=credentials, reason=reason,
                          config=GatewayConfigBase(name="tw", channel="SMS", provider="twilio_sms", sender=sender,
-                                                  options='{"attempts": 2}', is_default=True))
+                                                  options='{"attempts": 2}', is_default=True), org_id=1)
     save("+15005550006", {"account_sid": "AC1234567890", "auth_token": "very-secret-token"}, "first SMS provider")
     save("+15005550007", None, "new sender number")
     first, second = entries(rt, "gateway")
@@ -106,10 +106,10 @@ def test_gateway_save_records_before_and_after_with_credentials_as_hints_and_the
 
 
 def test_client_changes_name_the_client(rt, team):
-    made = new_api_client(rt, actor=team["admin"], name="shop", permissions="otp:write")
+    made = new_api_client(rt, actor=team["admin"], name="shop", permissions="otp:write", org_id=1)
     with rt.db.connect() as conn:
         client_id = conn.execute(text("SELECT id FROM api_client WHERE key = :k"), {"k": made.key}).scalar()
-    revoke_api_client(rt, actor=team["admin"], client_id=client_id)
+    revoke_api_client(rt, actor=team["admin"], client_id=client_id, org_id=1)
     assert [(r["action"], r["target"]) for r in entries(rt, "client")] == [("client.create", "client:shop"),
                                                                            ("client.revoke", "client:shop")]
     assert made.secret not in everything(rt)
@@ -117,15 +117,15 @@ def test_client_changes_name_the_client(rt, team):
 
 def test_search_filters_by_kind_actor_and_dates_and_the_csv_has_what_the_page_shows(rt, team):
     with rt.session() as db:
-        audit.record(db, actor="eve", action="config.update", target="config:COUPON", reason="tighter limit")
+        audit.record(db, actor="eve", action="config.update", target="config:COUPON", reason="tighter limit", org_id=1)
         db.commit()
-        rows = audit.search(db)
-        assert {r.actor for r in audit.search(db, actor="eve")} == {"eve"}
-        assert [r.action for r in audit.search(db, kind="config")] == ["config.update"]
-        assert {r.action for r in audit.search(db, kind="staff")} == {"staff.first_admin", "staff.create"}
-        assert audit.search(db, start=utcnow() + timedelta(minutes=1)) == []
-        assert len(audit.search(db, end=utcnow() + timedelta(minutes=1))) == len(rows)
-        assert "eve" in audit.actors(db) and "ada" in audit.actors(db)
+        rows = audit.search(db, org_id=1)
+        assert {r.actor for r in audit.search(db, actor="eve", org_id=1)} == {"eve"}
+        assert [r.action for r in audit.search(db, kind="config", org_id=1)] == ["config.update"]
+        assert {r.action for r in audit.search(db, kind="staff", org_id=1)} == {"staff.first_admin", "staff.create"}
+        assert audit.search(db, start=utcnow() + timedelta(minutes=1), org_id=1) == []
+        assert len(audit.search(db, end=utcnow() + timedelta(minutes=1), org_id=1)) == len(rows)
+        assert "eve" in audit.actors(db, org_id=1) and "ada" in audit.actors(db, org_id=1)
         exported = list(csv.reader(io.StringIO(audit.to_csv(rows))))
     assert exported[0] == ["when (UTC)", "who", "what", "target", "why", "detail"]
     assert exported[1][1:5] == ["eve", "config.update", "config:COUPON", "tighter limit"]
@@ -134,7 +134,7 @@ def test_search_filters_by_kind_actor_and_dates_and_the_csv_has_what_the_page_sh
 
 def test_audit_page_filters_and_offers_the_csv(rt, team):
     with rt.session() as db:
-        audit.record(db, actor="eve", action="config.update", target="config:COUPON", reason="tighter limit")
+        audit.record(db, actor="eve", action="config.update", target="config:COUPON", reason="tighter limit", org_id=1)
         db.commit()
     at = on_page(rt, team["admin"], "pages/audit.py")
     assert not at.exception

@@ -47,7 +47,7 @@ def seeded(tmp_path, twilio_fake):
                      credentials={"account_sid": SID, "auth_token": TOKEN},
                      config=GatewayConfigBase(name="twilio-main", channel="SMS", provider="twilio_sms",
                                               endpoint=twilio_fake.url, sender="+15005550006",
-                                              options=json.dumps({"timeout_seconds": 5}), is_default=True))
+                                              options=json.dumps({"timeout_seconds": 5}), is_default=True), org_id=1)
     yield env, rt
     rt.db.dispose()
 

@@ -85,3 +85,35 @@ def test_client_end_user_ip_header_is_set_at_create_and_by_update(tmp_path):
     assert header() is None
     missing = cli(tmp_path, "client", "update", "999", "--end-user-ip-header", "X-End-User-IP")
     assert missing.returncode == 1 and "no active client with id 999" in missing.stderr
+
+
+def test_organisations_from_the_shell(tmp_path):
+    """org create / org list, and client create --org: the client authenticates as a client of that organisation."""
+    assert "organisation" not in cli(tmp_path, "client", "create", "first").stdout  # one organisation: as before
+    made = cli(tmp_path, "org", "create", "acme-vn", "--name", "Acme Vietnam", "--brand", "Acme",
+               "--timezone", "Asia/Ho_Chi_Minh", "--region", "vn")
+    assert made.returncode == 0, made.stderr
+    org_id = int(dict(line.split(": ", 1) for line in made.stdout.splitlines() if ": " in line)["id"])
+    assert org_id == 2
+    for bad, problem in ((["Bad Slug", "--name", "x"], "lower-case"), (["acme-vn", "--name", "x"], "is taken"),
+                         (["other", "--name", "x", "--timezone", "Mars/Olympus"], "unknown time zone"),
+                         (["other", "--name", "x", "--region", "XX"], "unknown ISO region")):
+        refused = cli(tmp_path, "org", "create", *bad)
+        assert refused.returncode == 1 and problem in refused.stderr, (bad, refused.stderr)
+    listed = cli(tmp_path, "org", "list").stdout.splitlines()
+    assert listed[0].startswith("1\tdefault\tDefault\t") and "(OTP_TIMEZONE)" in listed[0]
+    assert listed[1].startswith("2\tacme-vn\tAcme Vietnam\tbrand Acme\ttimezone Asia/Ho_Chi_Minh\tregion VN")
+    assert len(listed) == 2  # the refused ones made nothing
+
+    client = cli(tmp_path, "client", "create", "shop", "--org", "acme-vn")
+    assert client.returncode == 0, client.stderr
+    lines = dict(line.split(": ", 1) for line in client.stdout.splitlines())
+    assert lines["organisation"] == "acme-vn"
+    engine = make_engine(f"sqlite:///{tmp_path / 'otp.db'}")
+    identity = ClientAuthenticator(engine, ttl=60).verify(lines["key"], lines["secret"])
+    engine.dispose()
+    assert identity is not None and identity.org_id == org_id
+    unknown = cli(tmp_path, "client", "create", "shop", "--org", "nosuch")
+    assert unknown.returncode == 1 and "no organisation with the slug 'nosuch'" in unknown.stderr
+    rows = cli(tmp_path, "client", "list").stdout.splitlines()
+    assert rows[0].endswith("\torg default") and rows[1].endswith("\torg acme-vn") and len(rows) == 2

@@ -25,7 +25,7 @@ def test_expired_trust_is_renewed_without_hashing_and_revocation_is_seen(rt, mon
     counter = CountingHasher()
     monkeypatch.setattr(clients, "_hasher", counter)
     with rt.session() as db:
-        made = create_client(db, client_create=ApiClientCreate(name="shop"))
+        made = create_client(db, client_create=ApiClientCreate(name="shop"), org_id=1)
     auth = ClientAuthenticator(rt.read_db, ttl=0.05)
     assert auth.verify(made.key, made.secret).name == "shop"
     assert counter.verifications == 1
@@ -33,7 +33,7 @@ def test_expired_trust_is_renewed_without_hashing_and_revocation_is_seen(rt, mon
     assert auth.verify(made.key, made.secret) is not None  # renewed by a read, not a hash
     assert counter.verifications == 1
     with rt.session() as db:
-        assert revoke_client(db, client_id=made.client.id)
+        assert revoke_client(db, client_id=made.client.id, org_id=1)
     time.sleep(0.06)
     assert auth.verify(made.key, made.secret) is None
     assert auth.verify(made.key, "wrong") is None
@@ -43,7 +43,7 @@ def test_a_burst_of_the_same_new_credential_hashes_once(rt, monkeypatch):
     counter = CountingHasher()
     monkeypatch.setattr(clients, "_hasher", counter)
     with rt.session() as db:
-        made = create_client(db, client_create=ApiClientCreate(name="shop"))
+        made = create_client(db, client_create=ApiClientCreate(name="shop"), org_id=1)
     auth = ClientAuthenticator(rt.read_db, ttl=60)
     results = []
     threads = [threading.Thread(target=lambda: results.append(auth.verify(made.key, made.secret))) for _ in range(8)]

@@ -36,7 +36,7 @@ def test_600_parallel_generates_give_exactly_500(rt):
 
     def one(_i):
         try:
-            run(generate(rt, dict(BODY)))
+            run(generate(rt, dict(BODY), org_id=1))
             return "ok"
         except OtpError as exc:
             return exc.problems[0].code
@@ -56,9 +56,9 @@ def test_600_parallel_generates_give_exactly_500(rt):
 
 def test_20_parallel_validates_of_the_right_code_give_one_success(rt):
     configure(rt, Action.COUPON, validate_limit=100)
-    run(generate(rt, dict(BODY)))
+    run(generate(rt, dict(BODY), org_id=1))
     code = code_sent_to(rt, PHONE)
-    results = _parallel(20, 20, lambda _i: run(validate(rt, {**BODY, "code": code})).valid)
+    results = _parallel(20, 20, lambda _i: run(validate(rt, {**BODY, "code": code}, org_id=1)).valid)
     assert results.count(True) == 1
     with rt.db.connect() as conn:
         assert conn.execute(text("SELECT state FROM otp_code")).scalar() == "used"
@@ -67,7 +67,7 @@ def test_20_parallel_validates_of_the_right_code_give_one_success(rt):
 
 def test_parallel_first_generates_for_many_actions_issue_one_code_each(rt):
     actions = [a.value for a in Action]
-    results = _parallel(50, 10, lambda i: run(generate(rt, {**BODY, "action": actions[i % len(actions)]})).resent)
+    results = _parallel(50, 10, lambda i: run(generate(rt, {**BODY, "action": actions[i % len(actions)]}, org_id=1)).resent)
     assert results.count(False) == len(actions)  # one new code per action, the rest re-sends
     with rt.db.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM otp_code WHERE state='active'")).scalar() == len(actions)
@@ -85,7 +85,7 @@ def test_channels_in_opposite_orders_never_deadlock_on_the_shared_counters(db_ur
                 "channels": channels[::-1] if i % 2 else channels}
 
     async def burst(first):
-        return await asyncio.gather(*(generate(rt, body(i)) for i in range(first, first + 200)),
+        return await asyncio.gather(*(generate(rt, body(i), org_id=1) for i in range(first, first + 200)),
                                     return_exceptions=True)
 
     results = [r for first in (0, 200, 400) for r in run(burst(first))]

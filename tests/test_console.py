@@ -147,14 +147,14 @@ def test_four_eyes_approval_then_the_engine_uses_it_and_rollback(rt, team):
     # The admin (a different person) approves it: it becomes active and the engine uses it.
     at = _approve_newest(rt, team["admin"])
     assert "approved and active" in texts(at)
-    run(generate(rt, {"entityType": "MOBILE", "entityValue": PHONE, "action": "COUPON"}))
+    run(generate(rt, {"entityType": "MOBILE", "entityValue": PHONE, "action": "COUPON"}, org_id=1))
     assert outbox(rt)[-1]["body"].startswith("Own ")
 
     # A second version by the editor, approved by the approver.
     _submit_sms(rt, team["editor"], "Second {{ validation_code }}")
     at = _approve_newest(rt, team["approver"])
     assert "approved and active" in texts(at)
-    run(generate(rt, {"entityType": "MOBILE", "entityValue": "+919812345678", "action": "COUPON"}))
+    run(generate(rt, {"entityType": "MOBILE", "entityValue": "+919812345678", "action": "COUPON"}, org_id=1))
     assert outbox(rt)[-1]["body"].startswith("Second ")
 
     # Roll back to version 1, with a reason; the diff shows both texts.
@@ -164,7 +164,7 @@ def test_four_eyes_approval_then_the_engine_uses_it_and_rollback(rt, team):
     at.button(key="tpl_reactivate").click().run()
     assert "active again" in texts(at)
     assert any("-text: Own" in c.value and "+text: Second" in c.value for c in at.code)
-    run(generate(rt, {"entityType": "MOBILE", "entityValue": "+919812345670", "action": "COUPON"}))
+    run(generate(rt, {"entityType": "MOBILE", "entityValue": "+919812345670", "action": "COUPON"}, org_id=1))
     assert outbox(rt)[-1]["body"].startswith("Own ")
     with rt.db.connect() as conn:
         trail = conn.execute(text("SELECT actor, action FROM audit_log WHERE target LIKE 'template:%' ORDER BY id")).all()
@@ -221,7 +221,7 @@ def test_test_send_shows_errors_with_codes_and_dry_run_sends_nothing(rt, team):
 
 def test_outbox_page_filters_by_recipient(rt, team):
     for number in ("+919955882233", "+919812345678"):
-        run(generate(rt, {"entityType": "MOBILE", "entityValue": number, "action": "COUPON"}))
+        run(generate(rt, {"entityType": "MOBILE", "entityValue": number, "action": "COUPON"}, org_id=1))
     at = on_page(rt, team["editor"], "pages/outbox.py")
     assert len(at.dataframe[0].value) == 2
     at.text_input(key="outbox_recipient").input("98123").run()
@@ -238,7 +238,7 @@ def test_config_page_validates_and_audits(rt, team):
     at.text_input(key="cfg_reason").input("shorter codes life")
     at.button(key="cfg_save").click().run()
     assert "Saved the configuration of COUPON" in texts(at)
-    assert rt.config_for(Action.COUPON).validity_minutes == 3
+    assert rt.config_for(1, Action.COUPON).validity_minutes == 3
     with rt.db.connect() as conn:
         row = conn.execute(text("SELECT actor, reason, detail FROM audit_log WHERE action='config.update'")).one()
     assert row[0] == "ada" and row[1] == "shorter codes life" and '"validity_minutes"' in row[2]
@@ -263,8 +263,8 @@ def test_admin_creates_staff_and_a_client_secret_shown_once(rt, team):
 
 def test_admin_sets_a_clients_token_life(rt, team):
     from core.services.admin_actions import new_api_client
-    shop = new_api_client(rt, actor=team["admin"], name="shop", permissions="otp:write")
-    other = new_api_client(rt, actor=team["admin"], name="other", permissions="otp:write")
+    shop = new_api_client(rt, actor=team["admin"], name="shop", permissions="otp:write", org_id=1)
+    other = new_api_client(rt, actor=team["admin"], name="other", permissions="otp:write", org_id=1)
     at = on_page(rt, team["admin"], "pages/admin.py")
     [table] = [d.value for d in at.dataframe if "token TTL (s)" in d.value.columns]
     assert list(table["token TTL (s)"]) == [300, 300]
@@ -311,13 +311,13 @@ def test_core_refuses_writes_from_a_role_that_lacks_them(rt, team):
     from core.services.admin_actions import save_action_config
     from core.services.trials import trial_generate
     with pytest.raises(PermissionDenied):
-        trial_generate(rt, actor=team["viewer"], payload={})
+        trial_generate(rt, actor=team["viewer"], payload={}, org_id=1)
     with pytest.raises(PermissionDenied):
-        save_action_config(rt, actor=team["editor"], action=Action.COUPON, update=ActionConfigUpdate(), reason="")
+        save_action_config(rt, actor=team["editor"], action=Action.COUPON, update=ActionConfigUpdate(), reason="", org_id=1)
     # A role claimed in the console session is not trusted: the database's role is.
     forged = StaffIdentity(team["viewer"].id, "vic", "admin")
     with pytest.raises(PermissionDenied):
-        save_action_config(rt, actor=forged, action=Action.COUPON, update=ActionConfigUpdate(), reason="")
+        save_action_config(rt, actor=forged, action=Action.COUPON, update=ActionConfigUpdate(), reason="", org_id=1)
 
 
 def test_gateways_page_saves_a_provider_and_never_shows_the_secret(rt, team):
@@ -335,7 +335,7 @@ def test_gateways_page_saves_a_provider_and_never_shows_the_secret(rt, team):
     table = at.dataframe[0].value
     assert list(table["name"]) == ["twilio-main"] and list(table["provider"]) == ["twilio_sms"]
     assert "very-secret-token" not in table.to_string() and "AC1234567890" not in table.to_string()
-    assert rt.gateway_for(Action.COUPON, Channel.SMS).name == "twilio-main"
+    assert rt.gateway_for(1, Action.COUPON, Channel.SMS).name == "twilio-main"
     with rt.db.connect() as conn:
         assert conn.execute(text("SELECT action FROM audit_log WHERE target='gateway:twilio-main'")).scalar() == "gateway.save"
 
@@ -350,7 +350,7 @@ def test_config_page_sets_per_action_abuse_limits(rt, team):
     at.text_input(key="cfg_prefix_limit").input("0")
     at.button(key="cfg_save").click().run()
     assert "Saved the configuration of COUPON" in texts(at)
-    config = rt.config_for(Action.COUPON)
+    config = rt.config_for(1, Action.COUPON)
     assert config.destination_limit == 2 and config.prefix_limit == 0 and config.ip_limit is None
 
 

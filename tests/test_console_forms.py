@@ -41,7 +41,7 @@ def add_twilio(rt, admin, fake, *, name="twilio-main", default=True, enabled=Tru
         save_gateway(db, rt.box, actor=admin, credentials={"account_sid": sid, "auth_token": token},
                      config=GatewayConfigBase(name=name, channel="SMS", provider="twilio_sms", endpoint=fake.url,
                                               sender="+15005550006", options=json.dumps({"timeout_seconds": 5}),
-                                              is_default=default, enabled=enabled))
+                                              is_default=default, enabled=enabled), org_id=1)
     rt.configuration_changed()
 
 
@@ -51,7 +51,7 @@ def delivery_gateways(rt) -> list[str]:
 
 
 def gen(rt, number=PHONE, action="COUPON", **body):
-    return run(generate(rt, {"entityType": "MOBILE", "entityValue": number, "action": action, **body}))
+    return run(generate(rt, {"entityType": "MOBILE", "entityValue": number, "action": action, **body}, org_id=1))
 
 
 def elements(node):
@@ -118,7 +118,7 @@ def test_a_disabled_override_is_shown_as_ignored_and_the_engine_agrees(rt, team,
     with rt.session() as db:  # disabled after the override was saved
         save_gateway(db, rt.box, actor=team["admin"], credentials=None, config=GatewayConfigBase(
             name="twilio-old", channel="SMS", provider="twilio_sms", endpoint=twilio_fake.url, sender="+1",
-            is_default=False, enabled=False))
+            is_default=False, enabled=False), org_id=1)
     rt.configuration_changed()
     at = signed_in(rt, team["viewer"]).run()
     table = frame(at, "channel", "action", "gateway", "why")
@@ -229,7 +229,7 @@ def test_config_form_refuses_bad_values_next_to_their_fields_and_saves_nothing(r
     assert errors_after(at, "cfg_gateways") == ["there is no gateway named 'nope' (gateways for SMS: twilio-main)"]
     assert errors_after(at, "cfg_channel_budgets") == ["the SMS budget must be a whole number of at least 1"]
     assert "Saved" not in texts(at) and "Not saved: 3 problems" in texts(at)
-    config = rt.config_for(Action.COUPON)
+    config = rt.config_for(1, Action.COUPON)
     assert (config.code_length, config.validity_minutes, config.gateways) == (6, 10, "")
     assert audit_count(rt, "config.update") == 0
     # The input is kept; 60 is refused too.
@@ -246,14 +246,14 @@ def test_config_form_refuses_bad_values_next_to_their_fields_and_saves_nothing(r
     at.text_input(key="cfg_channel_budgets").input("")
     at.button(key="cfg_save").click().run()
     assert "Saved the configuration of COUPON" in texts(at) and not at.error
-    config = rt.config_for(Action.COUPON)
+    config = rt.config_for(1, Action.COUPON)
     assert (config.code_length, config.validity_minutes, config.gateways) == (8, 7, "SMS=twilio-main")
     assert at.text_input(key="cfg_reason").value == ""
     # An unrelated later change is not logged with the earlier reason: it needs its own.
     at.number_input(key="cfg_validity").set_value(9)
     at.button(key="cfg_save").click().run()
     assert errors_after(at, "cfg_reason") == ["say why you make this change: it is kept in the audit log"]
-    assert rt.config_for(Action.COUPON).validity_minutes == 7 and audit_count(rt, "config.update") == 1
+    assert rt.config_for(1, Action.COUPON).validity_minutes == 7 and audit_count(rt, "config.update") == 1
 
 
 def test_config_override_must_be_an_enabled_gateway_of_that_channel_everywhere(rt, team, twilio_fake):
@@ -266,7 +266,7 @@ def test_config_override_must_be_an_enabled_gateway_of_that_channel_everywhere(r
         with pytest.raises(ConfigRefused) as refused:
             configure(rt, Action.COUPON, gateways=text_)
         assert any(problem in p for p in refused.value.problems["gateways"]), refused.value.problems
-    assert rt.config_for(Action.COUPON).gateways == ""
+    assert rt.config_for(1, Action.COUPON).gateways == ""
 
 
 # --- the Gateways form ----------------------------------------------------------------------------------
@@ -323,25 +323,25 @@ def test_a_new_gateway_cannot_overwrite_one_and_a_provider_change_is_explicit(rt
     add_twilio(rt, team["admin"], twilio_fake)
     form = GatewayForm("twilio-main", "SMS", "webhook_sms", {"endpoint": twilio_fake.url}, editing=None)
     with rt.session() as db, pytest.raises(GatewayRefused) as refused:
-        save_gateway_form(db, rt.box, actor=team["admin"], form=form, reason="oops")
+        save_gateway_form(db, rt.box, actor=team["admin"], form=form, reason="oops", org_id=1)
     assert "pick it above to edit it" in refused.value.problems["name"][0]
     form.editing = "twilio-main"
     with rt.session() as db, pytest.raises(GatewayRefused) as refused:
-        save_gateway_form(db, rt.box, actor=team["admin"], form=form, reason="move to our webhook")
+        save_gateway_form(db, rt.box, actor=team["admin"], form=form, reason="move to our webhook", org_id=1)
     assert "tick 'Change the provider'" in refused.value.problems["provider"][0]
-    assert rt.all_gateway_rows()["twilio-main"].provider == "twilio_sms"
+    assert rt.all_gateway_rows(1)["twilio-main"].provider == "twilio_sms"
     # The programmatic path asks for it too.
     with rt.session() as db, pytest.raises(GatewayRefused):
         save_gateway(db, rt.box, actor=team["admin"], credentials=None, config=GatewayConfigBase(
-            name="twilio-main", channel="SMS", provider="outbox"))
+            name="twilio-main", channel="SMS", provider="outbox"), org_id=1)
     form.change_provider = True
     with rt.session() as db:
-        save_gateway_form(db, rt.box, actor=team["admin"], form=form, reason="move to our webhook")
+        save_gateway_form(db, rt.box, actor=team["admin"], form=form, reason="move to our webhook", org_id=1)
     rt.configuration_changed()
-    assert rt.all_gateway_rows()["twilio-main"].provider == "webhook_sms"
+    assert rt.all_gateway_rows(1)["twilio-main"].provider == "webhook_sms"
     with rt.session() as db:  # Twilio's credentials went with Twilio
         from core.admin.gateway_forms import stored_form
-        assert stored_form(db, rt.box, "twilio-main").hints == {}
+        assert stored_form(db, rt.box, "twilio-main", org_id=1).hints == {}
 
 
 def test_send_a_test_message_through_a_gateway_reports_the_providers_answer(rt, team, twilio_fake):

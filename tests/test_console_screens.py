@@ -144,7 +144,7 @@ def test_a_send_through_a_provider_claims_no_outbox_message(rt, team):
                          credentials={"account_sid": "AC0123456789abcdef", "auth_token": "tok-0123456789"},
                          config=GatewayConfigBase(name="twilio-main", channel="SMS", provider="twilio_sms",
                                                   endpoint=twilio.url, sender="+15005550006",
-                                                  options=json.dumps({"timeout_seconds": 5}), is_default=True))
+                                                  options=json.dumps({"timeout_seconds": 5}), is_default=True), org_id=1)
         rt.configuration_changed()
         at.text_input(key="ts_entity_value").input("9955882244")
         at.button(key="ts_submit").click().run()
@@ -166,7 +166,7 @@ def test_count_axes_tick_whole_numbers_and_no_empty_time_to_validate_chart(rt, t
     from core.runtime import run
     from core.services.generation import generate
     for number in ("+919955882233", "+919812345678"):
-        run(generate(rt, {"entityType": "MOBILE", "entityValue": number, "action": "COUPON"}))
+        run(generate(rt, {"entityType": "MOBILE", "entityValue": number, "action": "COUPON"}, org_id=1))
     at = on_page(rt, team["viewer"], "pages/dash_usage.py")
     assert not at.exception
     [per_day] = chart_specs(at)
@@ -203,7 +203,7 @@ def test_the_live_delivery_panel_says_the_filters_do_not_apply(rt, team):
     """It counts every action's messages: with the action filter on COUPON it must not pass for COUPON's."""
     from core.runtime import run
     from core.services.generation import generate
-    run(generate(rt, {"entityType": "EMAIL", "entityValue": "walker@example.com", "action": "POINTS"}))
+    run(generate(rt, {"entityType": "EMAIL", "entityValue": "walker@example.com", "action": "POINTS"}, org_id=1))
     at = on_page(rt, team["viewer"], "pages/dash_delivery.py")
     at.selectbox(key="delivery_action").select("COUPON").run()
     assert not at.exception

@@ -43,7 +43,7 @@ def test_a_disabled_account_cannot_resume_and_a_changed_role_is_read_now(rt, tea
     with rt.session() as db:
         editor = start_session(db, identity=team["editor"], idle_minutes=30, now=now)
         viewer = start_session(db, identity=team["viewer"], idle_minutes=30, now=now)
-        set_role(db, actor=team["admin"], staff_id=team["editor"].id, role="approver")
-        disable_staff(db, actor=team["admin"], staff_id=team["viewer"].id)
+        set_role(db, actor=team["admin"], staff_id=team["editor"].id, role="approver", org_id=1)
+        disable_staff(db, actor=team["admin"], staff_id=team["viewer"].id, org_id=1)
         assert resume_session(db, token=editor, idle_minutes=30, now=now).role == "approver"
         assert resume_session(db, token=viewer, idle_minutes=30, now=now) is None

@@ -190,13 +190,13 @@ def test_previous_period_has_the_same_length():
 def _add_request(conn, at: datetime, *, action="COUPON", kind="issued", channel="SMS", latency=100.0,
                  status="delivered", error=None) -> int:
     code_id = conn.execute(insert(OtpCode).values(
-        user_key="MOBILE:+919955882233", entity_type="MOBILE", action=action, code_hmac=b"x", created_at=at,
+        org_id=1, user_key="MOBILE:+919955882233", entity_type="MOBILE", action=action, code_hmac=b"x", created_at=at,
         expires_at=at + timedelta(minutes=10), state="expired").returning(OtpCode.id)).scalar_one()
     request_id = conn.execute(insert(OtpRequest).values(
-        created_at=at, code_id=code_id, user_key="MOBILE:+919955882233", action=action, kind=kind)
+        org_id=1, created_at=at, code_id=code_id, user_key="MOBILE:+919955882233", action=action, kind=kind)
         .returning(OtpRequest.id)).scalar_one()
     conn.execute(insert(Delivery).values(
-        request_id=request_id, code_id=code_id, channel=channel, destination="+919955882233", gateway="gw",
+        org_id=1, request_id=request_id, code_id=code_id, channel=channel, destination="+919955882233", gateway="gw",
         status=status, error=error, latency_ms=latency, attempts=1, created_at=at, updated_at=at))
     return request_id
 
@@ -208,7 +208,7 @@ def test_a_day_boundary_in_a_non_utc_zone(rt):
         _add_request(conn, midnight - timedelta(microseconds=1), latency=10.0)
         _add_request(conn, midnight, latency=20.0)
         _add_request(conn, midnight + timedelta(hours=5, minutes=29), latency=30.0)  # 23:59 UTC, still the 26th
-        conn.execute(insert(LimitEvent).values(created_at=midnight - timedelta(seconds=1),
+        conn.execute(insert(LimitEvent).values(org_id=1, created_at=midnight - timedelta(seconds=1),
                                                user_key="MOBILE:+919955882233", action="COUPON", limit_type="daily"))
     with rt.db.connect() as conn:
         kolkata = D.daily_usage(conn, D.Filters(date(2026, 11, 25), date(2026, 11, 26), KOLKATA))
@@ -277,10 +277,10 @@ def test_live_panel_counts_the_last_minutes(rt, traffic):
 
 def test_request_timeline_masks_the_recipient_and_never_shows_the_code(rt):
     payload = {"entityType": "MOBILE", "entityValue": "9955882233", "action": "COUPON"}
-    created = run(generate(rt, payload))
+    created = run(generate(rt, payload, org_id=1))
     code = code_sent_to(rt, "+919955882233")
-    run(validate(rt, {**payload, "code": "000000" if code != "000000" else "111111"}))
-    run(validate(rt, {**payload, "code": code}))
+    run(validate(rt, {**payload, "code": "000000" if code != "000000" else "111111"}, org_id=1))
+    run(validate(rt, {**payload, "code": code}, org_id=1))
     with rt.db.connect() as conn:
         assert D.find_requests(conn, recipient="+919955882233") == [created.created_id]
         timeline = D.request_timeline(conn, created.created_id)
@@ -334,22 +334,22 @@ def test_nearest_daily_limit_reads_todays_counters(rt, traffic):
 
 
 def _configs(rt) -> dict:
-    return {a.value: c for a, c in rt.active_configs().items()}
+    return {a.value: c for a, c in rt.active_configs(1).items()}
 
 
 def test_why_refused_says_when_a_lock_lifts_and_an_admin_unblocks_it(rt, team, clock: FrozenClock):
     payload = {"entityType": "MOBILE", "entityValue": "9955882233", "action": "COUPON"}
     user_key = "MOBILE:+919955882233"
-    config = rt.config_for(Action.COUPON)
+    config = rt.config_for(1, Action.COUPON)
     for n in range(config.max_consecutive_failures):
         if n % config.attempts_per_code == 0:
             clock.advance(minutes=config.validate_window_minutes)
-            run(generate(rt, payload))
-        run(validate(rt, {**payload, "code": "000000" if code_sent_to(rt, "+919955882233") != "000000" else "1"}))
+            run(generate(rt, payload, org_id=1))
+        run(validate(rt, {**payload, "code": "000000" if code_sent_to(rt, "+919955882233") != "000000" else "1"}, org_id=1))
     locked_at = clock()
     clock.advance(minutes=config.validate_window_minutes)  # a fresh validate window: only the lock refuses
     with pytest.raises(OtpError) as refused:
-        run(validate(rt, {**payload, "code": "123456"}))
+        run(validate(rt, {**payload, "code": "123456"}, org_id=1))
     assert refused.value.http_status == 429
     with rt.db.connect() as conn:
         limits = D.why_refused(conn, rt.settings, user_key=user_key, now=clock(), configs=_configs(rt))
@@ -361,13 +361,13 @@ def test_why_refused_says_when_a_lock_lifts_and_an_admin_unblocks_it(rt, team, c
 
     with rt.session() as session, pytest.raises(PermissionDenied):
         unblock(session, actor=team["editor"], user_key=user_key, limit_type="lock", action="COUPON",
-                  reason="customer called", now=clock(), tz=rt.settings.tz)
+                  reason="customer called", now=clock(), tz=rt.settings.tz, org_id=1)
     with rt.session() as session, pytest.raises(ValueError):
         unblock(session, actor=team["admin"], user_key=user_key, limit_type="lock", action="COUPON",
-                  reason=" ", now=clock(), tz=rt.settings.tz)
+                  reason=" ", now=clock(), tz=rt.settings.tz, org_id=1)
     with rt.session() as session:
         assert unblock(session, actor=team["admin"], user_key=user_key, limit_type="lock", action="COUPON",
-                         reason="customer called", now=clock(), tz=rt.settings.tz) == 1
+                         reason="customer called", now=clock(), tz=rt.settings.tz, org_id=1) == 1
     with rt.db.connect() as conn:
         after = D.why_refused(conn, rt.settings, user_key=user_key, now=clock(), configs=_configs(rt))
         audit = conn.execute(select(AuditLog.actor, AuditLog.action, AuditLog.target, AuditLog.reason)
@@ -382,10 +382,10 @@ def test_why_refused_explains_the_daily_limit_until_local_midnight(rt, db_url, t
     clock = FrozenClock(datetime(2026, 11, 25, 18, 0, tzinfo=timezone.utc))  # 23:30 in Kolkata
     small = Runtime(make_settings(db_url, tmp_path, daily_limit=2, timezone=KOLKATA), clock=clock, prepare=False)
     payload = {"entityType": "MOBILE", "entityValue": "9955882233", "action": "COUPON"}
-    run(generate(small, payload))
-    run(generate(small, payload))
+    run(generate(small, payload, org_id=1))
+    run(generate(small, payload, org_id=1))
     with pytest.raises(OtpError):
-        run(generate(small, payload))
+        run(generate(small, payload, org_id=1))
     with small.db.connect() as conn:
         limits = D.why_refused(conn, small.settings, user_key="MOBILE:+919955882233", now=clock(),
                                configs=_configs(small))

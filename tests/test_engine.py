@@ -22,13 +22,13 @@ PHONE = "+919955882233"
 def gen(rt, **body):
     payload = {"entityType": "MOBILE", "entityValue": PHONE, "action": "COUPON"}
     payload.update(body)
-    return run(generate(rt, payload))
+    return run(generate(rt, payload, org_id=1))
 
 
 def val(rt, code, **body):
     payload = {"entityType": "MOBILE", "entityValue": PHONE, "action": "COUPON", "code": code}
     payload.update(body)
-    return run(validate(rt, payload))
+    return run(validate(rt, payload, org_id=1))
 
 
 def refused(call, *args, **kwargs) -> OtpError:
@@ -59,10 +59,10 @@ def test_generate_sends_default_channel_and_validates(rt):
 
 def test_enums_are_case_insensitive(rt):
     result = run(generate(rt, {"entityType": "mobile", "entityValue": PHONE, "action": "coupon",
-                               "channels": [{"type": "sms", "value": PHONE}, {"type": "Email", "value": "A@B.com"}]}))
+                               "channels": [{"type": "sms", "value": PHONE}, {"type": "Email", "value": "A@B.com"}]}, org_id=1))
     assert [d.channel for d in result.deliveries] == ["SMS", "EMAIL"]
     code = code_sent_to(rt, PHONE)
-    assert run(validate(rt, {"entityType": "Mobile", "entityValue": PHONE, "action": "Coupon", "code": code})).valid
+    assert run(validate(rt, {"entityType": "Mobile", "entityValue": PHONE, "action": "Coupon", "code": code}, org_id=1)).valid
 
 
 def test_phone_spellings_are_one_user(rt):
@@ -312,7 +312,7 @@ def test_per_action_daily_cap(rt):
 
 def approve_template(rt, action, channel, **fields):
     with rt.session() as session:
-        session.add(TemplateVersion(action=action, channel=channel, version=1, status="approved", is_active=True,
+        session.add(TemplateVersion(org_id=1, action=action, channel=channel, version=1, status="approved", is_active=True,
                                     author="a", reviewer="b", **fields))
         session.commit()
     rt.configuration_changed()
@@ -344,7 +344,7 @@ def test_builtin_then_approved_then_request_template(rt):
 
 def test_unapproved_template_is_not_used(rt):
     with rt.session() as session:
-        session.add(TemplateVersion(action="COUPON", channel="SMS", version=1, status="pending", is_active=False,
+        session.add(TemplateVersion(org_id=1, action="COUPON", channel="SMS", version=1, status="pending", is_active=False,
                                     author="a", text="Pending {{ validation_code }}"))
         session.commit()
     rt.configuration_changed()
@@ -475,7 +475,7 @@ def test_alphanumeric_codes_compare_case_insensitively(rt):
 def test_an_outbox_delivery_is_recorded_like_any_other(rt):
     """The outbox sends inside the issuing transaction; its delivery row still says how and how fast it went."""
     result = run(generate(rt, {"entityType": "MOBILE", "entityValue": PHONE, "action": "COUPON",
-                               "channels": [{"type": "SMS", "value": PHONE}]}))
+                               "channels": [{"type": "SMS", "value": PHONE}]}, org_id=1))
     with rt.read_db.connect() as conn:
         row = conn.execute(text("SELECT status, attempts, latency_ms, gateway, request_id FROM delivery")).one()
         message = conn.execute(text("SELECT delivery_id, recipient FROM outbox_message")).one()

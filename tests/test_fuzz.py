@@ -71,7 +71,7 @@ def fuzz_settings(max_examples: int) -> settings:
 def client_auth(rt, name: str = "fuzz") -> dict[str, str]:
     """HTTP Basic headers of a new API client with otp:write (one Argon2 hash: ~0.2 s)."""
     with rt.session() as session:
-        creds = create_client(session, client_create=ApiClientCreate(name=name, permissions="otp:write"))
+        creds = create_client(session, client_create=ApiClientCreate(name=name, permissions="otp:write"), org_id=1)
     return {"Authorization": "Basic " + base64.b64encode(f"{creds.key}:{creds.secret}".encode()).decode()}
 
 
@@ -617,7 +617,7 @@ def receipt_gateways(rt) -> None:
         with rt.session() as db:
             save_gateway(db, rt.box, actor=admin, credentials=credentials, config=GatewayConfigBase(
                 name=name, channel=channel, provider=provider, endpoint="http://127.0.0.1:9", is_default=False,
-                options="{}"))
+                options="{}"), org_id=1)
     rt.configuration_changed()
 
 

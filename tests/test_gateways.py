@@ -65,7 +65,7 @@ def add_gateway(rt, admin, *, name, channel, provider, endpoint="", sender="", o
     with rt.session() as db:
         save_gateway(db, rt.box, actor=admin, credentials=credentials, config=GatewayConfigBase(
             name=name, channel=channel, provider=provider, endpoint=endpoint, sender=sender,
-            options=json.dumps({**FAST, **(options or {})}), is_default=default))
+            options=json.dumps({**FAST, **(options or {})}), is_default=default), org_id=1)
     rt.configuration_changed()
 
 
@@ -84,7 +84,7 @@ def stored_code(rt, destination: str | None = None) -> str:
 
 
 def gen(rt, **body):
-    return run(generate(rt, {"entityType": "MOBILE", "entityValue": PHONE, "action": "COUPON", **body}))
+    return run(generate(rt, {"entityType": "MOBILE", "entityValue": PHONE, "action": "COUPON", **body}, org_id=1))
 
 
 def twilio(rt, admin, provider, **options):
@@ -219,7 +219,7 @@ def test_smtp_email_has_subject_and_both_parts(rt, admin, smtp_server):
     inbox, port = smtp_server
     add_gateway(rt, admin, name="smtp", channel="EMAIL", provider="smtp", endpoint=f"127.0.0.1:{port}",
                 sender="otp@acme.test", options={"security": "none", "sender_name": "Acme OTP"})
-    run(generate(rt, {"entityType": "EMAIL", "entityValue": "Someone@Example.com", "action": "COUPON"}))
+    run(generate(rt, {"entityType": "EMAIL", "entityValue": "Someone@Example.com", "action": "COUPON"}, org_id=1))
     [message] = inbox.messages
     code = stored_code(rt)
     assert message["Subject"] == "Validation Code" and message["To"] == "someone@example.com"
@@ -245,7 +245,7 @@ def test_smtp_auth_failure_fails_once_without_retry(rt, admin):
                     sender="otp@acme.test", options={"security": "none"},
                     credentials={"username": "u", "password": "wrong"})
         with pytest.raises(OtpError) as refused:
-            run(generate(rt, {"entityType": "EMAIL", "entityValue": "a@b.com", "action": "COUPON"}))
+            run(generate(rt, {"entityType": "EMAIL", "entityValue": "a@b.com", "action": "COUPON"}, org_id=1))
     finally:
         controller.stop()
     assert [p.code for p in refused.value.problems] == [E.GATEWAY_ERROR] and refused.value.http_status == 502
@@ -378,7 +378,7 @@ def test_a_provider_error_that_echoes_the_code_is_scrubbed(rt, admin, provider, 
 def test_credentials_are_never_shown_back(rt, admin, provider):
     twilio(rt, admin, provider)
     with rt.session() as db:
-        [shown] = list_gateways(db, rt.box)
+        [shown] = list_gateways(db, rt.box, org_id=1)
     assert "tok-secret" not in shown.credentials_hint and "AC123" not in shown.credentials_hint
     assert shown.credentials_hint.startswith("account_sid")
     with rt.db.connect() as conn:
@@ -393,7 +393,7 @@ RECEIPT_URL = "https://otp.example/v2/otp/receipts/twilio"
 def twilio_receipt(rt, params, token="tok-secret", signature=None):
     body = "&".join(f"{k}={v}" for k, v in params.items()).encode()
     sig = signature or twilio_signature(token, RECEIPT_URL, params)
-    return apply_receipt(rt, "twilio", url=RECEIPT_URL, headers={"X-Twilio-Signature": sig}, body=body)
+    return apply_receipt(rt, "twilio", url=RECEIPT_URL, headers={"X-Twilio-Signature": sig}, body=body, org_id=1)
 
 
 def test_twilio_receipts_signed_bad_unknown_replayed(rt, admin, provider):
@@ -423,13 +423,13 @@ def test_webhook_receipt_needs_a_fresh_signed_timestamp(rt, admin, provider):
     old = str(int(time.time()) - 3600)
     with pytest.raises(ReceiptRefused) as stale:
         apply_receipt(rt, "hook", url="", headers={"X-Timestamp": old,
-                                                   "X-Signature": webhook_signature("whsec", old, body)}, body=body)
+                                                   "X-Signature": webhook_signature("whsec", old, body)}, body=body, org_id=1)
     assert stale.value.http_status == 401
     now = str(int(time.time()))
     with pytest.raises(ReceiptRefused):
-        apply_receipt(rt, "hook", url="", headers={"X-Timestamp": now, "X-Signature": "0" * 64}, body=body)
+        apply_receipt(rt, "hook", url="", headers={"X-Timestamp": now, "X-Signature": "0" * 64}, body=body, org_id=1)
     outcome = apply_receipt(rt, "hook", url="", headers={"X-Timestamp": now,
-                                                         "X-Signature": webhook_signature("whsec", now, body)}, body=body)
+                                                         "X-Signature": webhook_signature("whsec", now, body)}, body=body, org_id=1)
     assert outcome.status == "failed" and deliveries(rt)[0]["status"] == "failed"
 
 
@@ -456,7 +456,7 @@ def _failover_setup(rt, admin, provider, seconds=30):
                 sender="10987", credentials={"access_token": "EAAG"})
     from core.db.models import TemplateVersion
     with rt.session() as db:
-        db.add(TemplateVersion(action="COUPON", channel="WHATSAPP", version=1, status="approved", is_active=True,
+        db.add(TemplateVersion(org_id=1, action="COUPON", channel="WHATSAPP", version=1, status="approved", is_active=True,
                                author="a", reviewer="b", whatsapp_name="otp_auth", whatsapp_language="en"))
         db.commit()
     configure(rt, Action.COUPON, failover="WHATSAPP,SMS", failover_seconds=seconds)
@@ -509,14 +509,14 @@ def test_no_failover_after_a_delivered_receipt(rt, admin, provider, clock):
         save_gateway(db, rt.box, actor=admin, credentials={"access_token": "EAAG", "webhook_secret": "app-secret"},
                      config=GatewayConfigBase(name="wa", channel="WHATSAPP", provider="meta_whatsapp",
                                               endpoint=provider.url, sender="10987", is_default=True,
-                                              options=json.dumps(FAST)))
+                                              options=json.dumps(FAST)), org_id=1)
     rt.configuration_changed()
     gen(rt)
     import hashlib
     import hmac
     body = json.dumps({"entry": [{"changes": [{"value": {"statuses": [{"id": "wamid.8", "status": "delivered"}]}}]}]}).encode()
     signature = "sha256=" + hmac.new(b"app-secret", body, hashlib.sha256).hexdigest()
-    assert apply_receipt(rt, "wa", url="", headers={"X-Hub-Signature-256": signature}, body=body).status == "delivered"
+    assert apply_receipt(rt, "wa", url="", headers={"X-Hub-Signature-256": signature}, body=body, org_id=1).status == "delivered"
     clock.advance(seconds=60)
     assert run(run_due_failovers(rt)) == 0 and outbox(rt) == []
 
@@ -534,12 +534,12 @@ def test_test_numbers_get_the_fixed_code_only_in_the_outbox_without_limits(db_ur
         twilio(rt, StaffIdentity(made.id, made.username, made.role), provider)
         configure(rt, Action.COUPON, max_sends_per_code=100)
         for _ in range(4):  # beyond the daily limit of 2
-            run(generate(rt, {"entityType": "MOBILE", "entityValue": "+919999012345", "action": "COUPON"}))
+            run(generate(rt, {"entityType": "MOBILE", "entityValue": "+919999012345", "action": "COUPON"}, org_id=1))
         assert provider.requests == []  # never to a real provider
         assert outbox(rt)[-1]["body"].endswith("424242.")
         from core.services.validation import validate
         assert run(validate(rt, {"entityType": "MOBILE", "entityValue": "+919999012345", "action": "COUPON",
-                                 "code": "424242"})).valid
+                                 "code": "424242"}, org_id=1)).valid
         gen(rt), gen(rt)  # an ordinary number still goes to the provider and still has its limit
         assert len(provider.requests) == 2
         with pytest.raises(OtpError):
@@ -602,7 +602,7 @@ def test_smtp_starttls_with_authentication(rt, admin, tmp_path):
                     endpoint=f"127.0.0.1:{controller.port}", sender="otp@acme.test",
                     options={"security": "starttls", "tls_verify": False},
                     credentials={"username": "mailer", "password": "right"})
-        run(generate(rt, {"entityType": "EMAIL", "entityValue": "a@b.com", "action": "COUPON"}))
+        run(generate(rt, {"entityType": "EMAIL", "entityValue": "a@b.com", "action": "COUPON"}, org_id=1))
     finally:
         controller.stop()
     [message] = inbox.messages
@@ -633,7 +633,7 @@ def test_smtp_implicit_tls(rt, admin, tmp_path):
         add_gateway(rt, admin, name="smtps", channel="EMAIL", provider="smtp",
                     endpoint=f"127.0.0.1:{controller.port}", sender="otp@acme.test",
                     options={"security": "ssl", "tls_verify": False})
-        run(generate(rt, {"entityType": "EMAIL", "entityValue": "a@b.com", "action": "COUPON"}))
+        run(generate(rt, {"entityType": "EMAIL", "entityValue": "a@b.com", "action": "COUPON"}, org_id=1))
     finally:
         controller.stop()
     [message] = inbox.messages
@@ -652,7 +652,7 @@ def test_failover_sends_count_against_the_channel_budget(db_url, tmp_path, clock
         _failover_setup(rt, StaffIdentity(made.id, made.username, made.role), provider)
         gen(rt)  # WhatsApp fails, SMS takes the only unit of the SMS budget
         with pytest.raises(OtpError) as refused:  # WhatsApp fails again; the SMS failover is refused
-            run(generate(rt, {"entityType": "MOBILE", "entityValue": "+919812345678", "action": "COUPON"}))
+            run(generate(rt, {"entityType": "MOBILE", "entityValue": "+919812345678", "action": "COUPON"}, org_id=1))
         assert refused.value.http_status == 502
         assert [(r["channel"], r["status"]) for r in deliveries(rt)] == [
             ("WHATSAPP", "failed"), ("SMS", "delivered"), ("WHATSAPP", "failed")]
@@ -677,7 +677,7 @@ def _smtp(rt, admin, server, **options):
 
 
 def _email_generate(rt, address="a@b.com"):
-    return run(generate(rt, {"entityType": "EMAIL", "entityValue": address, "action": "COUPON"}))
+    return run(generate(rt, {"entityType": "EMAIL", "entityValue": address, "action": "COUPON"}, org_id=1))
 
 
 @pytest.mark.parametrize("deadline", ["gateway_timeout", "dispatch_timeout"])
@@ -746,17 +746,17 @@ def test_hanging_mail_servers_do_not_hold_up_other_requests(rt, admin):
 
         async def scenario():
             hanging = [asyncio.create_task(generate(rt, {"entityType": "EMAIL", "entityValue": f"u{i}@b.com",
-                                                         "action": "COUPON"})) for i in range(pool_threads)]
+                                                         "action": "COUPON"}, org_id=1)) for i in range(pool_threads)]
             deadline = time.monotonic() + 10
             while server.stalled < pool_threads and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
             started = time.perf_counter()
             await generate(rt, {"entityType": "MOBILE", "entityValue": PHONE, "action": "COUPON",
-                                "channels": [{"type": "SMS", "value": PHONE}]})
+                                "channels": [{"type": "SMS", "value": PHONE}]}, org_id=1)
             generate_s = time.perf_counter() - started
             started = time.perf_counter()
             outcome = await validate(rt, {"entityType": "MOBILE", "entityValue": PHONE, "action": "COUPON",
-                                          "code": code_sent_to(rt, PHONE)})
+                                          "code": code_sent_to(rt, PHONE)}, org_id=1)
             validate_s = time.perf_counter() - started
             still_hanging = server.stalled
             for task in hanging:
@@ -800,8 +800,8 @@ def test_hanging_mail_servers_do_not_hold_up_the_server_process(tmp_path):
             with engine.begin() as conn:
                 box = SecretBox.from_master(load_master_key(Settings(secret_key=TEST_KEY)))
                 conn.execute(text(
-                    "INSERT INTO gateway_config (name, channel, provider, endpoint, sender, options, is_default, "
-                    "enabled, credentials_enc, created_at, updated_at) VALUES ('smtp', 'EMAIL', 'smtp', :endpoint, "
+                    "INSERT INTO gateway_config (org_id, name, channel, provider, endpoint, sender, options, is_default, "
+                    "enabled, credentials_enc, created_at, updated_at) VALUES (1, 'smtp', 'EMAIL', 'smtp', :endpoint, "
                     "'otp@acme.test', :options, true, true, :creds, '2026-01-01', '2026-01-01')"),
                     {"endpoint": f"127.0.0.1:{mail.port}", "creds": box.seal(b"{}", "gateway:smtp"),
                      "options": json.dumps({"security": "none", "attempts": 1, "timeout_seconds": 20})})

@@ -43,7 +43,7 @@ def test_one_turn_of_generates_is_one_commit_on_sqlite_and_one_each_on_postgresq
     commits = _commits(rt)
 
     async def burst():
-        return await asyncio.gather(*(generate(rt, {**BODY, "entityValue": _phone(i)}) for i in range(20)))
+        return await asyncio.gather(*(generate(rt, {**BODY, "entityValue": _phone(i)}, org_id=1) for i in range(20)))
 
     results = run(burst())
     assert len({r.request_id for r in results}) == 20
@@ -59,13 +59,13 @@ def test_one_turn_of_generates_is_one_commit_on_sqlite_and_one_each_on_postgresq
 def test_a_refusal_in_a_shared_commit_undoes_only_its_own_writes(rt):
     # The action's cap refuses after the service-wide daily count was bumped: that bump must be undone.
     configure(rt, Action.COUPON, daily_cap=1)
-    first = run(generate(rt, {**BODY, "entityValue": _phone(1)}))
+    first = run(generate(rt, {**BODY, "entityValue": _phone(1)}, org_id=1))
 
     async def burst():
         return await asyncio.gather(
-            generate(rt, {**BODY, "entityValue": _phone(1)}),  # over the daily limit: refused
-            generate(rt, {**BODY, "entityValue": _phone(2)}),
-            generate(rt, {**BODY, "entityValue": _phone(3)}),
+            generate(rt, {**BODY, "entityValue": _phone(1)}, org_id=1),  # over the daily limit: refused
+            generate(rt, {**BODY, "entityValue": _phone(2)}, org_id=1),
+            generate(rt, {**BODY, "entityValue": _phone(3)}, org_id=1),
             return_exceptions=True)
 
     refused, second, third = run(burst())
@@ -78,15 +78,15 @@ def test_a_refusal_in_a_shared_commit_undoes_only_its_own_writes(rt):
 
 
 def test_generate_and_validate_in_one_turn_each_see_the_others_writes_in_order(rt):
-    run(generate(rt, {**BODY, "entityValue": _phone(5)}))
+    run(generate(rt, {**BODY, "entityValue": _phone(5)}, org_id=1))
     code = code_sent_to(rt, _phone(5))
     wrong = "0" * len(code) if code != "0" * len(code) else "1" * len(code)
 
     async def burst():
         return await asyncio.gather(
-            validate(rt, {**BODY, "entityValue": _phone(5), "code": wrong}),
-            validate(rt, {**BODY, "entityValue": _phone(5), "code": code}),
-            validate(rt, {**BODY, "entityValue": _phone(5), "code": code}))
+            validate(rt, {**BODY, "entityValue": _phone(5), "code": wrong}, org_id=1),
+            validate(rt, {**BODY, "entityValue": _phone(5), "code": code}, org_id=1),
+            validate(rt, {**BODY, "entityValue": _phone(5), "code": code}, org_id=1))
 
     outcomes = [r.valid for r in run(burst())]
     assert outcomes == [False, True, False]  # single use holds inside one shared transaction
@@ -98,8 +98,8 @@ def test_a_second_writer_on_the_loop_thread_fails_at_once_instead_of_waiting_for
     async def scenario():
         writer = rt.writer
         joined = asyncio.ensure_future(writer.run(lambda conn: conn.execute(text(
-            "INSERT INTO limit_event (created_at, user_key, action, limit_type) "
-            "VALUES ('2026-11-27 10:00:00.000000', 'u', 'COUPON', 'test')"))))
+            "INSERT INTO limit_event (org_id, created_at, user_key, action, limit_type) "
+            "VALUES (1, '2026-11-27 10:00:00.000000', 'u', 'COUPON', 'test')"))))
         await asyncio.sleep(0)  # the batch is open now, its commit scheduled for the next turn
         with pytest.raises(RuntimeError, match="group commit"):
             with rt.db.begin() as conn:
@@ -115,7 +115,7 @@ def test_a_second_writer_on_the_loop_thread_fails_at_once_instead_of_waiting_for
 @SQLITE_ONLY
 def test_a_cancelled_member_does_not_cancel_the_others_commit(rt, db_url):
     async def scenario():
-        tasks = [asyncio.ensure_future(generate(rt, {**BODY, "entityValue": _phone(20 + i)})) for i in range(3)]
+        tasks = [asyncio.ensure_future(generate(rt, {**BODY, "entityValue": _phone(20 + i)}, org_id=1)) for i in range(3)]
         await asyncio.sleep(0)  # every task has run its writes and waits for the commit
         tasks[0].cancel()
         return await asyncio.gather(*tasks, return_exceptions=True)
@@ -157,8 +157,8 @@ def test_configuration_reseeded_on_the_loop_thread_joins_the_open_batch(rt, db_u
     rt.configuration_changed()
 
     async def burst():
-        return await asyncio.gather(generate(rt, {**BODY, "entityValue": _phone(40)}),
-                                    generate(rt, {**BODY, "action": "POINTS", "entityValue": _phone(41)}))
+        return await asyncio.gather(generate(rt, {**BODY, "entityValue": _phone(40)}, org_id=1),
+                                    generate(rt, {**BODY, "action": "POINTS", "entityValue": _phone(41)}, org_id=1))
 
     coupon, points = run(burst())  # the POINTS row is re-seeded while COUPON's batch is open
     assert points.request_id and coupon.request_id
@@ -171,8 +171,8 @@ def test_two_runtimes_on_one_database_share_its_batches(rt):
     assert other.writer is rt.writer
 
     async def burst():
-        return await asyncio.gather(generate(rt, {**BODY, "entityValue": _phone(50)}),
-                                    generate(other, {**BODY, "entityValue": _phone(51)}))
+        return await asyncio.gather(generate(rt, {**BODY, "entityValue": _phone(50)}, org_id=1),
+                                    generate(other, {**BODY, "entityValue": _phone(51)}, org_id=1))
 
     run(burst())
     assert _count(rt, "SELECT count(*) FROM otp_request") == 2

@@ -70,7 +70,7 @@ def add_gateway(rt, *, name, channel, provider, endpoint, sender="", options=Non
     with rt.session() as db:
         save_gateway(db, rt.box, actor=admin_of(rt), credentials=credentials, config=GatewayConfigBase(
             name=name, channel=channel, provider=provider, endpoint=endpoint, sender=sender,
-            options=json.dumps({**FAST, **(options or {})}), is_default=True))
+            options=json.dumps({**FAST, **(options or {})}), is_default=True), org_id=1)
     rt.configuration_changed()
 
 
@@ -92,7 +92,7 @@ def send_counts(rt) -> list[int]:
 
 def gen(rt, **body):
     return run(generate(rt, {"entityType": "MOBILE", "entityValue": PHONE, "action": "COUPON", **body},
-                        client_id=CLIENT, client_ip=IP))
+                        client_id=CLIENT, client_ip=IP, org_id=1))
 
 
 def code_in(seen) -> str:
@@ -160,7 +160,7 @@ def _failover(rt, wa_url: str) -> None:
     add_gateway(rt, name="wa", channel="WHATSAPP", provider="meta_whatsapp", endpoint=wa_url, sender="10987",
                 credentials={"access_token": "EAAG"})
     with rt.session() as db:
-        db.add(TemplateVersion(action="COUPON", channel="WHATSAPP", version=1, status="approved", is_active=True,
+        db.add(TemplateVersion(org_id=1, action="COUPON", channel="WHATSAPP", version=1, status="approved", is_active=True,
                                author="a", reviewer="b", whatsapp_name="otp_auth", whatsapp_language="en"))
         db.commit()
     configure(rt, Action.COUPON, failover="WHATSAPP,SMS", failover_seconds=30)
@@ -250,16 +250,16 @@ def test_a_failed_status_write_is_retried_so_the_failover_still_fires(db_url, tm
 def test_every_lock_is_a_security_event(rt, clock):
     configure(rt, Action.COUPON, max_consecutive_failures=2, lock_minutes=5, validate_limit=50)
     payload = {"entityType": "MOBILE", "entityValue": PHONE, "action": "COUPON"}
-    run(generate(rt, payload))
+    run(generate(rt, payload, org_id=1))
     wrong = "000000" if code_sent_to(rt, PHONE) != "000000" else "111111"
     for _ in range(2):
-        run(validate(rt, {**payload, "code": wrong}))
+        run(validate(rt, {**payload, "code": wrong}, org_id=1))
     with pytest.raises(OtpError):  # locked
-        run(validate(rt, {**payload, "code": wrong}))
+        run(validate(rt, {**payload, "code": wrong}, org_id=1))
     clock.advance(minutes=6)  # waited out
-    run(validate(rt, {**payload, "code": wrong}))  # the count was not reset: one more failure locks again
+    run(validate(rt, {**payload, "code": wrong}, org_id=1))  # the count was not reset: one more failure locks again
     with pytest.raises(OtpError) as again:
-        run(validate(rt, {**payload, "code": wrong}))
+        run(validate(rt, {**payload, "code": wrong}, org_id=1))
     assert again.value.problems[0].reason == "lock"
     with rt.db.connect() as conn:
         assert list(conn.execute(text("SELECT kind FROM security_event ORDER BY id")).scalars()) == ["lock", "lock"]
@@ -297,27 +297,27 @@ def test_why_refused_names_the_limit_the_next_request_meets(db_url, tmp_path, cl
         def explain() -> list:
             with rt.read_db.connect() as conn:
                 return [r for r in explain_refusal(
-                    conn, rt.settings, rt.config_for(Action.COUPON), entity=NormalisedEntity(EntityType.MOBILE, PHONE),
+                    conn, rt.settings, rt.config_for(1, Action.COUPON), entity=NormalisedEntity(EntityType.MOBILE, PHONE),
                     targets=[ChannelTarget(Channel.SMS, PHONE)], client_id=CLIENT, client_ip=IP, now=clock())
                     if r.refuses == refuses]
 
         def next_request() -> None:
             if refuses == "generate":
-                run(generate(rt, {**user, "channels": SMS_TO}, client_id=CLIENT, client_ip=IP))
+                run(generate(rt, {**user, "channels": SMS_TO}, client_id=CLIENT, client_ip=IP, org_id=1))
             else:
-                run(validate(rt, {**user, "code": wrong}))
+                run(validate(rt, {**user, "code": wrong}, org_id=1))
 
         assert explain() == []
         wrong = ""
         for step in steps:
             if step == "gen":
-                run(generate(rt, {**user, "channels": SMS_TO}, client_id=CLIENT, client_ip=IP))
+                run(generate(rt, {**user, "channels": SMS_TO}, client_id=CLIENT, client_ip=IP, org_id=1))
                 wrong = "000000" if code_sent_to(rt, PHONE) != "000000" else "111111"
             elif step == "gen_other":  # another user, same API client, address and number prefix
                 run(generate(rt, {**user, "entityValue": OTHER, "channels": [{"type": "SMS", "value": OTHER}]},
-                             client_id=CLIENT, client_ip=IP))
+                             client_id=CLIENT, client_ip=IP, org_id=1))
             else:
-                run(validate(rt, {**user, "code": wrong}))
+                run(validate(rt, {**user, "code": wrong}, org_id=1))
         said = explain()
         with pytest.raises(OtpError) as refused:
             next_request()
@@ -336,9 +336,9 @@ def test_the_limits_panel_shows_a_destination_refusal(db_url, tmp_path, clock):
     try:
         # One code per action: no live code is near its send cap, only the destination is full.
         for action in ("COUPON", "POINTS", "REGISTRATION", "USERGROUP", "SUBSCRIPTION"):
-            run(generate(rt, {"entityType": "MOBILE", "entityValue": "9955882233", "action": action}))
+            run(generate(rt, {"entityType": "MOBILE", "entityValue": "9955882233", "action": action}, org_id=1))
         with pytest.raises(OtpError) as refused:  # the console's test send meets it too
-            run(generate(rt, {"entityType": "MOBILE", "entityValue": PHONE, "action": "GENERIC"}))
+            run(generate(rt, {"entityType": "MOBILE", "entityValue": PHONE, "action": "GENERIC"}, org_id=1))
         assert refused.value.problems[0].reason == "destination"
         at = on_page(rt, admin_of(rt), "pages/dash_limits.py")
         at.text_input(key="limits_user").input(PHONE).run()
@@ -408,12 +408,12 @@ def test_the_console_dry_run_names_the_limit_a_real_send_meets(db_url, tmp_path,
     rt = runtime(db_url, tmp_path, clock, destination_limit=2)
     try:
         body = {"entityType": "MOBILE", "entityValue": PHONE, "action": "COUPON", "channels": SMS_TO}
-        assert dry_run(rt, body).problems == []
+        assert dry_run(rt, body, org_id=1).problems == []
         for action in ("COUPON", "POINTS"):
-            run(generate(rt, {**body, "action": action}))
-        said = dry_run(rt, {**body, "action": "REGISTRATION"})
+            run(generate(rt, {**body, "action": action}, org_id=1))
+        said = dry_run(rt, {**body, "action": "REGISTRATION"}, org_id=1)
         with pytest.raises(OtpError) as refused:
-            run(generate(rt, {**body, "action": "REGISTRATION"}))
+            run(generate(rt, {**body, "action": "REGISTRATION"}, org_id=1))
         assert refused.value.problems[0].reason == "destination"
         assert [p.message for p in said.problems] == [
             "at most 2 codes per 10 minutes to one destination: a generate would be refused (destination, 2 of 2)"]

@@ -66,8 +66,8 @@ def test_a_hanging_gateway_does_not_hold_up_other_users(tmp_path):
         with engine.begin() as conn:  # SMS goes to a provider that hangs; email stays in the outbox
             box = SecretBox.from_master(load_master_key(Settings(secret_key=TEST_KEY)))
             conn.execute(text(
-                "INSERT INTO gateway_config (name, channel, provider, endpoint, sender, options, is_default, enabled, "
-                "credentials_enc, created_at, updated_at) VALUES ('slow', 'SMS', 'webhook_sms', :url, 'X', "
+                "INSERT INTO gateway_config (org_id, name, channel, provider, endpoint, sender, options, is_default, "
+                "enabled, credentials_enc, created_at, updated_at) VALUES (1, 'slow', 'SMS', 'webhook_sms', :url, 'X', "
                 "'{\"attempts\": 1, \"timeout_seconds\": 15}', 1, 1, :creds, '2026-01-01', '2026-01-01')"),
                 {"url": provider.url, "creds": box.seal(b"{}", "gateway:slow")})
         engine.dispose()

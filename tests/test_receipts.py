@@ -24,11 +24,11 @@ def _plan(conn, statement) -> str:  # type: ignore[no-untyped-def]
 def test_a_receipt_finds_its_delivery_through_the_receipt_index(rt):
     """The receipt's read runs inside its write transaction: a scan of every delivery there holds SQLite's
     write lock (and every request waiting for it) for as long as the table is long."""
-    issued = run(generate(rt, {"entityType": "MOBILE", "entityValue": "+919955882233", "action": "COUPON"}))
+    issued = run(generate(rt, {"entityType": "MOBILE", "entityValue": "+919955882233", "action": "COUPON"}, org_id=1))
     request_id = issued.request_id
     with rt.db.begin() as conn:
         conn.execute(insert(Delivery), [
-            dict(request_id=request_id, code_id=1, channel="SMS", destination="+919955882233", gateway=gateway,
+            dict(org_id=1, request_id=request_id, code_id=1, channel="SMS", destination="+919955882233", gateway=gateway,
                  status="sent", provider_message_id=message_id, created_at=rt.clock(), updated_at=rt.clock())
             for gateway, message_id in [("twilio", "SM1"), ("twilio", "SM2"), ("hook", "SM1"), ("outbox", None)]])
         plan = _plan(conn, delivery_for_receipt("twilio", "SM2"))

@@ -29,10 +29,10 @@ def add_code(conn, at: datetime, *, action="COUPON", channel="SMS", status="deli
     (code id, request id, delivery id)."""
     user_key = f"MOBILE:+91{next(_numbers)}"
     code_id = conn.execute(insert(OtpCode).values(
-        user_key=user_key, entity_type="MOBILE", action=action, code_hmac=b"x", created_at=at,
+        org_id=1, user_key=user_key, entity_type="MOBILE", action=action, code_hmac=b"x", created_at=at,
         expires_at=at + timedelta(minutes=10), state="active").returning(OtpCode.id)).scalar_one()
     request_id = conn.execute(insert(OtpRequest).values(
-        created_at=at, code_id=code_id, user_key=user_key, action=action, kind="issued")
+        org_id=1, created_at=at, code_id=code_id, user_key=user_key, action=action, kind="issued")
         .returning(OtpRequest.id)).scalar_one()
     delivery_id = add_delivery(conn, at, request_id, code_id, channel=channel, status=status, latency=latency,
                                message_id=message_id, gateway=gateway)
@@ -42,7 +42,7 @@ def add_code(conn, at: datetime, *, action="COUPON", channel="SMS", status="deli
 def add_delivery(conn, at, request_id, code_id, *, channel="SMS", status="delivered", latency=100.0,
                  message_id=None, gateway="gw") -> int:
     return conn.execute(insert(Delivery).values(
-        request_id=request_id, code_id=code_id, channel=channel, destination="+919955882233", gateway=gateway,
+        org_id=1, request_id=request_id, code_id=code_id, channel=channel, destination="+919955882233", gateway=gateway,
         status=status, latency_ms=latency, attempts=1, created_at=at, updated_at=at,
         provider_message_id=message_id).returning(Delivery.id)).scalar_one()
 
@@ -50,7 +50,7 @@ def add_delivery(conn, at, request_id, code_id, *, channel="SMS", status="delive
 def use_code(conn, code_id: int, at: datetime) -> None:
     """What validate does with a right code: mark it used and record the validation, in one transaction."""
     conn.execute(update(OtpCode).where(OtpCode.id == code_id).values(state="used", used_at=at, code_enc=None))
-    conn.execute(insert(OtpValidation).values(created_at=at, user_key="MOBILE:+919955882233", action="COUPON",
+    conn.execute(insert(OtpValidation).values(org_id=1, created_at=at, user_key="MOBILE:+919955882233", action="COUPON",
                                               code_id=code_id, outcome="ok"))
 
 
@@ -102,7 +102,7 @@ def test_a_queued_delivery_is_counted_again_when_its_send_result_arrives(rt):
 def test_a_receipt_moves_a_sent_delivery_to_failed(rt, team):
     with rt.session() as db:
         save_gateway(db, rt.box, actor=team["admin"], credentials={"webhook_secret": "whsec"}, config=GatewayConfigBase(
-            name="hook", channel="SMS", provider="webhook_sms", endpoint="http://127.0.0.1:9/send", is_default=False))
+            name="hook", channel="SMS", provider="webhook_sms", endpoint="http://127.0.0.1:9/send", is_default=False), org_id=1)
     rt.configuration_changed()
     with rt.db.begin() as conn:
         add_code(conn, NOON, status="sent", message_id="msg-1", gateway="hook")
@@ -112,7 +112,7 @@ def test_a_receipt_moves_a_sent_delivery_to_failed(rt, team):
     body = json.dumps({"message_id": "msg-1", "status": "failed"}).encode()
     now = str(int(time.time()))
     apply_receipt(rt, "hook", url="", headers={"X-Timestamp": now, "X-Signature": webhook_signature("whsec", now, body)},
-                  body=body)
+                  body=body, org_id=1)
     with rt.db.connect() as conn:
         assert [(r.sent, r.failed) for r in D.delivery_summary(conn, ONE_DAY)] == [(0, 1)]
         assert [(f.gateway, f.error, f.count) for f in D.failures_by_error(conn, ONE_DAY)] == \

@@ -38,7 +38,7 @@ def gen(rt, number=PHONE, action="COUPON", channels=None, **body):
     payload = {"entityType": "MOBILE", "entityValue": number, "action": action, **body}
     if channels is not None:
         payload["channels"] = channels
-    return run(generate(rt, payload))
+    return run(generate(rt, payload, org_id=1))
 
 
 def sms(number=PHONE):
@@ -112,7 +112,7 @@ def test_email_only_drops_the_spent_phone_channel_for_the_requests_email_channel
     assert channels_sent(rt) == [("SMS", "+919812345671"), ("EMAIL", EMAIL)]
     assert counters(rt) == {("budget", "SMS"): 1}  # the dropped channel was not counted
     assert run(validate(rt, {"entityType": "MOBILE", "entityValue": PHONE, "action": "COUPON",
-                             "code": code_sent_to(rt, EMAIL)})).valid
+                             "code": code_sent_to(rt, EMAIL)}, org_id=1)).valid
 
 
 def test_email_only_reads_todays_local_budget_only(build, clock):
@@ -134,8 +134,8 @@ def test_a_budget_refusal_says_whose_budget_and_why_email_did_not_stand_in(build
     assert refused(gen, rt, "+919812345672", "COUPON").problems[0].message == (
         "the daily SMS budget of 1 is spent: the channel is in safe mode until tomorrow"
         " (email only, and this request has no email destination)")
-    run(generate(rt, {"entityType": "EMAIL", "entityValue": "a@example.com", "action": "COUPON"}))
-    assert refused(run, generate(rt, {"entityType": "EMAIL", "entityValue": "b@example.com", "action": "COUPON"})) \
+    run(generate(rt, {"entityType": "EMAIL", "entityValue": "a@example.com", "action": "COUPON"}, org_id=1))
+    assert refused(run, generate(rt, {"entityType": "EMAIL", "entityValue": "b@example.com", "action": "COUPON"}, org_id=1)) \
         .problems[0].message == "the daily EMAIL budget of 1 is spent: the channel is in safe mode until tomorrow"
     rt2 = build(safe_mode="refuse")
     configure(rt2, Action.REGISTRATION, channel_budgets="SMS=1")
@@ -148,7 +148,7 @@ def test_a_spent_email_budget_is_never_rerouted(build):
     """Only phone channels fall back to EMAIL: a spent EMAIL budget refuses the request, it is not dropped in
     silence while the SMS goes out under a warning that claims the code went by EMAIL."""
     rt = build(channel_budgets="SMS=5,EMAIL=1", safe_mode="email_only")
-    run(generate(rt, {"entityType": "EMAIL", "entityValue": "a@example.com", "action": "COUPON"}))
+    run(generate(rt, {"entityType": "EMAIL", "entityValue": "a@example.com", "action": "COUPON"}, org_id=1))
     error = refused(gen, rt, channels=[sms(), email()])
     assert error.problems[0].reason == "budget" and "EMAIL budget" in error.problems[0].message
     assert channels_sent(rt) == [("EMAIL", "a@example.com")]
@@ -158,11 +158,11 @@ def test_the_dry_run_shows_what_safe_mode_would_do(build):
     rt = build(channel_budgets="SMS=1")
     gen(rt, "+919812345671")
     payload = {"entityType": "MOBILE", "entityValue": PHONE, "action": "COUPON", "channels": [sms(), email()]}
-    refusing = dry_run(rt, payload)
+    refusing = dry_run(rt, payload, org_id=1)
     assert [(p.code, p.message) for p in refusing.problems] == [
         (E.RATE_LIMITED, "the daily SMS budget is spent: the channel is in safe mode and would be refused")]
     rt.settings.safe_mode = "email_only"
-    rerouting = dry_run(rt, payload)
+    rerouting = dry_run(rt, payload, org_id=1)
     assert [p.code for p in rerouting.problems] == [E.SAFE_MODE_EMAIL]
     assert [m.channel.value for m in rerouting.messages] == ["EMAIL"]
     assert counters(rt) == {("budget", "SMS"): 1} and len(outbox(rt)) == 1  # nothing sent or counted
@@ -173,20 +173,20 @@ def test_email_only_sends_to_an_email_entity_with_the_email_template(build):
     gen(rt, "+919812345671", channels=[sms("+919812345671"), {"type": "PHONE", "value": "+919812345671"}])
     result = run(generate(rt, {"entityType": "EMAIL", "entityValue": "Someone@Example.com", "action": "COUPON",
                                "channels": [sms(), {"type": "PHONE", "value": PHONE}],
-                               "emailTemplate": {"subject": "Your code", "body": "Use {{ validation_code }} now"}}))
+                               "emailTemplate": {"subject": "Your code", "body": "Use {{ validation_code }} now"}}, org_id=1))
     assert [(d.channel, d.destination) for d in result.deliveries] == [("EMAIL", EMAIL)]
     assert [w.message.split()[0] for w in result.warnings] == ["SMS", "PHONE"]
     [message] = outbox(rt, EMAIL)
     assert message["subject"] == "Your code" and message["body"].startswith("Use ")
     assert run(validate(rt, {"entityType": "EMAIL", "entityValue": EMAIL, "action": "COUPON",
-                             "code": message["body"].split()[1]})).valid
+                             "code": message["body"].split()[1]}, org_id=1)).valid
 
 
 def test_email_only_keeps_the_phone_channels_whose_budget_is_not_spent(build):
     rt = build(channel_budgets="SMS=1,PHONE=5", safe_mode="email_only")
     gen(rt, "+919812345671")
     result = run(generate(rt, {"entityType": "EMAIL", "entityValue": EMAIL, "action": "COUPON",
-                               "channels": [sms(), {"type": "PHONE", "value": PHONE}]}))
+                               "channels": [sms(), {"type": "PHONE", "value": PHONE}]}, org_id=1))
     assert [d.channel for d in result.deliveries] == ["EMAIL", "PHONE"]
     assert [w.code for w in result.warnings] == [E.SAFE_MODE_EMAIL]
 
@@ -205,7 +205,7 @@ def test_email_only_needs_email_enabled_for_the_action(build):
     configure(rt, Action.COUPON, channels="SMS,PHONE")
     gen(rt, "+919812345671")
     error = refused(run, generate(rt, {"entityType": "EMAIL", "entityValue": EMAIL, "action": "COUPON",
-                                       "channels": [sms()]}))
+                                       "channels": [sms()]}, org_id=1))
     assert error.problems[0].reason == "budget" and outbox(rt, EMAIL) == []
 
 
@@ -224,7 +224,7 @@ def test_an_actions_safe_mode_overrides_the_service_wide_one(build):
     result = gen(rt, action="POINTS", channels=[sms(), email()])
     assert [d.channel for d in result.deliveries] == ["EMAIL"]
     configure(rt, Action.POINTS, channel_budgets="EMAIL=3")  # the other fields keep their values
-    assert rt.config_for(Action.POINTS).safe_mode == "email_only"
+    assert rt.config_for(1, Action.POINTS).safe_mode == "email_only"
 
 
 def test_an_actions_own_budget_trips_its_email_only_mode(build):
@@ -312,12 +312,12 @@ def test_budget_trip_is_recorded_once_per_trip(build, mode):
 
 def test_a_trip_rolls_back_with_a_request_another_limit_refuses(build):
     rt = build(channel_budgets="SMS=1", client_limit=1)
-    run(generate(rt, {"entityType": "EMAIL", "entityValue": EMAIL, "action": "COUPON"}, client_id=7))
+    run(generate(rt, {"entityType": "EMAIL", "entityValue": EMAIL, "action": "COUPON"}, client_id=7, org_id=1))
     error = refused(run, generate(rt, {"entityType": "MOBILE", "entityValue": PHONE, "action": "COUPON"},
-                                  client_id=7))
+                                  client_id=7, org_id=1))
     assert error.problems[0].reason == "client"
     assert trips(rt) == [] and counters(rt) == {}
-    run(generate(rt, {"entityType": "MOBILE", "entityValue": PHONE, "action": "COUPON"}, client_id=8))
+    run(generate(rt, {"entityType": "MOBILE", "entityValue": PHONE, "action": "COUPON"}, client_id=8, org_id=1))
     assert trips(rt) == ["SMS"]
 
 
@@ -335,7 +335,7 @@ def test_configuration_is_validated(build):
                         "the safe mode must be one of refuse, email_only (or empty for the service-wide one)"]
     rt = build()
     configure(rt, Action.COUPON, channel_budgets=" sms = 2000 ,mobile=5", safe_mode="")
-    config = rt.config_for(Action.COUPON)
+    config = rt.config_for(1, Action.COUPON)
     assert config.budget_for(config.channel_budgets[0][0]) == 2000 and config.safe_mode is None
     with rt.db.connect() as conn:
         assert conn.execute(text("SELECT channel_budgets FROM action_config WHERE action = 'COUPON'")).scalar() \
@@ -346,7 +346,7 @@ def test_configuration_table_shows_budgets_and_safe_mode(build):
     from core.services.status import configuration_table
     rt = build(safe_mode="email_only")
     configure(rt, Action.REGISTRATION, channel_budgets="SMS=2000", safe_mode="refuse")
-    rows = {r["action"]: r for r in configuration_table(rt)}
+    rows = {r["action"]: r for r in configuration_table(rt, org_id=1)}
     assert rows["REGISTRATION"]["channel budgets"] == "SMS=2000" and rows["REGISTRATION"]["safe mode"] == "refuse"
     assert rows["COUPON"]["channel budgets"] == "" and rows["COUPON"]["safe mode"] == "email_only (service-wide)"
 
@@ -356,10 +356,10 @@ def test_safe_mode_alerts_service_wide_and_per_action(build):
     rt = build(channel_budgets="SMS=1,PHONE=9,EMAIL=1", safe_mode="email_only")
     configure(rt, Action.POINTS, safe_mode="refuse")
     configure(rt, Action.REGISTRATION, channel_budgets="PHONE=1")
-    assert safe_mode_channels(rt) == []
+    assert safe_mode_channels(rt, org_id=1) == []
     gen(rt, "+919812345671", channels=[sms("+919812345671"), email("a@b.com")])
     gen(rt, "+919812345672", "REGISTRATION", channels=[{"type": "PHONE", "value": "+919812345672"}])
-    alerts = safe_mode_channels(rt)
+    alerts = safe_mode_channels(rt, org_id=1)
     assert [(a.channel, a.action, a.mode, a.sent, a.budget) for a in alerts] == [
         ("SMS", None, "email_only", 1, 1), ("EMAIL", None, "refuse", 1, 1), ("PHONE", "REGISTRATION", "email_only", 1, 1)]
     assert alerts[0].text("UTC") == (
@@ -422,13 +422,13 @@ def test_config_page_sets_budgets_and_safe_mode_validated_and_audited(build, con
     at.text_input(key="cfg_channel_budgets").input("SMS=lots")
     at.button(key="cfg_save").click().run()
     assert any("the SMS budget must be a whole number" in e.value for e in at.error)
-    assert rt.config_for(Action.REGISTRATION).channel_budgets == ()
+    assert rt.config_for(1, Action.REGISTRATION).channel_budgets == ()
     at.text_input(key="cfg_channel_budgets").input("SMS=2000, phone=50")
     at.selectbox(key="cfg_safe_mode").select("email_only")
     at.text_input(key="cfg_reason").input("pumping on REGISTRATION")
     at.button(key="cfg_save").click().run()
     assert any("Saved the configuration of REGISTRATION" in s.value for s in at.success)
-    config = rt.config_for(Action.REGISTRATION)
+    config = rt.config_for(1, Action.REGISTRATION)
     assert [(c.value, n) for c, n in config.channel_budgets] == [("SMS", 2000), ("PHONE", 50)]
     assert config.safe_mode == "email_only"
     with rt.db.connect() as conn:
@@ -439,14 +439,14 @@ def test_config_page_sets_budgets_and_safe_mode_validated_and_audited(build, con
     at.selectbox(key="cfg_safe_mode").select("service-wide (refuse)")
     at.text_input(key="cfg_reason").input("back to the service-wide mode")
     at.button(key="cfg_save").click().run()
-    assert rt.config_for(Action.REGISTRATION).safe_mode is None
+    assert rt.config_for(1, Action.REGISTRATION).safe_mode is None
 
 
 def test_rate_limit_dashboard_lists_budget_trips(build, console):
     rt = build(channel_budgets="SMS=1")
     configure(rt, Action.REGISTRATION, channel_budgets="EMAIL=1")
     gen(rt)
-    run(generate(rt, {"entityType": "EMAIL", "entityValue": EMAIL, "action": "REGISTRATION"}))
+    run(generate(rt, {"entityType": "EMAIL", "entityValue": EMAIL, "action": "REGISTRATION"}, org_id=1))
     at = console(rt, "viewer")
     at.switch_page("pages/dash_limits.py").run()
     assert not at.exception

@@ -49,21 +49,21 @@ def test_code_absent_from_logs_responses_and_database(rt, clock, all_logs):
     responses.append(run(generate(rt, {**BODY, "channels": [{"type": "SMS", "value": PHONE},
                                                             {"type": "EMAIL", "value": "a@b.com"},
                                                             {"type": "WHATSAPP", "value": PHONE}],
-                                       "whatsappTemplateName": "auth"})).body())
+                                       "whatsappTemplateName": "auth"}, org_id=1)).body())
     used = code_sent_to(rt, PHONE)
-    responses.append(run(generate(rt, dict(BODY))).body())  # re-send
-    responses.append(run(validate(rt, {**BODY, "code": "WRONGWRONGWRONG1"})).body())
-    responses.append(run(validate(rt, {**BODY, "code": used.lower()})).body())
+    responses.append(run(generate(rt, dict(BODY), org_id=1)).body())  # re-send
+    responses.append(run(validate(rt, {**BODY, "code": "WRONGWRONGWRONG1"}, org_id=1)).body())
+    responses.append(run(validate(rt, {**BODY, "code": used.lower()}, org_id=1)).body())
 
-    responses.append(run(generate(rt, dict(BODY))).body())
+    responses.append(run(generate(rt, dict(BODY), org_id=1)).body())
     burned = code_sent_to(rt, PHONE)
     for _ in range(3):
-        responses.append(run(validate(rt, {**BODY, "code": "WRONGWRONGWRONG1"})).body())
+        responses.append(run(validate(rt, {**BODY, "code": "WRONGWRONGWRONG1"}, org_id=1)).body())
 
-    responses.append(run(generate(rt, {**BODY, "action": "POINTS"})).body())
+    responses.append(run(generate(rt, {**BODY, "action": "POINTS"}, org_id=1)).body())
     expired = code_sent_to(rt, PHONE)
     clock.advance(minutes=11)
-    responses.append(run(validate(rt, {**BODY, "action": "POINTS", "code": expired})).body())
+    responses.append(run(validate(rt, {**BODY, "action": "POINTS", "code": expired}, org_id=1)).body())
 
     codes = {used, burned, expired}
     assert len(codes) == 3 and all(len(c) == 16 for c in codes)
@@ -91,9 +91,9 @@ def test_code_absent_from_logs_responses_and_database(rt, clock, all_logs):
 
 
 def test_expiry_found_by_a_later_generate_wipes_the_copy(rt, clock):
-    run(generate(rt, dict(BODY)))
+    run(generate(rt, dict(BODY), org_id=1))
     clock.advance(minutes=10)
-    run(generate(rt, dict(BODY)))
+    run(generate(rt, dict(BODY), org_id=1))
     with rt.db.connect() as conn:
         rows = conn.execute(text("SELECT state, code_enc IS NULL FROM otp_code ORDER BY id")).all()
     assert [tuple(r) for r in rows] == [("expired", True), ("active", False)]
@@ -118,7 +118,7 @@ def test_no_text_form_of_an_outgoing_message_holds_the_code(channel):
         template = ResolvedTemplate(Channel.ZALO, "request", "test", zalo_template_id="233140")
     else:
         template = resolve_template(Channel(channel), Action.COUPON, {})
-    message = render_message(template, delivery_id=7, destination=PHONE, code=code, variables=variables)
+    message = render_message(template, delivery_id=7, destination=PHONE, code=code, variables=variables, org_id=1)
     rendered = (message.text or "") + (message.subject or "") + (message.body or "")
     assert message.code == code and (code in rendered or channel in ("WHATSAPP", "ZALO"))
     for shown in (repr(message), str(message), f"{message!r}", f"{message}", "%r" % (message,), "%s" % (message,)):

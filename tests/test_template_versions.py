@@ -27,12 +27,12 @@ def sms(text: str) -> TemplateVersionCreate:
 
 def draft(rt, who, text):
     with rt.session() as db:
-        return save_draft(db, actor=who, fields=sms(text), config=rt.config_for(Action.COUPON))
+        return save_draft(db, actor=who, fields=sms(text), config=rt.config_for(1, Action.COUPON), org_id=1)
 
 
 def step(rt, fn, who, version_id, **kwargs):
     with rt.session() as db:
-        return fn(db, actor=who, version_id=version_id, **kwargs)
+        return fn(db, actor=who, org_id=1, version_id=version_id, **kwargs)
 
 
 @pytest.mark.parametrize("payload", INJECTIONS)
@@ -41,19 +41,19 @@ def test_injection_payloads_are_refused_at_save_time(rt, team, payload):
         draft(rt, team["editor"], payload)
     assert all("not allowed" in reason for reason in refused.value.reasons)
     with rt.session() as db:
-        assert list_versions(db, action=Action.COUPON, channel=Channel.SMS) == []
+        assert list_versions(db, action=Action.COUPON, channel=Channel.SMS, org_id=1) == []
 
 
 def test_a_draft_may_lack_its_placeholder_but_cannot_be_submitted(rt, team):
     saved = draft(rt, team["editor"], "no code here")
     assert saved.status == "draft" and saved.version == 1
     with pytest.raises(TemplateRefused) as refused:
-        step(rt, submit_for_review, team["editor"], saved.id, config=rt.config_for(Action.COUPON))
+        step(rt, submit_for_review, team["editor"], saved.id, config=rt.config_for(1, Action.COUPON))
     assert any("exactly once" in r for r in refused.value.reasons)
 
 
 def test_four_eyes_and_single_transitions(rt, team):
-    config = rt.config_for(Action.COUPON)
+    config = rt.config_for(1, Action.COUPON)
     saved = draft(rt, team["approver"], "Hi {{ validation_code }}")
     step(rt, submit_for_review, team["approver"], saved.id, config=config)
     with pytest.raises(TemplateRefused, match="author"):
@@ -72,22 +72,22 @@ def test_rollback_diff_and_the_engine_cache(db_url, tmp_path, clock, team):
     # A runtime that trusts its cache for a minute: it sees a change at once only when told.
     rt = Runtime(make_settings(db_url, tmp_path, cache_seconds=60), clock=clock)
     try:
-        config = rt.config_for(Action.COUPON)
+        config = rt.config_for(1, Action.COUPON)
         first = draft(rt, team["editor"], "One {{ validation_code }}")
         step(rt, submit_for_review, team["editor"], first.id, config=config)
-        run(generate(rt, {"entityType": "MOBILE", "entityValue": "+919955882233", "action": "COUPON"}))
+        run(generate(rt, {"entityType": "MOBILE", "entityValue": "+919955882233", "action": "COUPON"}, org_id=1))
         step(rt, approve, team["approver"], first.id, config=config)
-        run(generate(rt, {"entityType": "MOBILE", "entityValue": "+919955882234", "action": "COUPON"}))
+        run(generate(rt, {"entityType": "MOBILE", "entityValue": "+919955882234", "action": "COUPON"}, org_id=1))
         assert outbox(rt)[-1]["body"].startswith("Hi user.")  # cached: the change is not seen yet
         rt.configuration_changed()
-        run(generate(rt, {"entityType": "MOBILE", "entityValue": "+919955882235", "action": "COUPON"}))
+        run(generate(rt, {"entityType": "MOBILE", "entityValue": "+919955882235", "action": "COUPON"}, org_id=1))
         assert outbox(rt)[-1]["body"].startswith("One ")
 
         second = draft(rt, team["editor"], "Two {{ validation_code }}\nsecond line")
         step(rt, submit_for_review, team["editor"], second.id, config=config)
         step(rt, approve, team["approver"], second.id, config=config)
         with rt.session() as db:
-            versions = list_versions(db, action=Action.COUPON, channel=Channel.SMS)
+            versions = list_versions(db, action=Action.COUPON, channel=Channel.SMS, org_id=1)
         assert [(v.version, v.is_active) for v in versions] == [(2, True), (1, False)]
         assert diff_versions(versions[1], versions[0]).splitlines()[2:] == [
             "@@ -1 +1,2 @@", "-text: One {{ validation_code }}", "+text: Two {{ validation_code }}",
@@ -95,10 +95,10 @@ def test_rollback_diff_and_the_engine_cache(db_url, tmp_path, clock, team):
 
         step(rt, reactivate, team["approver"], first.id, reason="rollback")
         rt.configuration_changed()
-        run(generate(rt, {"entityType": "MOBILE", "entityValue": "+919955882236", "action": "COUPON"}))
+        run(generate(rt, {"entityType": "MOBILE", "entityValue": "+919955882236", "action": "COUPON"}, org_id=1))
         assert outbox(rt)[-1]["body"].startswith("One ")
         with rt.session() as db:
-            versions = list_versions(db, action=Action.COUPON, channel=Channel.SMS)
+            versions = list_versions(db, action=Action.COUPON, channel=Channel.SMS, org_id=1)
         # Versions are immutable: the texts are what they were when written.
         assert [(v.version, v.is_active, v.text.split()[0]) for v in versions] == [(2, False, "Two"), (1, True, "One")]
     finally:
@@ -106,7 +106,7 @@ def test_rollback_diff_and_the_engine_cache(db_url, tmp_path, clock, team):
 
 
 def test_checks_per_channel(rt):
-    config = rt.config_for(Action.COUPON)
+    config = rt.config_for(1, Action.COUPON)
     email = check_version(TemplateVersionCreate(action="COUPON", channel="EMAIL", subject="Code for {{ action }}",
                                                 body="<p>{{ validation_code }}</p>", is_html=True), config)
     assert email.ok and email.preview_subject == "Code for COUPON" and email.preview_text == "<p>123456</p>"
@@ -122,7 +122,7 @@ def test_checks_per_channel(rt):
 def test_a_template_using_an_empty_brand_says_so(rt):
     """With OTP_BRAND unset, "Your {{ brand }} code" previews as "Your  code": the check says why; with a brand,
     or without the variable, it says nothing."""
-    config = rt.config_for(Action.COUPON)
+    config = rt.config_for(1, Action.COUPON)
     branded = sms("Your {{ brand }} code is {{ validation_code }}")
     empty = check_version(branded, config, brand="")
     assert empty.ok and empty.preview_text == "Your  code is 123456"

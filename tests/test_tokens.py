@@ -117,7 +117,7 @@ def test_a_token_expires_after_its_clients_ttl(rt, api, creds, clock):
     assert_token_refused(api, rt, token, "expired token")
 
     # The TTL is the client's own, set on the console (or with the CLI): new tokens get it, at once here.
-    assert set_api_client_token_ttl(rt, actor=_admin(rt), client_id=creds.client.id, seconds=120)
+    assert set_api_client_token_ttl(rt, actor=_admin(rt), client_id=creds.client.id, seconds=120, org_id=1)
     body = get_token(api, creds)["data"]
     assert body["ttlSeconds"] == 120
     _, claims = claims_of(body["accessToken"])
@@ -126,7 +126,7 @@ def test_a_token_expires_after_its_clients_ttl(rt, api, creds, clock):
     assert_token_refused(api, rt, body["accessToken"], "token past a TTL of 120 s")
     with pytest.raises(ValueError, match="60 to 86400"):
         with rt.session() as session:
-            set_token_ttl(session, client_id=creds.client.id, seconds=59)
+            set_token_ttl(session, client_id=creds.client.id, seconds=59, org_id=1)
 
 
 def _admin(rt):
@@ -185,7 +185,7 @@ def test_a_revoked_clients_tokens_stop(rt, api, creds, tmp_path):
     other_api = TestClient(create_app(other), raise_server_exceptions=False)
     assert other_api.post(GENERATE_PATH, json=GENERATE, headers={HEADERS[1]: token}).status_code == 200
 
-    assert revoke_api_client(rt, actor=_admin(rt), client_id=creds.client.id)
+    assert revoke_api_client(rt, actor=_admin(rt), client_id=creds.client.id, org_id=1)
     requests_before = scalar(rt, "SELECT count(*) FROM otp_request")
     response = api.post(GENERATE_PATH, json=GENERATE, headers={HEADERS[0]: token})
     assert_envelope(response, 401, [401], "revoked client's token, same process")

@@ -12,20 +12,21 @@ from core.issuing.action_config import ConfigRefused, action_config_problems, ch
 from core.settings import parse_channel_budgets
 
 
-def update_action_config(session: Session, *, action: Action, update: ActionConfigUpdate, actor: str,
+def update_action_config(session: Session, *, org_id: int, action: Action, update: ActionConfigUpdate, actor: str,
                          service_daily_limit: int, reason: str | None = None) -> ActionConfig:
-    """Save a configuration with an audit row, or nothing: raises ConfigRefused with every problem.
+    """Save an organisation's configuration of an action with an audit row, or nothing: raises ConfigRefused with
+    every problem (a gateway choice must name one of the organisation's own gateways).
 
     Callers acting for a signed-in person check the config.edit permission first (core.admin.staff.require).
     """
     problems = action_config_problems(update, service_daily_limit=service_daily_limit,
-                                      gateways=load_gateway_rows(session.connection()))
+                                      gateways=load_gateway_rows(session.connection(), org_id))
     if problems:
         session.rollback()
         raise ConfigRefused(problems)
-    row = session.get(ActionConfig, action.value)
+    row = session.get(ActionConfig, (org_id, action.value))
     if row is None:
-        row = ActionConfig(action=action.value)
+        row = ActionConfig(org_id=org_id, action=action.value)
     before = {k: getattr(row, k, None) for k in ActionConfigUpdate.model_fields}
     for key, value in update.model_dump().items():
         setattr(row, key, value)
@@ -39,7 +40,7 @@ def update_action_config(session: Session, *, action: Action, update: ActionConf
     row.updated_by = actor
     session.add(row)
     changes = {k: {"from": before[k], "to": getattr(row, k)} for k in before if before[k] != getattr(row, k)}
-    audit.record(session, actor=actor, action="config.update", target=f"config:{action.value}", detail=changes,
+    audit.record(session, org_id=org_id, actor=actor, action="config.update", target=f"config:{action.value}", detail=changes,
                  reason=reason)
     session.commit()
     session.refresh(row)

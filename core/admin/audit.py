@@ -21,20 +21,36 @@ KINDS: dict[str, str] = {
     "staff": "Staff",
     "client": "API clients",
     "limits": "Unblocks",
+    "org": "Organisations",
 }
 
 
-def record(session: Session, *, actor: str, action: str, target: str, detail: dict | None = None,
+def record(session: Session, *, org_id: int | None, actor: str, action: str, target: str, detail: dict | None = None,
            reason: str | None = None) -> None:
-    """Add an audit row to the session; the caller's commit makes it durable with the change itself."""
-    session.add(AuditLog(at=utcnow(), actor=actor[:60], action=action, target=target[:200],
+    """Add an audit row to the session; the caller's commit makes it durable with the change itself.
+
+    org_id: the organisation the change was made in; None for a platform action (an organisation created, staff
+    assigned, a sign-in)."""
+    session.add(AuditLog(org_id=org_id, at=utcnow(), actor=actor[:60], action=action, target=target[:200],
                          detail=json.dumps(detail, sort_keys=True, default=str) if detail else None, reason=reason))
 
 
-def search(session: Session, *, kind: str | None = None, actor: str | None = None, start: datetime | None = None,
-           end: datetime | None = None, limit: int = 1000) -> list[AuditLog]:
-    """Entries newest first: of one kind (a KINDS key), by one actor, at or after start and before end (UTC)."""
-    query = select(AuditLog).order_by(AuditLog.id.desc()).limit(limit)  # type: ignore[union-attr]
+def _in_org(org_id: int | None, include_platform: bool):  # type: ignore[no-untyped-def]
+    if org_id is None:
+        return AuditLog.org_id.is_(None)  # type: ignore[union-attr]
+    if include_platform:
+        return (AuditLog.org_id == org_id) | AuditLog.org_id.is_(None)  # type: ignore[union-attr]
+    return AuditLog.org_id == org_id
+
+
+def search(session: Session, *, org_id: int | None, include_platform: bool = True, kind: str | None = None,
+           actor: str | None = None, start: datetime | None = None, end: datetime | None = None,
+           limit: int = 1000) -> list[AuditLog]:
+    """Entries newest first of organisation org_id (and, with include_platform, the platform's: sign-ins, staff,
+    organisations; org_id None: the platform's alone): of one kind (a KINDS key), by one actor, at or after start
+    and before end (UTC)."""
+    query = select(AuditLog).where(_in_org(org_id, include_platform)) \
+        .order_by(AuditLog.id.desc()).limit(limit)  # type: ignore[union-attr]
     if kind:
         query = query.where(AuditLog.action.startswith(f"{kind}."))  # type: ignore[attr-defined]
     if actor:
@@ -46,9 +62,10 @@ def search(session: Session, *, kind: str | None = None, actor: str | None = Non
     return list(session.exec(query))
 
 
-def actors(session: Session) -> list[str]:
-    """Everyone who has an entry, for the page's actor filter."""
-    return sorted(session.exec(select(AuditLog.actor).distinct()))  # type: ignore[call-overload]
+def actors(session: Session, *, org_id: int | None, include_platform: bool = True) -> list[str]:
+    """Everyone who has an entry (of the organisation, as search reads them), for the page's actor filter."""
+    return sorted(session.exec(select(AuditLog.actor).where(  # type: ignore[call-overload]
+        _in_org(org_id, include_platform)).distinct()))
 
 
 def to_csv(rows: list[AuditLog]) -> str:

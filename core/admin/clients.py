@@ -35,6 +35,7 @@ class ClientIdentity:
     permissions: frozenset[str]
     token_ttl_seconds: int = DEFAULT_TTL_SECONDS
     end_user_ip_header: str | None = None  # core.net.end_user_address
+    org_id: int = 1  # the organisation every call of this client acts in (api_client.org_id)
 
 
 def check_end_user_ip_header(value: str | None) -> str | None:
@@ -65,21 +66,28 @@ class NewClientCredentials:
         return f"{self.key}.{self.secret}"
 
 
-def create_client(session: Session, *, client_create: ApiClientCreate) -> NewClientCredentials:
+def create_client(session: Session, *, client_create: ApiClientCreate, org_id: int) -> NewClientCredentials:
+    """A new API client of organisation org_id: every call it makes acts in that organisation."""
     check_token_ttl(client_create.token_ttl_seconds)
     key = "ck_" + secrets.token_hex(12)
     secret = secrets.token_urlsafe(32)
     header = check_end_user_ip_header(client_create.end_user_ip_header)
     row = ApiClient.model_validate(client_create, update={"key": key, "secret_hash": _hasher.hash(secret),
-                                                          "end_user_ip_header": header})
+                                                          "end_user_ip_header": header, "org_id": org_id})
     session.add(row)
     session.commit()
     session.refresh(row)
     return NewClientCredentials(ApiClientPublic.model_validate(row), key, secret)
 
 
-def revoke_client(session: Session, *, client_id: int) -> bool:
+def _client(session: Session, client_id: int, org_id: int | None) -> ApiClient | None:
+    """The client with this id in organisation org_id (None: in any, for the host's operator at the CLI)."""
     row = session.get(ApiClient, client_id)
+    return row if row is not None and (org_id is None or row.org_id == org_id) else None
+
+
+def revoke_client(session: Session, *, client_id: int, org_id: int | None) -> bool:
+    row = _client(session, client_id, org_id)
     if row is None or row.revoked_at is not None:
         return False
     row.revoked_at = utcnow()
@@ -88,27 +96,28 @@ def revoke_client(session: Session, *, client_id: int) -> bool:
     return True
 
 
-def set_token_ttl(session: Session, *, client_id: int, seconds: int) -> bool:
+def set_token_ttl(session: Session, *, client_id: int, seconds: int, org_id: int | None) -> bool:
     """Set how long the client's new OAuth access tokens live; tokens already issued keep their expiry.
 
-    False when there is no active client with that id; ValueError when seconds is out of bounds.
+    False when there is no active client with that id (in org_id); ValueError when seconds is out of bounds.
     """
     check_token_ttl(seconds)
-    row = session.get(ApiClient, client_id)
+    row = _client(session, client_id, org_id)
     if row is None or row.revoked_at is not None:
         return False
     row.token_ttl_seconds = seconds
     session.add(row)
     session.commit()
     return True
-def set_end_user_ip_header(session: Session, *, client_id: int, header: str | None) -> str | None:
+def set_end_user_ip_header(session: Session, *, client_id: int, header: str | None,
+                           org_id: int | None) -> str | None:
     """Change where a client's end users' addresses come from; returns the stored value.
 
     Other processes see the change when their credential memory expires (OTP_AUTH_CACHE_SECONDS).
-    LookupError: no active client with that id.
+    LookupError: no active client with that id (in org_id).
     """
     value = check_end_user_ip_header(header)
-    row = session.get(ApiClient, client_id)
+    row = _client(session, client_id, org_id)
     if row is None or row.revoked_at is not None:
         raise LookupError(f"no active client with id {client_id}")
     row.end_user_ip_header = value
@@ -117,8 +126,12 @@ def set_end_user_ip_header(session: Session, *, client_id: int, header: str | No
     return value
 
 
-def list_clients(session: Session) -> list[ApiClientPublic]:
-    return [ApiClientPublic.model_validate(r) for r in session.exec(model_select(ApiClient).order_by(ApiClient.id))]
+def list_clients(session: Session, *, org_id: int | None) -> list[ApiClientPublic]:
+    """The organisation's API clients (None: every organisation's, for the host's operator at the CLI)."""
+    query = model_select(ApiClient).order_by(ApiClient.id)
+    if org_id is not None:
+        query = query.where(ApiClient.org_id == org_id)
+    return [ApiClientPublic.model_validate(r) for r in session.exec(query)]
 
 
 class ClientAuthenticator:
@@ -159,7 +172,7 @@ class ClientAuthenticator:
     def _active_rows(*columns):  # type: ignore[no-untyped-def]
         """The one query both paths read an active client with: a revoked client is never found."""
         return select(ApiClient.id, ApiClient.name, ApiClient.permissions, ApiClient.token_ttl_seconds,
-                      ApiClient.end_user_ip_header, *columns).where(ApiClient.revoked_at.is_(None))
+                      ApiClient.end_user_ip_header, ApiClient.org_id, *columns).where(ApiClient.revoked_at.is_(None))
 
     def _row(self, key: str):  # type: ignore[no-untyped-def]
         if not (key.isascii() and key.isprintable() and len(key) <= 64):  # cannot be a stored key
@@ -223,7 +236,7 @@ class ClientAuthenticator:
     @staticmethod
     def _identity(row) -> ClientIdentity:  # type: ignore[no-untyped-def]
         return ClientIdentity(row.id, row.name, frozenset(p.strip() for p in row.permissions.split(",") if p.strip()),
-                              row.token_ttl_seconds, row.end_user_ip_header)
+                              row.token_ttl_seconds, row.end_user_ip_header, row.org_id)
 
     def forget_all(self) -> None:
         with self._lock:

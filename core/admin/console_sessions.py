@@ -56,5 +56,5 @@ def end_session(session: Session, *, identity: StaffIdentity, token: str | None,
     """Sign out: the token stops working at once (a copied cookie is worthless), recorded in the audit log."""
     if token:
         session.execute(delete(ConsoleSessionRow).where(ConsoleSessionRow.token_hash == _hash(token)))
-    audit.record(session, actor=identity.username, action=f"session.{why}", target=f"staff:{identity.username}")
+    audit.record(session, org_id=None, actor=identity.username, action=f"session.{why}", target=f"staff:{identity.username}")
     session.commit()

@@ -5,12 +5,12 @@ import json
 from dataclasses import dataclass, field
 
 from sqlmodel import Session
-from sqlmodel import select as model_select
 
-from core.admin.gateways import GatewayRefused, gateway_problems, open_credentials, secret_hint, write_gateway
+from core.admin.gateways import (GatewayRefused, find_gateway, gateway_problems, open_credentials, secret_hint,
+                                 write_gateway)
 from core.admin.staff import StaffIdentity, require
 from core.crypto import SecretBox
-from core.db.models import GatewayConfig, GatewayConfigBase, GatewayConfigPublic
+from core.db.models import GatewayConfigBase, GatewayConfigPublic
 from core.delivery.gateway_settings import OUTBOX, PROVIDERS
 from core.delivery.gateways.email import SECURITY_MODES
 from core.enums import Channel
@@ -94,8 +94,9 @@ class StoredGateway:
     hints: dict[str, str]  # by FormField.key of each stored secret
 
 
-def stored_form(session: Session, box: SecretBox, name: str) -> StoredGateway | None:
-    row = session.exec(model_select(GatewayConfig).where(GatewayConfig.name == name)).first()
+def stored_form(session: Session, box: SecretBox, name: str, *, org_id: int) -> StoredGateway | None:
+    """The organisation's stored gateway as its form shows it (secrets as hints); None when it has none of that name."""
+    row = find_gateway(session, org_id=org_id, name=name)
     if row is None:
         return None
     options = json.loads(row.options or "{}")
@@ -161,19 +162,19 @@ def _read(form: GatewayForm, problems: dict[str, list[str]]) -> tuple[GatewayCon
     return config, secrets
 
 
-def save_gateway_form(session: Session, box: SecretBox, *, actor: StaffIdentity, form: GatewayForm,
+def save_gateway_form(session: Session, box: SecretBox, *, actor: StaffIdentity, org_id: int, form: GatewayForm,
                       reason: str) -> GatewayConfigPublic:
     """Save the whole form or nothing: raises GatewayRefused with every problem next to its field.
 
     Secrets typed replace the stored ones; secrets left empty keep them. A new gateway may not take an
     existing name, and an existing one changes provider or channel only with change_provider.
     """
-    require(session, actor, "config.edit")
+    require(session, actor, "config.edit", org_id)
     problems: dict[str, list[str]] = {}
     config, typed = _read(form, problems)
     for key, found in gateway_problems(config).items():
         problems.setdefault(key, []).extend(found)
-    row = session.exec(model_select(GatewayConfig).where(GatewayConfig.name == config.name)).first()
+    row = find_gateway(session, org_id=org_id, name=config.name)
     if form.editing is None and row is not None:
         problems.setdefault("name", []).append(f"a gateway named {config.name} exists: pick it above to edit it")
     if form.editing is not None and (row is None or form.editing != config.name):
@@ -194,5 +195,5 @@ def save_gateway_form(session: Session, box: SecretBox, *, actor: StaffIdentity,
         problems.setdefault("reason", []).append("say why you make this change: it is kept in the audit log")
     if problems:
         raise GatewayRefused(problems)
-    return write_gateway(session, box, actor=actor, row=row, config=config, credentials=credentials,
+    return write_gateway(session, box, actor=actor, org_id=org_id, row=row, config=config, credentials=credentials,
                   reason=reason.strip())

@@ -12,7 +12,7 @@ from core.admin.staff import StaffIdentity, require
 from core.clock import utcnow
 from core.crypto import SecretBox
 from core.db.models import GatewayConfig, GatewayConfigBase, GatewayConfigPublic
-from core.delivery.gateway_settings import OUTBOX, PROVIDERS, GatewayConfigError
+from core.delivery.gateway_settings import OUTBOX, PROVIDERS, GatewayConfigError, credentials_aad
 from core.delivery.gateways.email import SECURITY_MODES
 from core.enums import Channel
 
@@ -80,26 +80,31 @@ def _snapshot(row: GatewayConfig | None, credentials: dict) -> dict | None:
             "credentials": {k: secret_hint(v) for k, v in sorted(credentials.items())}}
 
 
-def write_gateway(session: Session, box: SecretBox, *, actor: StaffIdentity, row: GatewayConfig | None,
-           config: GatewayConfigBase, credentials: dict, reason: str | None) -> GatewayConfigPublic:
-    """Store one gateway (one default per channel) with its audit row, in one transaction."""
+def write_gateway(session: Session, box: SecretBox, *, actor: StaffIdentity, org_id: int,
+                  row: GatewayConfig | None, config: GatewayConfigBase, credentials: dict,
+                  reason: str | None) -> GatewayConfigPublic:
+    """Store one gateway of organisation org_id (one default per channel in it) with its audit row, in one
+    transaction."""
+    if row is not None and row.org_id != org_id:
+        raise GatewayRefused({"name": ["no such gateway"]})
     before_credentials = open_credentials(box, row) if row is not None else {}
     before = _snapshot(row, before_credentials)
     if row is None:
-        row = GatewayConfig(**config.model_dump())
+        row = GatewayConfig(**config.model_dump(), org_id=org_id)
     else:
         for key, value in config.model_dump().items():
             setattr(row, key, value)
-    row.credentials_enc = box.seal(json.dumps(credentials).encode(), f"gateway:{row.name}") if credentials else None
-    if row.is_default:  # one default per channel
-        for other in session.exec(model_select(GatewayConfig).where(GatewayConfig.channel == row.channel,
+    row.credentials_enc = box.seal(json.dumps(credentials).encode(), credentials_aad(row.org_id, row.name)) if credentials else None
+    if row.is_default:  # one default per channel (in the organisation)
+        for other in session.exec(model_select(GatewayConfig).where(GatewayConfig.org_id == org_id,
+                                                                    GatewayConfig.channel == row.channel,
                                                                     GatewayConfig.is_default.is_(True))):
             if other.name != row.name:
                 other.is_default = False
                 session.add(other)
     row.updated_at = utcnow()
     session.add(row)
-    audit.record(session, actor=actor.username, action="gateway.save", target=f"gateway:{row.name}",
+    audit.record(session, org_id=org_id, actor=actor.username, action="gateway.save", target=f"gateway:{row.name}",
                  detail={"provider": row.provider, "channel": row.channel, "default": row.is_default,
                          "credentials_changed": sorted(k for k in {*credentials, *before_credentials}
                                                        if credentials.get(k) != before_credentials.get(k)),
@@ -110,20 +115,27 @@ def write_gateway(session: Session, box: SecretBox, *, actor: StaffIdentity, row
 
 
 def open_credentials(box: SecretBox, row: GatewayConfig) -> dict:
-    return json.loads(box.open(row.credentials_enc, f"gateway:{row.name}")) if row.credentials_enc else {}
+    return json.loads(box.open(row.credentials_enc, credentials_aad(row.org_id, row.name))) if row.credentials_enc else {}
 
 
-def save_gateway(session: Session, box: SecretBox, *, actor: StaffIdentity, config: GatewayConfigBase,
+def find_gateway(session: Session, *, org_id: int, name: str) -> GatewayConfig | None:
+    """The organisation's gateway with this name (another organisation's of the same name is never found)."""
+    return session.exec(model_select(GatewayConfig).where(GatewayConfig.org_id == org_id,
+                                                          GatewayConfig.name == name.strip())).first()
+
+
+def save_gateway(session: Session, box: SecretBox, *, actor: StaffIdentity, org_id: int, config: GatewayConfigBase,
                  credentials: dict | None, change_provider: bool = False,
                  reason: str | None = None) -> GatewayConfigPublic:
-    """Create or update a gateway by name; credentials None keeps the stored ones (they are never shown back).
+    """Create or update a gateway of organisation org_id by name; credentials None keeps the stored ones (they
+    are never shown back).
 
     Turning an existing gateway into another provider or channel needs change_provider=True: never a side
     effect of saving it.
     """
-    require(session, actor, "config.edit")
+    require(session, actor, "config.edit", org_id)
     problems = gateway_problems(config)
-    row = session.exec(model_select(GatewayConfig).where(GatewayConfig.name == config.name.strip())).first()
+    row = find_gateway(session, org_id=org_id, name=config.name)
     if row is not None and (row.provider, row.channel) != (config.provider, config.channel) and not change_provider:
         problems.setdefault("provider", []).append(
             f"{row.name} is a {row.provider} gateway for {row.channel}: changing it to {config.provider} "
@@ -131,17 +143,18 @@ def save_gateway(session: Session, box: SecretBox, *, actor: StaffIdentity, conf
     if problems:
         raise GatewayRefused(problems)
     kept = open_credentials(box, row) if row is not None and credentials is None else {}
-    return write_gateway(session, box, actor=actor, row=row, config=config,
-                  credentials=credentials if credentials is not None else kept, reason=reason)
+    return write_gateway(session, box, actor=actor, org_id=org_id, row=row, config=config,
+                         credentials=credentials if credentials is not None else kept, reason=reason)
 
 
 def public(row: GatewayConfig, box: SecretBox) -> GatewayConfigPublic:
     hint = ""
     if row.credentials_enc:
-        hint = _hint(json.loads(box.open(row.credentials_enc, f"gateway:{row.name}")))
+        hint = _hint(json.loads(box.open(row.credentials_enc, credentials_aad(row.org_id, row.name))))
     return GatewayConfigPublic.model_validate(row, update={"credentials_hint": hint})
 
 
-def list_gateways(session: Session, box: SecretBox) -> list[GatewayConfigPublic]:
-    return [public(r, box) for r in session.exec(model_select(GatewayConfig).order_by(GatewayConfig.channel,
-                                                                                      GatewayConfig.name))]
+def list_gateways(session: Session, box: SecretBox, *, org_id: int) -> list[GatewayConfigPublic]:
+    """The organisation's gateways, credentials as hints."""
+    return [public(r, box) for r in session.exec(model_select(GatewayConfig).where(GatewayConfig.org_id == org_id)
+                                                 .order_by(GatewayConfig.channel, GatewayConfig.name))]

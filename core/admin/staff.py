@@ -9,11 +9,13 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import exists, func, insert, literal
 from sqlalchemy import select as sa_select
+from sqlalchemy import update
 from sqlmodel import Session, select
 
 from core.admin import audit
 from core.clock import utcnow
-from core.db.models import Staff, StaffCreate, StaffPublic
+from core.db.models import Organisation, Staff, StaffCreate, StaffMembership, StaffPublic
+from core.issuing.entities import DEFAULT_ORG
 
 ROLES = ("viewer", "editor", "approver", "admin")
 # Each role can do what the roles before it can, and more.
@@ -27,6 +29,7 @@ PERMISSIONS: dict[str, str] = {
     "config.edit": "admin",
     "staff.manage": "admin",
     "clients.manage": "admin",
+    "orgs.manage": "platform",  # platform admins only: create organisations, assign staff to them
 }
 MIN_PASSWORD_CHARS = 10
 _hasher = PasswordHasher()
@@ -51,15 +54,75 @@ class StaffIdentity:
 
 def role_allows(role: str, permission: str) -> bool:
     needed = PERMISSIONS[permission]
-    return role in ROLES and ROLES.index(role) >= ROLES.index(needed)
+    return needed in ROLES and role in ROLES and ROLES.index(role) >= ROLES.index(needed)
 
 
-def require(session: Session, actor: StaffIdentity, permission: str) -> Staff:
-    """The actor's current row, if it is enabled and its role (read now, not at login) allows permission."""
+def role_in(session: Session, row: Staff, org_id: int) -> str | None:
+    """A staff member's role in an organisation, read now: admin for a platform admin (in every organisation that
+    exists), else their membership's; None when they have none there."""
+    if row.platform_admin:
+        return "admin" if session.get(Organisation, org_id) is not None else None
+    membership = session.get(StaffMembership, (row.id, org_id))
+    return membership.role if membership is not None else None
+
+
+def require(session: Session, actor: StaffIdentity, permission: str, org_id: int | None) -> Staff:
+    """The actor's current row, if it is enabled and its role in organisation org_id (read now, from
+    staff_membership, not at login) allows permission. A signed-in person naming an organisation they do not
+    belong to is refused here, whatever the console shows. org_id None: a platform permission (orgs.manage),
+    allowed to platform admins only."""
     row = session.get(Staff, actor.id)
-    if row is None or row.disabled_at is not None or not role_allows(row.role, permission):
+    allowed = row is not None and row.disabled_at is None and (
+        row.platform_admin if PERMISSIONS[permission] == "platform" or org_id is None
+        else role_allows(role_in(session, row, org_id) or "", permission))
+    if not allowed:
         raise PermissionDenied(f"{actor.username} may not {permission.replace('.', ' ')}")
-    return row
+    return row  # type: ignore[return-value]
+
+
+def memberships(session: Session, staff_id: int) -> dict[int, str]:
+    """{org_id: role} of a staff member: every organisation as admin for a platform admin."""
+    row = session.get(Staff, staff_id)
+    if row is None or row.disabled_at is not None:
+        return {}
+    if row.platform_admin:
+        return {org_id: "admin" for org_id in session.exec(select(Organisation.id).order_by(Organisation.id))}
+    return {m.org_id: m.role for m in session.exec(select(StaffMembership).where(StaffMembership.staff_id == staff_id)
+                                                   .order_by(StaffMembership.org_id))}
+
+
+def _set_membership(session: Session, staff: Staff, org_id: int, role: str) -> None:
+    membership = session.get(StaffMembership, (staff.id, org_id))
+    if membership is None:
+        membership = StaffMembership(staff_id=staff.id, org_id=org_id, role=role)
+    membership.role = role
+    session.add(membership)
+    if org_id == DEFAULT_ORG:  # staff.role is the role in the default organisation (the console's hint)
+        staff.role = role
+        session.add(staff)
+
+
+def assign_staff(session: Session, *, actor: StaffIdentity, staff_id: int, org_id: int, role: str | None) -> None:
+    """Give a staff member a role in an organisation, or (role None) take their membership away: platform admins
+    only, recorded as a platform action."""
+    require(session, actor, "orgs.manage", None)
+    row = session.get(Staff, staff_id)
+    if row is None:
+        raise InvalidStaff("no such staff member")
+    if session.get(Organisation, org_id) is None:
+        raise InvalidStaff("no such organisation")
+    if role is not None and role not in ROLES:
+        raise InvalidStaff(f"the role must be one of {', '.join(ROLES)}")
+    if role is None:
+        membership = session.get(StaffMembership, (staff_id, org_id))
+        if membership is not None:
+            session.delete(membership)
+    else:
+        session.flush()
+        _set_membership(session, row, org_id, role)
+    audit.record(session, org_id=None, actor=actor.username, action="staff.assign", target=f"staff:{row.username}",
+                 detail={"org_id": org_id, "role": role})
+    session.commit()
 
 
 def _check_new(username: str, password: str, role: str) -> list[str]:
@@ -95,14 +158,18 @@ def create_first_admin(session: Session, *, username: str, password: str) -> Sta
     if made is None:
         session.rollback()
         raise InvalidStaff("an administrator already exists; sign in instead")
-    audit.record(session, actor=username, action="staff.first_admin", target=f"staff:{username}")
+    # The first admin runs the platform: they create organisations and assign staff.
+    session.execute(update(Staff).where(Staff.id == made).values(platform_admin=True))
+    session.execute(insert(StaffMembership).values(staff_id=made, org_id=DEFAULT_ORG, role="admin"))
+    audit.record(session, org_id=None, actor=username, action="staff.first_admin", target=f"staff:{username}")
     session.commit()
     row = session.exec(select(Staff).where(Staff.username == username)).one()
     return StaffPublic.model_validate(row)
 
 
-def create_staff(session: Session, *, actor: StaffIdentity, staff_create: StaffCreate) -> StaffPublic:
-    require(session, actor, "staff.manage")
+def create_staff(session: Session, *, actor: StaffIdentity, staff_create: StaffCreate, org_id: int) -> StaffPublic:
+    """A new staff member, with staff_create.role in organisation org_id (whose admin the actor must be)."""
+    require(session, actor, "staff.manage", org_id)
     username = staff_create.username.strip()
     problems = _check_new(username, staff_create.password, staff_create.role)
     if session.exec(select(Staff.id).where(Staff.username == username)).first() is not None:
@@ -111,44 +178,57 @@ def create_staff(session: Session, *, actor: StaffIdentity, staff_create: StaffC
         raise InvalidStaff("; ".join(problems))
     row = Staff(username=username, role=staff_create.role, password_hash=_hasher.hash(staff_create.password))
     session.add(row)
-    audit.record(session, actor=actor.username, action="staff.create", target=f"staff:{username}",
+    session.flush()
+    _set_membership(session, row, org_id, staff_create.role)
+    audit.record(session, org_id=org_id, actor=actor.username, action="staff.create", target=f"staff:{username}",
                  detail={"role": staff_create.role})
     session.commit()
     session.refresh(row)
     return StaffPublic.model_validate(row)
 
 
-def set_role(session: Session, *, actor: StaffIdentity, staff_id: int, role: str) -> None:
-    require(session, actor, "staff.manage")
+def set_role(session: Session, *, actor: StaffIdentity, staff_id: int, role: str, org_id: int) -> None:
+    """Change a member's role in organisation org_id (admins of it only)."""
+    require(session, actor, "staff.manage", org_id)
     if role not in ROLES:
         raise InvalidStaff(f"the role must be one of {', '.join(ROLES)}")
     row = session.get(Staff, staff_id)
     if row is None:
         raise InvalidStaff("no such staff member")
+    before = role_in(session, row, org_id)
+    if before is None and not row.platform_admin:
+        raise InvalidStaff("no such staff member")  # not a member of this organisation: as if unknown
     if row.id == actor.id and role != "admin":
         raise InvalidStaff("you cannot remove your own admin role")
-    audit.record(session, actor=actor.username, action="staff.role", target=f"staff:{row.username}",
-                 detail={"from": row.role, "to": role})
-    row.role = role
-    session.add(row)
+    audit.record(session, org_id=org_id, actor=actor.username, action="staff.role", target=f"staff:{row.username}",
+                 detail={"from": before, "to": role})
+    _set_membership(session, row, org_id, role)
     session.commit()
 
 
-def disable_staff(session: Session, *, actor: StaffIdentity, staff_id: int) -> None:
-    require(session, actor, "staff.manage")
+def disable_staff(session: Session, *, actor: StaffIdentity, staff_id: int, org_id: int) -> None:
+    """Disable a staff member's account (an admin of an organisation they belong to, or a platform admin)."""
+    require(session, actor, "staff.manage", org_id)
     row = session.get(Staff, staff_id)
-    if row is None or row.disabled_at is not None:
+    if row is None or row.disabled_at is not None or role_in(session, row, org_id) is None:
         raise InvalidStaff("no such active staff member")
     if row.id == actor.id:
         raise InvalidStaff("you cannot disable yourself")
     row.disabled_at = utcnow()
     session.add(row)
-    audit.record(session, actor=actor.username, action="staff.disable", target=f"staff:{row.username}")
+    audit.record(session, org_id=org_id, actor=actor.username, action="staff.disable",
+                 target=f"staff:{row.username}")
     session.commit()
 
 
-def list_staff(session: Session) -> list[StaffPublic]:
-    return [StaffPublic.model_validate(r) for r in session.exec(select(Staff).order_by(Staff.id))]
+def list_staff(session: Session, *, org_id: int) -> list[StaffPublic]:
+    """The members of an organisation (and the platform admins), with their role in it."""
+    found = []
+    for row in session.exec(select(Staff).order_by(Staff.id)):
+        role = role_in(session, row, org_id)
+        if role is not None:
+            found.append(StaffPublic.model_validate(row, update={"role": role}))
+    return found
 
 
 def authenticate(session: Session, *, username: str, password: str, failure_delay: float = 0.0) -> StaffIdentity | None:
@@ -162,14 +242,15 @@ def authenticate(session: Session, *, username: str, password: str, failure_dela
         ok = False
     if not ok:
         why = "no such account" if row is None else ("account disabled" if row.disabled_at else "wrong password")
-        audit.record(session, actor=typed_name(username, known=row is not None), action="session.sign_in_failed",
+        audit.record(session, org_id=None, actor=typed_name(username, known=row is not None),
+                     action="session.sign_in_failed",
                      target="console", detail={"why": why})  # the log is for admins; the screen says less
         session.commit()
         time.sleep(failure_delay)
         return None
     row.last_login_at = utcnow()
     session.add(row)
-    audit.record(session, actor=row.username, action="session.sign_in", target=f"staff:{row.username}")
+    audit.record(session, org_id=None, actor=row.username, action="session.sign_in", target=f"staff:{row.username}")
     session.commit()
     return StaffIdentity(row.id, row.username, row.role)
 

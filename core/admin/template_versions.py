@@ -120,17 +120,20 @@ def _best_effort(source: str, variables: dict, *, kind: str, html: bool) -> str 
         return source
 
 
-def list_versions(session: Session, *, action: Action, channel: Channel) -> list[TemplateVersionPublic]:
-    rows = session.exec(select(TemplateVersion).where(TemplateVersion.action == action.value,
+def list_versions(session: Session, *, org_id: int, action: Action, channel: Channel) -> list[TemplateVersionPublic]:
+    """The organisation's versions of one action and channel, newest first."""
+    rows = session.exec(select(TemplateVersion).where(TemplateVersion.org_id == org_id,
+                                                      TemplateVersion.action == action.value,
                                                       TemplateVersion.channel == channel.value)
                         .order_by(TemplateVersion.version.desc()))  # type: ignore[union-attr]
     return [TemplateVersionPublic.model_validate(r) for r in rows]
 
 
-def save_draft(session: Session, *, actor: StaffIdentity, fields: TemplateVersionCreate,
+def save_draft(session: Session, *, actor: StaffIdentity, org_id: int, fields: TemplateVersionCreate,
                config: OtpConfig) -> TemplateVersionPublic:
-    """A new immutable draft version; a draft may lack its placeholder, but never holds an unsafe construct."""
-    require(session, actor, "templates.edit")
+    """A new immutable draft version in organisation org_id; a draft may lack its placeholder, but never holds an
+    unsafe construct."""
+    require(session, actor, "templates.edit", org_id)
     if Action.parse(fields.action) is None or Channel.parse(fields.channel) is None:
         raise TemplateRefused(["unknown action or channel"])
     unsafe = check_version(fields, config).unsafe
@@ -138,11 +141,13 @@ def save_draft(session: Session, *, actor: StaffIdentity, fields: TemplateVersio
         raise TemplateRefused(["not saved, the template uses what is not allowed: " + issue for issue in unsafe])
     for attempt in range(3):
         number = session.exec(select(func.max(TemplateVersion.version)).where(
-            TemplateVersion.action == fields.action, TemplateVersion.channel == fields.channel)).one() or 0
-        row = TemplateVersion.model_validate(fields, update={"version": number + 1, "status": "draft",
-                                                             "author": actor.username, "created_at": utcnow()})
+            TemplateVersion.org_id == org_id, TemplateVersion.action == fields.action,
+            TemplateVersion.channel == fields.channel)).one() or 0
+        row = TemplateVersion.model_validate(fields, update={"org_id": org_id, "version": number + 1,
+                                                             "status": "draft", "author": actor.username,
+                                                             "created_at": utcnow()})
         session.add(row)
-        audit.record(session, actor=actor.username, action="template.draft",
+        audit.record(session, org_id=org_id, actor=actor.username, action="template.draft",
                      target=f"template:{fields.action}/{fields.channel}/v{number + 1}")
         try:
             session.commit()
@@ -154,9 +159,10 @@ def save_draft(session: Session, *, actor: StaffIdentity, fields: TemplateVersio
     raise TemplateRefused(["could not save the draft: too many editors at once, try again"])
 
 
-def _existing(session: Session, version_id: int) -> TemplateVersion:
+def _existing(session: Session, version_id: int, org_id: int) -> TemplateVersion:
+    """The organisation's version with this id: another organisation's answers exactly as a missing one."""
     row = session.get(TemplateVersion, version_id)
-    if row is None:
+    if row is None or row.org_id != org_id:
         raise TemplateRefused(["no such template version"])
     return row
 
@@ -184,17 +190,18 @@ def _target(row: TemplateVersion) -> str:
 def _finish(session: Session, row: TemplateVersion, *, actor: StaffIdentity, step: str,
             reason: str | None = None) -> TemplateVersionPublic:
     """Audit the step in the same transaction, commit, and answer with the version as it now is."""
-    audit.record(session, actor=actor.username, action=f"template.{step}", target=_target(row), reason=reason)
+    audit.record(session, org_id=row.org_id, actor=actor.username, action=f"template.{step}", target=_target(row),
+                 reason=reason)
     session.commit()
     session.refresh(row)
     return TemplateVersionPublic.model_validate(row)
 
 
-def submit_for_review(session: Session, *, actor: StaffIdentity, version_id: int, config: OtpConfig,
+def submit_for_review(session: Session, *, actor: StaffIdentity, org_id: int, version_id: int, config: OtpConfig,
                       brand: str = "") -> TemplateVersionPublic:
     """Draft → pending, only when every check passes."""
-    require(session, actor, "templates.edit")
-    row = _existing(session, version_id)
+    require(session, actor, "templates.edit", org_id)
+    row = _existing(session, version_id, org_id)
     _check_passes(row, config, brand)
     _move(session, row, from_status="draft", values={"status": "pending"}, verb="submitted")
     return _finish(session, row, actor=actor, step="submit")
@@ -202,16 +209,17 @@ def submit_for_review(session: Session, *, actor: StaffIdentity, version_id: int
 
 def _activate(session: Session, row: TemplateVersion) -> None:
     session.execute(update(TemplateVersion).where(
-        TemplateVersion.action == row.action, TemplateVersion.channel == row.channel,
-        TemplateVersion.id != row.id, TemplateVersion.is_active.is_(True)).values(is_active=False))
+        TemplateVersion.org_id == row.org_id, TemplateVersion.action == row.action,
+        TemplateVersion.channel == row.channel, TemplateVersion.id != row.id,
+        TemplateVersion.is_active.is_(True)).values(is_active=False))
     session.execute(update(TemplateVersion).where(TemplateVersion.id == row.id).values(is_active=True))
 
 
-def approve(session: Session, *, actor: StaffIdentity, version_id: int, config: OtpConfig,
+def approve(session: Session, *, actor: StaffIdentity, org_id: int, version_id: int, config: OtpConfig,
             brand: str = "") -> TemplateVersionPublic:
     """Pending → approved and active, by someone other than the author (four eyes)."""
-    require(session, actor, "templates.approve")
-    row = _existing(session, version_id)
+    require(session, actor, "templates.approve", org_id)
+    row = _existing(session, version_id, org_id)
     if row.author == actor.username:
         raise TemplateRefused(["the author of a version cannot approve it: a second person must"])
     _check_passes(row, config, brand)
@@ -221,22 +229,24 @@ def approve(session: Session, *, actor: StaffIdentity, version_id: int, config: 
     return _finish(session, row, actor=actor, step="approve")
 
 
-def reject(session: Session, *, actor: StaffIdentity, version_id: int, reason: str) -> TemplateVersionPublic:
-    require(session, actor, "templates.approve")
+def reject(session: Session, *, actor: StaffIdentity, org_id: int, version_id: int,
+           reason: str) -> TemplateVersionPublic:
+    require(session, actor, "templates.approve", org_id)
     reason = reason.strip()
     if not reason:
         raise TemplateRefused(["a rejection needs a reason"])
-    row = _existing(session, version_id)
+    row = _existing(session, version_id, org_id)
     _move(session, row, from_status="pending", verb="rejected",
           values={"status": "rejected", "reviewer": actor.username, "reviewed_at": utcnow(), "reason": reason[:1000]})
     return _finish(session, row, actor=actor, step="reject", reason=reason)
 
 
-def reactivate(session: Session, *, actor: StaffIdentity, version_id: int, reason: str) -> TemplateVersionPublic:
+def reactivate(session: Session, *, actor: StaffIdentity, org_id: int, version_id: int,
+               reason: str) -> TemplateVersionPublic:
     """Roll back: make an older approved version the active one again."""
-    require(session, actor, "templates.approve")
+    require(session, actor, "templates.approve", org_id)
     row = session.get(TemplateVersion, version_id)
-    if row is None or row.status != "approved":
+    if row is None or row.org_id != org_id or row.status != "approved":
         raise TemplateRefused(["only an approved version can be re-activated"])
     if row.is_active:
         raise TemplateRefused(["this version is already active"])
@@ -244,14 +254,15 @@ def reactivate(session: Session, *, actor: StaffIdentity, version_id: int, reaso
     return _finish(session, row, actor=actor, step="reactivate", reason=reason.strip() or None)
 
 
-def deactivate(session: Session, *, actor: StaffIdentity, action: Action, channel: Channel, reason: str) -> bool:
-    """Stop using any approved version: the built-in template applies again."""
-    require(session, actor, "templates.approve")
+def deactivate(session: Session, *, actor: StaffIdentity, org_id: int, action: Action, channel: Channel,
+               reason: str) -> bool:
+    """Stop using any approved version of the organisation's: the built-in template applies again."""
+    require(session, actor, "templates.approve", org_id)
     changed = session.execute(update(TemplateVersion).where(
-        TemplateVersion.action == action.value, TemplateVersion.channel == channel.value,
+        TemplateVersion.org_id == org_id, TemplateVersion.action == action.value, TemplateVersion.channel == channel.value,
         TemplateVersion.is_active.is_(True)).values(is_active=False)).rowcount
     if changed:
-        audit.record(session, actor=actor.username, action="template.deactivate",
+        audit.record(session, org_id=org_id, actor=actor.username, action="template.deactivate",
                      target=f"template:{action.value}/{channel.value}", reason=reason.strip() or None)
     session.commit()
     return bool(changed)

@@ -11,6 +11,7 @@ from joserfc.jwk import OctKey
 
 from core import errors as E
 from core.errors import OtpError, Problem
+from core.issuing.entities import DEFAULT_ORG
 
 # One algorithm, fixed on both sides: a token naming any other ("none", HS512, RS256 with our key read as a
 # public key...) is refused before its signature is looked at, whatever its header says.
@@ -66,22 +67,31 @@ class TokenSigner:
 
     def __init__(self, key: bytes) -> None:
         self._key = OctKey.import_key(key)
-        # token -> (client id, exp). Parsing and checking a JWT costs ~0.1-0.2 ms, a large share of a generate;
-        # a client sends the same token for its whole life, so each is verified once. Only the exact string
-        # verified is found here, and its expiry is still checked on every use.
-        self._verified: dict[str, tuple[int, int]] = {}
+        # token -> (client id, org id, exp). Parsing and checking a JWT costs ~0.1-0.2 ms, a large share of a
+        # generate; a client sends the same token for its whole life, so each is verified once. Only the exact
+        # string verified is found here, and its expiry is still checked on every use.
+        self._verified: dict[str, tuple[int, int, int]] = {}
 
-    def issue(self, *, client_id: int, ttl_seconds: int, now: datetime) -> IssuedToken:
+    def issue(self, *, client_id: int, org_id: int, ttl_seconds: int, now: datetime) -> IssuedToken:
+        """A token for a client of organisation org_id (Capillary's tokens carry the org id too): whoever uses it
+        checks that the client still belongs to that organisation (api.token_client)."""
         issued_at = int(now.timestamp())
-        claims = {"iss": ISSUER, "sub": str(client_id), "client_id": client_id, "token_use": TOKEN_USE,
-                  "jti": secrets.token_urlsafe(16), "iat": issued_at, "exp": issued_at + ttl_seconds}
+        claims = {"iss": ISSUER, "sub": str(client_id), "client_id": client_id, "org_id": org_id,
+                  "token_use": TOKEN_USE, "jti": secrets.token_urlsafe(16), "iat": issued_at,
+                  "exp": issued_at + ttl_seconds}
         return IssuedToken(jwt.encode({"alg": ALGORITHM}, claims, self._key, algorithms=[ALGORITHM]), ttl_seconds)
 
     def client_id(self, token: str, *, now: datetime) -> int | None:
         """The client id a valid, unexpired token of ours was issued to; None for anything else."""
+        found = self.verify(token, now=now)
+        return found[0] if found is not None else None
+
+    def verify(self, token: str, *, now: datetime) -> tuple[int, int] | None:
+        """(client id, org id) of a valid, unexpired token of ours; None for anything else. A token from before
+        organisations (no org_id claim) was issued in the default organisation."""
         remembered = self._verified.get(token)
         if remembered is not None:
-            return remembered[0] if int(now.timestamp()) < remembered[1] else None
+            return remembered[:2] if int(now.timestamp()) < remembered[2] else None
         if not token or len(token) > MAX_TOKEN_CHARS or not token.isascii():
             return None
         registry = jwt.JWTClaimsRegistry(
@@ -100,7 +110,10 @@ class TokenSigner:
         client_id = claims.get("client_id")
         if isinstance(client_id, bool) or not isinstance(client_id, int) or claims.get("sub") != str(client_id):
             return None
+        org_id = claims.get("org_id", DEFAULT_ORG)
+        if isinstance(org_id, bool) or not isinstance(org_id, int):
+            return None
         if len(self._verified) >= MAX_REMEMBERED:
             self._verified.clear()
-        self._verified[token] = (client_id, claims["exp"])
-        return client_id
+        self._verified[token] = (client_id, org_id, claims["exp"])
+        return client_id, org_id

@@ -11,6 +11,35 @@ from core.clock import utcnow
 # Every datetime column holds aware UTC (SQLModel stores it as UTC, PostgreSQL as timestamptz).
 
 
+class OrganisationBase(SQLModel):
+    # Lower-case [a-z0-9-]: what the CLI's --org and the console name it by (core.admin.organisations checks it).
+    slug: str = Field(max_length=40, unique=True)
+    name: str = Field(max_length=120)
+    # NULL: the service setting (OTP_BRAND, OTP_TIMEZONE, OTP_DEFAULT_REGION), so the default organisation
+    # (id 1, migration 0014) behaves exactly as the service did before organisations.
+    brand: str | None = Field(default=None, max_length=100)
+    timezone: str | None = Field(default=None, max_length=64)
+    phone_region: str | None = Field(default=None, max_length=2)
+
+
+class Organisation(OrganisationBase, table=True):
+    """A tenant: its API clients, configuration, templates, gateways, customers and events are its own."""
+    __tablename__ = "organisation"
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class OrganisationPublic(OrganisationBase):
+    id: int
+    created_at: datetime
+
+
+def org_field(**kwargs):  # type: ignore[no-untyped-def]
+    """org_id on a per-organisation table: required, with no default in the database either (migration 0014
+    drops the backfill's), so a write that forgets the organisation fails instead of landing in org 1."""
+    return Field(foreign_key="organisation.id", **kwargs)
+
+
 class ActionConfigBase(SQLModel):
     code_length: int = 6
     alphanumeric: bool = False
@@ -50,6 +79,7 @@ class ActionConfigBase(SQLModel):
 
 class ActionConfig(ActionConfigBase, table=True):
     __tablename__ = "action_config"
+    org_id: int = org_field(primary_key=True)
     action: str = Field(primary_key=True, max_length=40)
     updated_at: datetime = Field(default_factory=utcnow)
     updated_by: str | None = Field(default=None, max_length=120)
@@ -63,12 +93,13 @@ class OtpCode(SQLModel, table=True):
     __tablename__ = "otp_code"
     __table_args__ = (
         # At most one live code per user and action: re-generation re-sends it instead.
-        Index("uq_otp_code_active", "user_key", "action", unique=True,
+        Index("uq_otp_code_active", "org_id", "user_key", "action", unique=True,
               sqlite_where=text("state = 'active'"), postgresql_where=text("state = 'active'")),
         Index("ix_otp_code_user_action_state", "user_key", "action", "state", "id"),
-        Index("ix_otp_code_dash", "created_at", "action", "state", "used_at"),  # dashboards (0004)
+        Index("ix_otp_code_dash", "org_id", "created_at", "action", "state", "used_at"),  # dashboards (0004, 0014)
     )
     id: int | None = Field(default=None, primary_key=True)
+    org_id: int = org_field()
     user_key: str = Field(max_length=340)
     entity_type: str = Field(max_length=10)
     action: str = Field(max_length=40)
@@ -87,8 +118,9 @@ class OtpRequest(SQLModel, table=True):
     """One accepted generate call; its id is the createdId of a newly issued code."""
     __tablename__ = "otp_request"
     # The dashboards' index leads with created_at, so it serves every created_at range too (0008).
-    __table_args__ = (Index("ix_otp_request_dash", "created_at", "action", "kind"),)  # dashboards (0004)
+    __table_args__ = (Index("ix_otp_request_dash", "org_id", "created_at", "action", "kind"),)  # dashboards (0014)
     id: int | None = Field(default=None, primary_key=True)
+    org_id: int = org_field()
     created_at: datetime = Field(default_factory=utcnow)
     code_id: int = Field(foreign_key="otp_code.id", index=True)
     user_key: str = Field(max_length=340)
@@ -104,7 +136,7 @@ class Delivery(SQLModel, table=True):
     __tablename__ = "delivery"
     # Every index is paid for by every generate (each is one more B-tree page written): see migration 0008.
     __table_args__ = (
-        Index("ix_delivery_dash", "created_at", "channel", "gateway", "status"),  # dashboards (0004)
+        Index("ix_delivery_dash", "org_id", "created_at", "channel", "gateway", "status"),  # dashboards (0014)
         Index("ix_delivery_destination", "destination"),  # the timeline's search by recipient
         # The failover poller's due deliveries: only rows awaiting a receipt are in it (0008).
         Index("ix_delivery_due", "receipt_deadline", sqlite_where=text("receipt_deadline IS NOT NULL"),
@@ -115,6 +147,7 @@ class Delivery(SQLModel, table=True):
               postgresql_where=text("provider_message_id IS NOT NULL")),
     )
     id: int | None = Field(default=None, primary_key=True)
+    org_id: int = org_field()
     request_id: int = Field(foreign_key="otp_request.id", index=True)
     code_id: int = Field(index=True)
     channel: str = Field(max_length=10)
@@ -137,6 +170,7 @@ class OutboxMessage(SQLModel, table=True):
     """What the development outbox gateway 'sent': the only place a readable code is kept."""
     __tablename__ = "outbox_message"
     id: int | None = Field(default=None, primary_key=True)
+    org_id: int = org_field()
     created_at: datetime = Field(default_factory=utcnow, index=True)
     delivery_id: int | None = None
     channel: str = Field(max_length=10)
@@ -173,10 +207,11 @@ class LimitEvent(SQLModel, table=True):
     """A request refused by a limit, kept for the rate-limit dashboard (never with a code)."""
     __tablename__ = "limit_event"
     __table_args__ = (  # dashboards (0004)
-        Index("ix_limit_event_dash", "created_at", "limit_type", "action"),
+        Index("ix_limit_event_dash", "org_id", "created_at", "limit_type", "action"),  # 0014
         Index("ix_limit_event_user", "user_key", "created_at"),
     )
     id: int | None = Field(default=None, primary_key=True)
+    org_id: int = org_field()
     created_at: datetime = Field(default_factory=utcnow, index=True)
     user_key: str = Field(max_length=340)
     action: str = Field(max_length=40)
@@ -188,10 +223,11 @@ class OtpValidation(SQLModel, table=True):
     """One validate call and its outcome."""
     __tablename__ = "otp_validation"
     __table_args__ = (  # dashboards (0004)
-        Index("ix_otp_validation_dash", "created_at", "action", "outcome"),
+        Index("ix_otp_validation_dash", "org_id", "created_at", "action", "outcome"),  # 0014
         Index("ix_otp_validation_code_id", "code_id"),
     )
     id: int | None = Field(default=None, primary_key=True)
+    org_id: int = org_field()
     created_at: datetime = Field(default_factory=utcnow, index=True)
     user_key: str = Field(max_length=340)
     action: str = Field(max_length=40)
@@ -214,8 +250,9 @@ class TemplateVersionBase(SQLModel):
 class TemplateVersion(TemplateVersionBase, table=True):
     """An immutable template version; the engine uses only the active approved one per action and channel."""
     __tablename__ = "template_version"
-    __table_args__ = (UniqueConstraint("action", "channel", "version"),)
+    __table_args__ = (UniqueConstraint("org_id", "action", "channel", "version"),)
     id: int | None = Field(default=None, primary_key=True)
+    org_id: int = org_field()
     version: int
     status: str = Field(default="draft", max_length=10)  # draft, pending, approved, rejected
     is_active: bool = False
@@ -239,6 +276,7 @@ class ApiClientBase(SQLModel):
 class ApiClient(ApiClientBase, table=True):
     __tablename__ = "api_client"
     id: int | None = Field(default=None, primary_key=True)
+    org_id: int = org_field()  # the organisation every call of this client acts in
     key: str = Field(max_length=64, unique=True)
     secret_hash: str = Field(max_length=255)
     created_at: datetime = Field(default_factory=utcnow)
@@ -251,6 +289,7 @@ class ApiClientCreate(ApiClientBase):
 
 class ApiClientPublic(ApiClientBase):
     id: int
+    org_id: int
     key: str
     created_at: datetime
     revoked_at: datetime | None
@@ -268,6 +307,16 @@ class Staff(StaffBase, table=True):
     created_at: datetime = Field(default_factory=utcnow)
     disabled_at: datetime | None = None
     last_login_at: datetime | None = None
+    # Creates organisations and assigns staff; an admin in every organisation (migration 0014: existing admins).
+    platform_admin: bool = False
+
+
+class StaffMembership(SQLModel, table=True):
+    """A staff member's role in one organisation (viewer, editor, approver, admin)."""
+    __tablename__ = "staff_membership"
+    staff_id: int = Field(foreign_key="staff.id", primary_key=True)
+    org_id: int = Field(foreign_key="organisation.id", primary_key=True)
+    role: str = Field(max_length=10)
 
 
 class StaffCreate(StaffBase):
@@ -279,12 +328,15 @@ class StaffPublic(StaffBase):
     created_at: datetime
     disabled_at: datetime | None
     last_login_at: datetime | None
+    platform_admin: bool = False
 
 
 class AuditLog(SQLModel, table=True):
     """Who changed what, when and why; written in the same transaction as the change itself."""
     __tablename__ = "audit_log"
     id: int | None = Field(default=None, primary_key=True)
+    # The organisation the change was made in; NULL for platform actions (creating an organisation, assigning staff).
+    org_id: int | None = Field(default=None, foreign_key="organisation.id")
     at: datetime = Field(default_factory=utcnow, index=True)
     actor: str = Field(max_length=60)
     action: str = Field(max_length=60)  # e.g. template.approve, config.update, staff.create
@@ -320,7 +372,7 @@ class TemplateVersionPublic(TemplateVersionBase):
 
 
 class GatewayConfigBase(SQLModel):
-    name: str = Field(max_length=60, unique=True)
+    name: str = Field(max_length=60)  # unique within its organisation
     channel: str = Field(max_length=10)
     # outbox, smtp, twilio_sms, webhook_sms, twilio_voice, webhook_voice, meta_whatsapp, zalo_zns
     provider: str = Field(max_length=20)
@@ -335,7 +387,9 @@ class GatewayConfigBase(SQLModel):
 class GatewayConfig(GatewayConfigBase, table=True):
     """A configured provider for one channel; its credentials are stored only AES-GCM encrypted."""
     __tablename__ = "gateway_config"
+    __table_args__ = (UniqueConstraint("org_id", "name"),)
     id: int | None = Field(default=None, primary_key=True)
+    org_id: int = org_field()
     credentials_enc: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
@@ -343,6 +397,7 @@ class GatewayConfig(GatewayConfigBase, table=True):
 
 class GatewayConfigPublic(GatewayConfigBase):
     id: int
+    org_id: int
     credentials_hint: str = ""  # e.g. "AC12…89": never the whole secret
 
 
@@ -350,6 +405,7 @@ class DeliveryReceipt(SQLModel, table=True):
     """A provider's status callback; the unique fingerprint turns a replayed callback away."""
     __tablename__ = "delivery_receipt"
     id: int | None = Field(default=None, primary_key=True)
+    org_id: int = org_field()
     delivery_id: int = Field(index=True)
     gateway: str = Field(max_length=60)
     provider_status: str = Field(max_length=40)
@@ -386,6 +442,7 @@ class UsageRollup(SQLModel, table=True):
     """
     __tablename__ = "usage_rollup"
     __table_args__ = (Index("ix_usage_rollup_bucket", "bucket"), {"sqlite_with_rowid": False})
+    org_id: int = org_field(primary_key=True)
     channel: str = Field(primary_key=True, max_length=10)
     bucket: int = Field(primary_key=True)
     action: str = Field(primary_key=True, max_length=40)
@@ -412,6 +469,7 @@ class DeliveryRollup(SQLModel, table=True):
               postgresql_where=text("queued > 0")),
         {"sqlite_with_rowid": False},
     )
+    org_id: int = org_field(primary_key=True)
     action: str = Field(primary_key=True, max_length=40)
     bucket: int = Field(primary_key=True)
     channel: str = Field(primary_key=True, max_length=10)
@@ -430,9 +488,10 @@ class DeliveryRollup(SQLModel, table=True):
 class FailureRollup(SQLModel, table=True):
     """Failed deliveries per bucket, action, channel, gateway and error text."""
     __tablename__ = "failure_rollup"
-    __table_args__ = (Index("ix_failure_rollup_action_bucket", "action", "bucket"),
+    __table_args__ = (Index("ix_failure_rollup_action_bucket", "org_id", "action", "bucket"),
                       Index("ix_failure_rollup_bucket", "bucket"))
     id: int | None = Field(default=None, primary_key=True)
+    org_id: int = org_field()
     action: str = Field(max_length=40)
     bucket: int
     channel: str = Field(max_length=10)
@@ -445,6 +504,7 @@ class SecurityEvent(SQLModel, table=True):
     """Something an attacker does: a replayed or burned code, a lock, a prefix block, a budget trip. Never a code."""
     __tablename__ = "security_event"
     id: int | None = Field(default=None, primary_key=True)
+    org_id: int = org_field()
     created_at: datetime = Field(default_factory=utcnow, index=True)
     kind: str = Field(max_length=20)  # replayed_code, burned_code, lock, prefix_block, budget_trip
     user_key: str = Field(default="", max_length=340)

@@ -51,19 +51,43 @@ class GatewayRow:
     is_default: bool
     updated_at: object = None
     enabled: bool = True
+    org_id: int = 1
 
 
-def load_gateway_rows(conn: Connection) -> dict[str, GatewayRow]:
-    """Every configured gateway by name, disabled ones too (flagged): choosing and checking must see them."""
-    rows = conn.execute(select(GatewayConfig.__table__)).mappings()
+def load_gateway_rows(conn: Connection, org_id: int | None = None) -> dict[str, GatewayRow]:
+    """Every configured gateway of org_id by name, disabled ones too (flagged): choosing and checking must see
+    them. org_id None: every organisation's, by (org_id, name) — see load_all_gateway_rows."""
+    query = select(GatewayConfig.__table__)
+    if org_id is not None:
+        query = query.where(GatewayConfig.org_id == org_id)
     found = {}
-    for r in rows:
+    for r in conn.execute(query).mappings():
         channel = Channel.parse(r["channel"])
         if channel is not None:
-            found[r["name"]] = GatewayRow(r["id"], r["name"], channel, r["provider"], r["endpoint"], r["sender"],
-                                          json.loads(r["options"] or "{}"), r["credentials_enc"], r["is_default"],
-                                          r["updated_at"], bool(r["enabled"]))
+            found[r["name"]] = _row(r, channel)
     return found
+
+
+def load_all_gateway_rows(conn: Connection) -> dict[int, dict[str, GatewayRow]]:
+    """Every organisation's gateways: {org_id: {name: row}}."""
+    found: dict[int, dict[str, GatewayRow]] = {}
+    for r in conn.execute(select(GatewayConfig.__table__)).mappings():
+        channel = Channel.parse(r["channel"])
+        if channel is not None:
+            found.setdefault(r["org_id"], {})[r["name"]] = _row(r, channel)
+    return found
+
+
+def _row(r, channel: Channel) -> GatewayRow:  # type: ignore[no-untyped-def]
+    return GatewayRow(r["id"], r["name"], channel, r["provider"], r["endpoint"], r["sender"],
+                      json.loads(r["options"] or "{}"), r["credentials_enc"], r["is_default"], r["updated_at"],
+                      bool(r["enabled"]), r["org_id"])
+
+
+def credentials_aad(org_id: int, name: str) -> str:
+    """What a gateway's sealed credentials are bound to (AES-GCM associated data): its organisation and name, so a
+    sealed blob copied to another organisation's gateway of the same name does not open there."""
+    return f"gateway:{name}" if org_id == 1 else f"gateway:o{org_id}|{name}"
 
 
 def build_gateway(row: GatewayRow, box: SecretBox, *, production: bool) -> Gateway | None:
@@ -75,7 +99,7 @@ def build_gateway(row: GatewayRow, box: SecretBox, *, production: bool) -> Gatew
         gateway.name = row.name
         return gateway
     cls, _channel = PROVIDERS[row.provider]
-    credentials = json.loads(box.open(row.credentials_enc, f"gateway:{row.name}")) if row.credentials_enc else {}
+    credentials = json.loads(box.open(row.credentials_enc, credentials_aad(row.org_id, row.name))) if row.credentials_enc else {}
     return cls(name=row.name, endpoint=row.endpoint, sender=row.sender, options=row.options, credentials=credentials)
 
 

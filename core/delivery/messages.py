@@ -109,17 +109,17 @@ def resolve_all(channels: Iterable[Channel], action: Action, active: ActiveTempl
 
 
 def render_message(template: ResolvedTemplate, *, delivery_id: int, destination: str, code: str,
-                   variables: dict[str, object]) -> OutgoingMessage:
-    """The message for one channel; raises RenderError when a template cannot be rendered."""
+                   variables: dict[str, object], org_id: int) -> OutgoingMessage:
+    """The message for one channel of an organisation; raises RenderError when a template cannot be rendered."""
     if template.channel is Channel.EMAIL:
         subject = render(template.subject or "", variables, kind="subject", require_placeholder=False)
         body = render(template.body or "", variables, html=template.is_html, kind="body")
         return OutgoingMessage(delivery_id, template.channel, destination, subject=subject, body=body,
-                               is_html=template.is_html, code=code)
+                               is_html=template.is_html, code=code, org_id=org_id)
     if template.channel in (Channel.WHATSAPP, Channel.ZALO):
         return OutgoingMessage(delivery_id, template.channel, destination,
                                whatsapp_template_name=template.whatsapp_name,
                                whatsapp_language=template.whatsapp_language,
-                               zalo_template_id=template.zalo_template_id, code=code)
+                               zalo_template_id=template.zalo_template_id, code=code, org_id=org_id)
     text = render(template.text or "", variables, kind="text")
-    return OutgoingMessage(delivery_id, template.channel, destination, text=text, code=code)
+    return OutgoingMessage(delivery_id, template.channel, destination, text=text, code=code, org_id=org_id)

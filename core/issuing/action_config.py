@@ -7,9 +7,10 @@ from pydantic import ConfigDict
 from sqlalchemy import Connection, insert, select
 
 from core.clock import utcnow
-from core.db.models import ActionConfig, ActionConfigBase, ActionConfigUpdate
+from core.db.models import ActionConfig, ActionConfigBase, ActionConfigUpdate, Organisation
 from core.delivery.gateway_settings import GatewayRow
 from core.enums import Action, Channel
+from core.issuing.entities import DEFAULT_ORG
 from core.settings import parse_channel_budgets
 
 MAX_ATTEMPTS_PER_CODE = 10
@@ -24,6 +25,7 @@ class OtpConfig(ActionConfigBase):
     definition) with the channel lists and budgets parsed. Immutable: a change is a new row and a reload."""
     model_config = ConfigDict(frozen=True)
 
+    org_id: int = DEFAULT_ORG  # the organisation whose configuration this is
     action: Action
     channels: frozenset[Channel]  # type: ignore[assignment]
     channel_policy: tuple[Channel, ...]  # type: ignore[assignment]
@@ -38,8 +40,14 @@ class OtpConfig(ActionConfigBase):
         """The stored row (ActionConfigBase's fields, the one list of them) as the engine reads it."""
         get = (lambda k: row[k]) if isinstance(row, dict) else (lambda k: getattr(row, k))
         values = {name: get(name) for name in ActionConfigBase.model_fields}
+        try:
+            org_id = get("org_id")
+        except (KeyError, AttributeError):
+            org_id = None
+        if org_id is None:  # a row made in memory (a test's, a form's) without one
+            org_id = DEFAULT_ORG
         return cls(
-            action=Action(get("action")), alphanumeric=bool(values.pop("alphanumeric")),
+            org_id=org_id, action=Action(get("action")), alphanumeric=bool(values.pop("alphanumeric")),
             channels=frozenset(channel_list(values.pop("channels"))),
             channel_policy=tuple(channel_list(values.pop("channel_policy"))),
             failover=tuple(channel_list(values.pop("failover") or "")), gateways=values.pop("gateways") or "",
@@ -71,19 +79,40 @@ def effective_safe_mode(config: OtpConfig, settings: object) -> str:
     return config.safe_mode or str(getattr(settings, "safe_mode"))
 
 
-def seed_action_configs(conn: Connection) -> int:
-    """Insert the default configuration for every action that has none; returns how many were added."""
-    present = set(conn.execute(select(ActionConfig.action)).scalars())
-    missing = [a.value for a in Action if a.value not in present]
+def seed_default_organisation(conn: Connection) -> bool:
+    """Make organisation 1 ("default") when it is missing (migration 0014 makes it; a test may empty every table);
+    True when it was made."""
+    if conn.execute(select(Organisation.id).where(Organisation.id == DEFAULT_ORG)).first() is not None:
+        return False
+    conn.execute(insert(Organisation).values(id=DEFAULT_ORG, slug="default", name="Default", created_at=utcnow()))
+    if conn.dialect.name == "postgresql":  # an explicit id does not move the sequence: the next one must not be 1
+        conn.exec_driver_sql("SELECT setval(pg_get_serial_sequence('organisation', 'id'), "
+                             "(SELECT max(id) FROM organisation))")
+    return True
+
+
+def seed_action_configs(conn: Connection, org_id: int | None = None) -> int:
+    """Insert the default configuration for every action that has none, in org_id or (None) every organisation;
+    returns how many were added."""
+    orgs = [org_id] if org_id is not None else list(conn.execute(select(Organisation.id)).scalars())
+    query = select(ActionConfig.org_id, ActionConfig.action)
+    if org_id is not None:
+        query = query.where(ActionConfig.org_id == org_id)
+    present = {(row[0], row[1]) for row in conn.execute(query)}
+    missing = [(org, a.value) for org in orgs for a in Action if (org, a.value) not in present]
     if missing:
         defaults = ActionConfigUpdate().model_dump()
-        conn.execute(insert(ActionConfig), [{**defaults, "action": a, "updated_at": utcnow()} for a in missing])
+        conn.execute(insert(ActionConfig), [{**defaults, "org_id": org, "action": a, "updated_at": utcnow()}
+                                            for org, a in missing])
     return len(missing)
 
 
-def load_action_configs(conn: Connection) -> dict[Action, OtpConfig]:
-    rows = conn.execute(select(ActionConfig.__table__)).mappings()
-    return {Action(r["action"]): OtpConfig.from_row(dict(r)) for r in rows}
+def load_action_configs(conn: Connection) -> dict[int, dict[Action, OtpConfig]]:
+    """Every organisation's configuration: {org_id: {action: config}}."""
+    found: dict[int, dict[Action, OtpConfig]] = {}
+    for r in conn.execute(select(ActionConfig.__table__)).mappings():
+        found.setdefault(r["org_id"], {})[Action(r["action"])] = OtpConfig.from_row(dict(r))
+    return found
 
 
 class ConfigRefused(ValueError):

@@ -57,11 +57,11 @@ _RESET_FAILURES = Prepared(lambda _insert: update(_failures).where(
 def _insert_code_statement(insert):  # type: ignore[no-untyped-def]
     """Insert a new live code unless one exists (the partial unique index decides), returning its id."""
     return insert(_code).values(
-        user_key=bindparam("p_user"), entity_type=bindparam("p_entity"), action=bindparam("p_action"),
+        org_id=bindparam("p_org"), user_key=bindparam("p_user"), entity_type=bindparam("p_entity"), action=bindparam("p_action"),
         code_hmac=bindparam("p_hmac"), code_enc=bindparam("p_enc"),
         created_at=bindparam("p_now", type_=_when), expires_at=bindparam("p_expires", type_=_when),
         state="active", failed_attempts=0, send_count=1,
-    ).on_conflict_do_nothing(index_elements=[_code.c.user_key, _code.c.action],
+    ).on_conflict_do_nothing(index_elements=[_code.c.org_id, _code.c.user_key, _code.c.action],
                              index_where=text("state = 'active'")).returning(_code.c.id)
 
 
@@ -115,7 +115,7 @@ def issue_or_resend(conn: Connection, keys: CodeKeys, *, user_key: str, entity_t
     who = {"p_user": user_key, "p_action": action}
     code = fixed_code or new_code(config.code_length, config.alphanumeric)
     expires_at = now + timedelta(minutes=config.validity_minutes)
-    new = {**who, "p_entity": entity_type, "p_hmac": keys.code_mac(user_key, action, code),
+    new = {**who, "p_org": config.org_id, "p_entity": entity_type, "p_hmac": keys.code_mac(user_key, action, code),
            "p_enc": keys.encrypt_code(user_key, action, code), "p_now": now, "p_expires": expires_at}
     code_id = _INSERT_CODE.scalar(conn, new)
     if code_id is not None:

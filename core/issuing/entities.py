@@ -10,20 +10,45 @@ from email_validator import EmailNotValidError, validate_email
 from core.enums import EntityType
 
 _PHONE_PUNCTUATION = set(" -().+/")
+# The organisation migration 0014 put everything that existed into: its customers keep their keys.
+DEFAULT_ORG = 1
 
 
 class InvalidEntity(ValueError):
     pass
 
 
+def user_key(org_id: int, entity_type: EntityType | str, value: str) -> str:
+    """The one key of a customer of an organisation: everything per customer (codes, their MAC binding and AES-GCM
+    associated data, daily and per-action counts, validate windows, failures, locks, limit events) is keyed by it.
+
+    "MOBILE:+9199..." in the default organisation (the key from before organisations, so live codes, counters
+    and locks survive the upgrade) and "o<org_id>|MOBILE:+9199..." in every other: the same number in two
+    organisations is two customers, and a code issued in one can never match in the other.
+    """
+    kind = entity_type.value if isinstance(entity_type, EntityType) else entity_type
+    return f"{kind}:{value}" if org_id == DEFAULT_ORG else f"o{org_id}|{kind}:{value}"
+
+
+def split_user_key(key: str) -> tuple[int, str, str]:
+    """(org_id, entity type, value) of a user_key."""
+    org_id = DEFAULT_ORG
+    if key.startswith("o") and "|" in key:
+        prefix, _, key = key.partition("|")
+        org_id = int(prefix[1:])
+    kind, _, value = key.partition(":")
+    return org_id, kind, value
+
+
 @dataclass(frozen=True)
 class NormalisedEntity:
     entity_type: EntityType
     value: str  # E.164 for phones, lower-cased address for emails
+    org_id: int = DEFAULT_ORG  # the organisation whose customer this is (core.issuing.requests sets it)
 
     @property
     def user_key(self) -> str:
-        return f"{self.entity_type.value}:{self.value}"
+        return user_key(self.org_id, self.entity_type, self.value)
 
 
 @lru_cache(maxsize=8192)

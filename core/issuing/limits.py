@@ -23,8 +23,9 @@ from core.enums import Channel, EntityType
 from core.issuing.action_config import OtpConfig, effective_limit
 from core.issuing.counters import bump, local_day, window_start
 from core.issuing.entities import NormalisedEntity
+from core.issuing.org_settings import org_scope
 from core.issuing.requests import ChannelTarget
-from core.issuing.safe_mode import budgets_for, refusal_message, trip_detail
+from core.issuing.safe_mode import budget_tz, budgets_for, refusal_message, trip_detail
 from core.settings import Settings
 
 _usage = UsageCounter.__table__
@@ -109,7 +110,8 @@ def user_counters(settings: Settings, config: OtpConfig, *, user_key: str, now: 
     found = [Counter("daily", "daily:*", user_key, day, settings.daily_limit,
                      f"daily limit of {settings.daily_limit} OTP requests reached for this user", tomorrow)]
     if config.daily_cap is not None:
-        found.append(Counter("action_daily", f"daily:{action}", user_key, day, config.daily_cap,
+        found.append(Counter("action_daily", org_scope(config.org_id, f"daily:{action}"), user_key, day,
+                             config.daily_cap,
                              f"daily limit of {config.daily_cap} OTP requests for {action} reached for this user",
                              tomorrow))
     return found
@@ -132,9 +134,13 @@ def send_counters(settings: Settings, config: OtpConfig, targets: Iterable[Chann
             found.append(Counter("destination", f"dest:{target.channel.value}", target.destination, period,
                                  destination_limit, f"at most {destination_limit} codes per {minutes} minutes "
                                  "to one destination", until, target=target))
-    day, tomorrow = local_day(now, settings.tz), _next_day(now, settings)
+    # An action's budget is the organisation's: its day; the service-wide budget spans every organisation: the
+    # service's day (OTP_TIMEZONE), the same for all of them.
+    days = {tz: (local_day(now, tz), _local_midnight_after(local_day(now, tz), tz))
+            for tz in {settings.tz, settings.service_tz}}
     for channel in sorted({t.channel for t in targets}, key=lambda c: c.value):
         for scope, budget in budgets_for(settings, config, channel):
+            day, tomorrow = days[budget_tz(settings, scope)]
             found.append(Counter("budget", scope, channel.value, day, budget,
                                  refusal_message(settings, config, scope, channel, budget), tomorrow,
                                  trip=trip_detail(scope, channel), channel=channel))

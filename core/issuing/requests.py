@@ -7,7 +7,7 @@ from core import errors as E
 from core.delivery.templates import check_template
 from core.enums import Action, Channel, EntityType
 from core.errors import OtpError, Problem
-from core.issuing.entities import InvalidEntity, NormalisedEntity, normalise_email, normalise_phone
+from core.issuing.entities import DEFAULT_ORG, InvalidEntity, NormalisedEntity, normalise_email, normalise_phone
 from core.linebreaks import line_break_in
 from core.settings import Settings
 
@@ -60,7 +60,7 @@ def _require_object(payload: object) -> dict:
     return payload
 
 
-def _parse_entity(body: dict, settings: Settings, problems: list[Problem]) -> NormalisedEntity | None:
+def _parse_entity(body: dict, settings: Settings, problems: list[Problem], org_id: int) -> NormalisedEntity | None:
     entity_type = EntityType.parse(body.get("entityType"))
     if entity_type is None:
         problems.append(Problem(E.INVALID_ENTITY_TYPE, "entityType must be MOBILE or EMAIL"))
@@ -79,7 +79,7 @@ def _parse_entity(body: dict, settings: Settings, problems: list[Problem]) -> No
         code = E.INVALID_MOBILE if entity_type is EntityType.MOBILE else E.INVALID_ENTITY_VALUE
         problems.append(Problem(code, f"entityValue: {exc}"))
         return None
-    return NormalisedEntity(entity_type, value)
+    return NormalisedEntity(entity_type, value, org_id)
 
 
 def _parse_action(body: dict, problems: list[Problem]) -> Action | None:
@@ -165,11 +165,15 @@ def _check_body_template(source: str | None, *, name: str, kind: str, problems: 
         problems.append(Problem(E.TEMPLATE_PROBLEM, f"{name}: {issue}"))
 
 
-def parse_generate(payload: object, settings: Settings) -> GenerateRequest:
-    """A checked generate request, or OtpError (400) listing every problem found."""
+def parse_generate(payload: object, settings: Settings, *, org_id: int = DEFAULT_ORG) -> GenerateRequest:
+    """A checked generate request of a customer of org_id, or OtpError (400) listing every problem found.
+
+    settings are the organisation's (core.issuing.org_settings.OrgSettings.settings): national numbers are read in
+    its phone region.
+    """
     body = _require_object(payload)
     problems: list[Problem] = []
-    entity = _parse_entity(body, settings, problems)
+    entity = _parse_entity(body, settings, problems, org_id)
     action = _parse_action(body, problems)
     channels = _parse_channels(body, settings, problems)
 
@@ -207,7 +211,7 @@ def parse_generate(payload: object, settings: Settings) -> GenerateRequest:
                            (whatsapp_name or "").strip() or None, whatsapp_language, (zalo_id or "").strip() or None)
 
 
-def parse_validate(payload: object, settings: Settings) -> ValidateRequest:
+def parse_validate(payload: object, settings: Settings, *, org_id: int = DEFAULT_ORG) -> ValidateRequest:
     """A checked validate request, or OtpError (400) listing every problem found.
 
     The code must be a string of ASCII letters and digits: numbers lose leading zeros, and arrays,
@@ -215,7 +219,7 @@ def parse_validate(payload: object, settings: Settings) -> ValidateRequest:
     """
     body = _require_object(payload)
     problems: list[Problem] = []
-    entity = _parse_entity(body, settings, problems)
+    entity = _parse_entity(body, settings, problems, org_id)
     action = _parse_action(body, problems)
     key = "code" if "code" in body else "otp"
     code = body.get(key)

@@ -16,6 +16,7 @@ boundary is refused by the bump, never sent over budget.
 from __future__ import annotations
 
 from datetime import datetime
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine, select, tuple_
 
@@ -25,14 +26,17 @@ from core.enums import Channel, EntityType
 from core.errors import Problem
 from core.issuing.action_config import OtpConfig, effective_safe_mode
 from core.issuing.counters import local_day
+from core.issuing.entities import DEFAULT_ORG
+from core.issuing.org_settings import org_scope
 from core.issuing.requests import ChannelTarget, GenerateRequest
 from core.settings import Settings
 
 SERVICE_SCOPE = "budget"
 
 
-def action_scope(action: str) -> str:
-    return f"{SERVICE_SCOPE}:{action}"
+def action_scope(action: str, org_id: int = DEFAULT_ORG) -> str:
+    """The counter scope of an action's own budget: per organisation (the service-wide one is not)."""
+    return org_scope(org_id, f"{SERVICE_SCOPE}:{action}")
 
 
 def budgets_for(settings: Settings, config: OtpConfig, channel: Channel) -> list[tuple[str, int]]:
@@ -43,8 +47,14 @@ def budgets_for(settings: Settings, config: OtpConfig, channel: Channel) -> list
         found.append((SERVICE_SCOPE, service))
     own = config.budget_for(channel)
     if own is not None:
-        found.append((action_scope(config.action.value), own))
+        found.append((action_scope(config.action.value, config.org_id), own))
     return found
+
+
+def budget_tz(settings: Settings, scope: str) -> ZoneInfo:
+    """Whose day a budget counts in: the service's for the service-wide budget (one day for every organisation),
+    the organisation's for an action's own."""
+    return settings.service_tz if scope == SERVICE_SCOPE else settings.tz
 
 
 def trip_detail(scope: str, channel: Channel) -> str:
@@ -74,14 +84,14 @@ def spent_channels(db: Engine, settings: Settings, config: OtpConfig, channels: 
                    now: datetime) -> set[Channel]:
     """Which of channels have a budget that applies to config's action and is spent today (one indexed read)."""
     budgets = {c: budgets_for(settings, config, c) for c in channels}
-    keys = [(scope, c.value) for c, found in budgets.items() for scope, _b in found]
+    keys = [(scope, c.value, local_day(now, budget_tz(settings, scope))) for c, found in budgets.items()
+            for scope, _b in found]
     if not keys:
         return set()
     with db.connect() as conn:
         used = {(r.scope, r.user_key): r.count for r in conn.execute(
             select(UsageCounter.scope, UsageCounter.user_key, UsageCounter.count).where(
-                tuple_(UsageCounter.scope, UsageCounter.user_key).in_(keys),
-                UsageCounter.period == local_day(now, settings.tz)))}
+                tuple_(UsageCounter.scope, UsageCounter.user_key, UsageCounter.period).in_(keys)))}
     return {c for c, found in budgets.items() if any(used.get((scope, c.value), 0) >= b for scope, b in found)}
 
 

@@ -182,16 +182,17 @@ def _usage_rows(first: int, stop: int):  # type: ignore[no-untyped-def]
     """usage_rollup's per-action rows for [first, stop): the counts of requests, validations and codes per
     key, joined with the time-to-validate histogram of the codes used (pivoted once, for those rows only)."""
     r, v, c, d = _request, _validation, _code, _delivery
-    req = _with_channels(r, d.c.request_id == r.c.id, first, stop, r.c.created_at, r.c.action, r.c.kind)
-    val = _with_channels(v, d.c.code_id == v.c.code_id, first, stop, v.c.created_at, v.c.action, v.c.outcome)
-    cod = _with_channels(c, d.c.code_id == c.c.id, first, stop, c.c.created_at, c.c.action, c.c.state,
+    req = _with_channels(r, d.c.request_id == r.c.id, first, stop, r.c.org_id, r.c.created_at, r.c.action, r.c.kind)
+    val = _with_channels(v, d.c.code_id == v.c.code_id, first, stop, v.c.org_id, v.c.created_at, v.c.action,
+                         v.c.outcome)
+    cod = _with_channels(c, d.c.code_id == c.c.id, first, stop, c.c.org_id, c.c.created_at, c.c.action, c.c.state,
                          c.c.used_at)
 
     def counted(source, **figures):  # type: ignore[no-untyped-def]
         columns = {name: literal_column("0", Integer()) for name in USAGE_COUNTS} | figures
-        return select(source.c.channel, quarter_of(source.c.created_at).label("bucket"), source.c.action,
-                      *[columns[name].label(name) for name in USAGE_COUNTS]) \
-            .group_by(source.c.channel, quarter_of(source.c.created_at), source.c.action)
+        return select(source.c.org_id, source.c.channel, quarter_of(source.c.created_at).label("bucket"),
+                      source.c.action, *[columns[name].label(name) for name in USAGE_COUNTS]) \
+            .group_by(source.c.org_id, source.c.channel, quarter_of(source.c.created_at), source.c.action)
 
     parts = union_all(
         counted(req, requests=func.count(), issued=_count_if(req.c.kind == "issued"),
@@ -199,28 +200,30 @@ def _usage_rows(first: int, stop: int):  # type: ignore[no-untyped-def]
         counted(val, validations=func.count(), validated=_count_if(val.c.outcome == "ok")),
         counted(cod, codes=func.count(), codes_used=_count_if(cod.c.state == "used")),
     ).subquery()
-    keys = [parts.c.channel, parts.c.bucket, parts.c.action]
+    keys = [parts.c.org_id, parts.c.channel, parts.c.bucket, parts.c.action]
     counts = _materialized(select(*keys, *[func.sum(parts.c[name]).label(name) for name in USAGE_COUNTS])
                            .group_by(*keys), "usage_counts")
 
-    used = select(cod.c.channel, quarter_of(cod.c.created_at).label("bucket"), cod.c.action,
+    used = select(cod.c.org_id, cod.c.channel, quarter_of(cod.c.created_at).label("bucket"), cod.c.action,
                   micros_between(cod.c.used_at, cod.c.created_at).label("us")) \
         .where(cod.c.state == "used", cod.c.used_at.is_not(None)).subquery()
     binned = _materialized(select(used, histogram_bin(used.c.us, micros=True).label("bin")), "binned_codes")
-    hkeys = [binned.c.channel, binned.c.bucket, binned.c.action]
+    hkeys = [binned.c.org_id, binned.c.channel, binned.c.bucket, binned.c.action]
     times = _materialized(select(*hkeys, func.max(binned.c.us).label("ttv_max_us"), *_pivot(binned.c.bin))
                           .group_by(*hkeys), "usage_times")
-    joined = counts.outerjoin(times, and_(times.c.channel == counts.c.channel, times.c.bucket == counts.c.bucket,
-                                          times.c.action == counts.c.action))
-    return select(counts.c.channel, counts.c.bucket, counts.c.action, *[counts.c[n] for n in USAGE_COUNTS],
+    joined = counts.outerjoin(times, and_(times.c.org_id == counts.c.org_id, times.c.channel == counts.c.channel,
+                                          times.c.bucket == counts.c.bucket, times.c.action == counts.c.action))
+    return select(counts.c.org_id, counts.c.channel, counts.c.bucket, counts.c.action,
+                  *[counts.c[n] for n in USAGE_COUNTS],
                   times.c.ttv_max_us, *[times.c[h] for h in HISTOGRAM]).select_from(joined)
 
 
 def _recompute_usage(conn: Connection, first: int, stop: int) -> None:
     conn.execute(delete(usage).where(usage.c.bucket >= first, usage.c.bucket < stop))
-    conn.execute(insert(usage).from_select(["channel", "bucket", "action", *USAGE_COUNTS, "ttv_max_us", *HISTOGRAM],
-                                           _usage_rows(first, stop)))
-    _sum_over_actions(conn, usage, ["channel", "bucket"], [*USAGE_COUNTS, *HISTOGRAM], "ttv_max_us", first, stop)
+    conn.execute(insert(usage).from_select(["org_id", "channel", "bucket", "action", *USAGE_COUNTS, "ttv_max_us",
+                                            *HISTOGRAM], _usage_rows(first, stop)))
+    _sum_over_actions(conn, usage, ["org_id", "channel", "bucket"], [*USAGE_COUNTS, *HISTOGRAM], "ttv_max_us",
+                      first, stop)
 
 
 def _sum_over_actions(conn: Connection, table, keys: list[str], sums: list[str], largest: str | None,  # type: ignore[no-untyped-def]
@@ -236,24 +239,26 @@ def _sum_over_actions(conn: Connection, table, keys: list[str], sums: list[str],
 
 def _recompute_deliveries(conn: Connection, first: int, stop: int) -> None:
     d, r = _delivery, _request
-    rows = select(r.c.action, quarter_of(d.c.created_at).label("bucket"), d.c.channel, d.c.gateway, d.c.status,
+    rows = select(d.c.org_id, r.c.action, quarter_of(d.c.created_at).label("bucket"), d.c.channel, d.c.gateway,
+                  d.c.status,
                   d.c.latency_ms, histogram_bin(d.c.latency_ms).label("bin"), d.c.error) \
         .select_from(d.join(r, r.c.id == d.c.request_id)).where(_in_range(d.c.created_at, first, stop))
     rows = _materialized(rows, "binned_deliveries")
-    keys = [rows.c.action, rows.c.bucket, rows.c.channel, rows.c.gateway]
+    keys = [rows.c.org_id, rows.c.action, rows.c.bucket, rows.c.channel, rows.c.gateway]
     conn.execute(delete(deliveries).where(deliveries.c.bucket >= first, deliveries.c.bucket < stop))
     conn.execute(insert(deliveries).from_select(
-        ["action", "bucket", "channel", "gateway", *DELIVERY_COUNTS, "latency_max_ms", *HISTOGRAM],
+        ["org_id", "action", "bucket", "channel", "gateway", *DELIVERY_COUNTS, "latency_max_ms", *HISTOGRAM],
         select(*keys, func.count(), *[_count_if(rows.c.status == s) for s in DELIVERY_COUNTS[1:]],
                func.max(rows.c.latency_ms), *_pivot(rows.c.bin)).group_by(*keys)))
-    _sum_over_actions(conn, deliveries, ["bucket", "channel", "gateway"], [*DELIVERY_COUNTS, *HISTOGRAM],
+    _sum_over_actions(conn, deliveries, ["org_id", "bucket", "channel", "gateway"], [*DELIVERY_COUNTS, *HISTOGRAM],
                       "latency_max_ms", first, stop)
     error = func.coalesce(rows.c.error, NO_ERROR_TEXT)
     conn.execute(delete(failures).where(failures.c.bucket >= first, failures.c.bucket < stop))
     conn.execute(insert(failures).from_select(
-        ["action", "bucket", "channel", "gateway", "error", "failures"],
+        ["org_id", "action", "bucket", "channel", "gateway", "error", "failures"],
         select(*keys, error, func.count()).where(rows.c.status == "failed").group_by(*keys, error)))
-    _sum_over_actions(conn, failures, ["bucket", "channel", "gateway", "error"], ["failures"], None, first, stop)
+    _sum_over_actions(conn, failures, ["org_id", "bucket", "channel", "gateway", "error"], ["failures"], None, first,
+                      stop)
 
 
 # --- which buckets changed --------------------------------------------------------------------------------

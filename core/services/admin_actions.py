@@ -16,7 +16,7 @@ from core.issuing.action_config import ConfigRefused, action_config_problems
 from core.runtime import Runtime
 
 
-def save_action_config(rt: Runtime, *, actor: StaffIdentity, action: Action, update: ActionConfigUpdate,
+def save_action_config(rt: Runtime, *, actor: StaffIdentity, org_id: int, action: Action, update: ActionConfigUpdate,
                        reason: str, form_problems: dict[str, list[str]] | None = None) -> None:
     """Save all of an action's configuration or nothing: raises ConfigRefused with every problem by field.
 
@@ -24,32 +24,33 @@ def save_action_config(rt: Runtime, *, actor: StaffIdentity, action: Action, upd
     reading the form (e.g. a limit that is not a number), reported together with the rest.
     """
     with rt.session() as session:
-        require(session, actor, "config.edit")
+        require(session, actor, "config.edit", org_id)
         problems = {name: list(found) for name, found in (form_problems or {}).items()}
         for name, found in action_config_problems(update, service_daily_limit=rt.settings.daily_limit,
-                                                  gateways=load_gateway_rows(session.connection())).items():
+                                                  gateways=load_gateway_rows(session.connection(), org_id)).items():
             problems.setdefault(name, []).extend(found)
         if not reason.strip():
             problems["reason"] = ["say why you make this change: it is kept in the audit log"]
         if problems:
             raise ConfigRefused(problems)
-        update_action_config(session, action=action, update=update, actor=actor.username,
+        update_action_config(session, org_id=org_id, action=action, update=update, actor=actor.username,
                              service_daily_limit=rt.settings.daily_limit, reason=reason.strip())
     rt.configuration_changed()
 
 
-def new_api_client(rt: Runtime, *, actor: StaffIdentity, name: str, permissions: str,
+def new_api_client(rt: Runtime, *, actor: StaffIdentity, org_id: int, name: str, permissions: str,
                    end_user_ip_header: str | None = None) -> NewClientCredentials:
+    """A new API client of organisation org_id (its admins only); its secret is in the answer, once."""
     name = name.strip()
     if not name or len(name) > 120:
         raise ValueError("the client name must be 1 to 120 characters")
     header = check_end_user_ip_header(end_user_ip_header)
     with rt.session() as session:
-        require(session, actor, "clients.manage")
-        audit.record(session, actor=actor.username, action="client.create", target=f"client:{name}",
+        require(session, actor, "clients.manage", org_id)
+        audit.record(session, org_id=org_id, actor=actor.username, action="client.create", target=f"client:{name}",
                      detail={"permissions": permissions, "end_user_ip_header": header})
         return create_client(session, client_create=ApiClientCreate(name=name, permissions=permissions,
-                                                                    end_user_ip_header=header))
+                                                                    end_user_ip_header=header), org_id=org_id)
 
 
 def _client_target(session: Session, client_id: int) -> str:
@@ -59,38 +60,42 @@ def _client_target(session: Session, client_id: int) -> str:
     return f"client:{row.name if row else client_id}"
 
 
-def set_api_client_end_user_ip_header(rt: Runtime, *, actor: StaffIdentity, client_id: int,
+def set_api_client_end_user_ip_header(rt: Runtime, *, actor: StaffIdentity, org_id: int, client_id: int,
                                       header: str | None) -> str | None:
-    """Where a client's end users' addresses come from (core.net.end_user_address); ValueError for a bad name."""
+    """Where a client's end users' addresses come from (core.net.end_user_address); ValueError for a bad name,
+    LookupError for a client that is not the organisation's."""
     value = check_end_user_ip_header(header)
     with rt.session() as session:
-        require(session, actor, "clients.manage")
-        audit.record(session, actor=actor.username, action="client.end_user_ip_header",
+        require(session, actor, "clients.manage", org_id)
+        audit.record(session, org_id=org_id, actor=actor.username, action="client.end_user_ip_header",
                      target=_client_target(session, client_id), detail={"id": client_id, "end_user_ip_header": value})
-        stored = set_end_user_ip_header(session, client_id=client_id, header=value)
+        stored = set_end_user_ip_header(session, client_id=client_id, header=value, org_id=org_id)
     rt.auth.forget_all()
     return stored
 
 
-def revoke_api_client(rt: Runtime, *, actor: StaffIdentity, client_id: int) -> bool:
+def revoke_api_client(rt: Runtime, *, actor: StaffIdentity, org_id: int, client_id: int) -> bool:
     with rt.session() as session:
-        require(session, actor, "clients.manage")
+        require(session, actor, "clients.manage", org_id)
         row = session.get(ApiClient, client_id)
-        audit.record(session, actor=actor.username, action="client.revoke", target=_client_target(session, client_id),
+        if row is None or row.org_id != org_id:
+            return False  # not the organisation's: as if there were none
+        audit.record(session, org_id=org_id, actor=actor.username, action="client.revoke", target=_client_target(session, client_id),
                      detail={"id": client_id, "key": row.key if row else None})
-        revoked = revoke_client(session, client_id=client_id)
+        revoked = revoke_client(session, client_id=client_id, org_id=org_id)
     rt.auth.forget_all()
     return revoked
 
 
-def set_api_client_token_ttl(rt: Runtime, *, actor: StaffIdentity, client_id: int, seconds: int) -> bool:
+def set_api_client_token_ttl(rt: Runtime, *, actor: StaffIdentity, org_id: int, client_id: int,
+                             seconds: int) -> bool:
     """Set a client's OAuth token life; this process issues tokens with it at once, others within
     OTP_AUTH_CACHE_SECONDS (they keep the client's verified identity that long)."""
     with rt.session() as session:
-        require(session, actor, "clients.manage")
+        require(session, actor, "clients.manage", org_id)
         # Recorded first: set_token_ttl's commit makes both durable; a refusal commits neither.
-        audit.record(session, actor=actor.username, action="client.token_ttl", target=_client_target(session, client_id),
+        audit.record(session, org_id=org_id, actor=actor.username, action="client.token_ttl", target=_client_target(session, client_id),
                      detail={"id": client_id, "token_ttl_seconds": seconds})
-        changed = set_token_ttl(session, client_id=client_id, seconds=seconds)
+        changed = set_token_ttl(session, client_id=client_id, seconds=seconds, org_id=org_id)
     rt.auth.forget_all()
     return changed

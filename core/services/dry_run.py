@@ -37,27 +37,29 @@ def _dry_run_refusal(refusal: Refusal) -> str:
     return f"{refusal.detail}: a generate would be refused ({refusal.limit_type}, {refusal.used} of {refusal.limit})"
 
 
-def dry_run(rt: Runtime, payload: object) -> DryRun:
-    """Check and render a generate request with a sample code, and report the limits it would meet."""
-    request = parse_generate(payload, rt.settings)
-    config = rt.config_for(request.action)
-    targets, rerouted = reroute(rt.read_db, rt.settings, config, request, plan_channels(request, config), rt.clock())
-    templates = resolve_all((t.channel for t in targets), request.action, rt.active_templates(), request)
+def dry_run(rt: Runtime, payload: object, *, org_id: int) -> DryRun:
+    """Check and render a generate request of organisation org_id with a sample code, and report the limits it
+    would meet."""
+    org = rt.org(org_id)
+    request = parse_generate(payload, org.settings, org_id=org_id)
+    config = rt.config_for(org_id, request.action)
+    targets, rerouted = reroute(rt.read_db, org.settings, config, request, plan_channels(request, config), rt.clock())
+    templates = resolve_all((t.channel for t in targets), request.action, rt.active_templates(org_id), request)
     now = rt.clock()
     user_key = request.entity.user_key
     with rt.read_db.connect() as conn:
         used = conn.execute(select(func.coalesce(func.max(UsageCounter.count), 0)).where(
             UsageCounter.scope == "daily:*", UsageCounter.user_key == user_key,
-            UsageCounter.period == local_day(now, rt.settings.tz))).scalar_one()
+            UsageCounter.period == local_day(now, org.tz))).scalar_one()
         live = conn.execute(select(OtpCode.id).where(
             OtpCode.user_key == user_key, OtpCode.action == config.action.value, OtpCode.state == "active",
             OtpCode.expires_at > now)).scalar()
         # The limits a real generate would meet, from the engine's own counters (the caller's IP and API client
         # are not known here).
-        refusals = [r for r in explain_refusal(conn, rt.settings, config, entity=request.entity, targets=targets,
+        refusals = [r for r in explain_refusal(conn, org.settings, config, entity=request.entity, targets=targets,
                                                now=now) if r.refuses == "generate"]
     variables = sample_variables(action=config.action.value, code_length=config.code_length,
-                                 validity_minutes=config.validity_minutes, brand=rt.settings.brand)
+                                 validity_minutes=config.validity_minutes, brand=org.brand)
     problems: list[Problem] = list(rerouted)  # 7004: a phone channel in email-only safe mode goes by EMAIL
     problems += [Problem(E.RATE_LIMITED, text) for text in dict.fromkeys(_dry_run_refusal(r) for r in refusals)]
     messages = []
@@ -65,11 +67,12 @@ def dry_run(rt: Runtime, payload: object) -> DryRun:
         try:
             messages.append(render_message(templates[target.channel], delivery_id=-(index + 1),
                                            destination=target.destination,
-                                           code=str(variables["validation_code"]), variables=variables))
+                                           code=str(variables["validation_code"]), variables=variables,
+                                           org_id=org_id))
         except RenderError as exc:
             problems.append(Problem(E.TEMPLATE_PROBLEM, f"{target.channel.value}: {exc}"))
     test_number = rt.settings.is_test_number(request.entity.value)
-    chosen = {t.channel: rt.choose_gateway(config.action, t.channel, test_number=test_number) for t in targets}
+    chosen = {t.channel: rt.choose_gateway(org_id, config.action, t.channel, test_number=test_number) for t in targets}
     return DryRun(messages, {c.value: f"{t.origin}: {t.reason}" for c, t in templates.items()},
                   live is not None, int(used), rt.settings.daily_limit, problems,
                   {c.value: f"{g.name} ({g.why})" for c, g in chosen.items()})

@@ -12,7 +12,7 @@ from core.enums import Action, Channel, EntityType
 from core.errors import OtpError
 from core.issuing.action_config import OtpConfig
 from core.issuing.channels import failover_plan
-from core.issuing.entities import NormalisedEntity
+from core.issuing.entities import NormalisedEntity, split_user_key
 from core.issuing.limits import Refused, send_counters
 from core.issuing.requests import ChannelTarget, GenerateRequest
 from core.runtime import Runtime
@@ -36,18 +36,18 @@ async def fail_over(rt: Runtime, config: OtpConfig, *, request_id: int, code_id:
         gateway = gateway_for(rt, config, target.channel, test_number)
         now = rt.clock()
 
-        counters = [] if test_number else send_counters(rt.settings, config, [target], now=now)
+        counters = [] if test_number else send_counters(rt.org(config.org_id).settings, config, [target], now=now)
 
         def queue(conn: Connection) -> int:
-            count_request(conn, counters, action=config.action.value, now=now)
-            return insert_delivery(conn, request_id=request_id, code_id=code_id, target=target, gateway=gateway,
+            count_request(conn, counters, org_id=config.org_id, action=config.action.value, now=now)
+            return insert_delivery(conn, org_id=config.org_id, request_id=request_id, code_id=code_id, target=target, gateway=gateway,
                                     step=step, now=now)
 
         try:
             delivery_id = await rt.writer.run(queue)
         except Refused as refused:
-            await record_refusal(rt, refused, user_key=user_key, action=config.action.value, client_id=None,
-                                  now=now)
+            await record_refusal(rt, refused, org_id=config.org_id, user_key=user_key, action=config.action.value,
+                                  client_id=None, now=now)
             break
         log.info("failover of request %s to %s (step %s)", request_id, target.channel.value, step)
         report = (await deliver(rt, config, [Send(delivery_id, target, gateway, templates[target.channel])], code,
@@ -74,7 +74,8 @@ async def fail_over_delivery(rt: Runtime, delivery_id: int) -> list[DeliveryRepo
                                .returning(Delivery.request_id, Delivery.code_id, Delivery.failover_step)).first()
         if claimed is None:
             return None, None, None
-        origin = conn.execute(select(OtpRequest.action, OtpRequest.user_key, OtpRequest.body_templates).where(
+        origin = conn.execute(select(OtpRequest.org_id, OtpRequest.action, OtpRequest.user_key,
+                                     OtpRequest.body_templates).where(
             OtpRequest.id == claimed.request_id)).first()
         code_row = conn.execute(select(OtpCode.code_enc, OtpCode.state, OtpCode.expires_at, OtpCode.entity_type)
                                 .where(OtpCode.id == claimed.code_id)).first()
@@ -87,9 +88,9 @@ async def fail_over_delivery(rt: Runtime, delivery_id: int) -> list[DeliveryRepo
             or code_row.code_enc is None:
         return []
     action = Action(origin.action)
-    config = rt.config_for(action)
-    entity_type, _, value = origin.user_key.partition(":")
-    entity = NormalisedEntity(EntityType(entity_type), value)
+    config = rt.config_for(origin.org_id, action)
+    _org, entity_type, value = split_user_key(origin.user_key)
+    entity = NormalisedEntity(EntityType(entity_type), value, origin.org_id)
     plan = failover_plan(entity, config)
     if claimed.failover_step + 1 >= len(plan):
         return []
@@ -97,7 +98,7 @@ async def fail_over_delivery(rt: Runtime, delivery_id: int) -> list[DeliveryRepo
     try:
         body = GenerateRequest(entity, action, None, **json.loads(origin.body_templates)) \
             if origin.body_templates else None
-        templates = resolve_all((t.channel for t in plan), action, rt.active_templates(), body)
+        templates = resolve_all((t.channel for t in plan), action, rt.active_templates(origin.org_id), body)
     except OtpError as exc:
         log.warning("failover of request %s impossible: %s", claimed.request_id, exc.problems[0].message)
         return []

@@ -75,14 +75,15 @@ def _issue(conn: Connection, rt: Runtime, *, entity: NormalisedEntity, config: O
     """
     user_key = entity.user_key
     entity_type = entity.entity_type.value
-    counted = [] if test_number else count_request(conn, counters, action=config.action.value, now=now)
+    counted = [] if test_number else count_request(conn, counters, org_id=config.org_id, action=config.action.value,
+                                                   now=now)
     try:
         issued = issue_or_resend(conn, rt.keys, user_key=user_key, entity_type=entity_type, config=config, now=now,
                                  fixed_code=rt.settings.test_code if test_number else None)
     except CodeSendsExhausted as exc:
         raise Refused("code_sends", f"this code was already sent {config.max_sends_per_code} times; "
                       "a new one can be requested when it expires", seconds_until(exc.expires_at, now)) from None
-    row = {"created_at": now, "code_id": issued.code_id, "user_key": user_key, "action": config.action.value,
+    row = {"org_id": config.org_id, "created_at": now, "code_id": issued.code_id, "user_key": user_key, "action": config.action.value,
            "kind": "resent" if issued.resent else "issued", "client_id": client_id}
     if body_templates is not None:
         row["body_templates"] = body_templates
@@ -90,21 +91,26 @@ def _issue(conn: Connection, rt: Runtime, *, entity: NormalisedEntity, config: O
     return issued, request_id, counted  # type: ignore[return-value]
 
 
-async def generate(rt: Runtime, payload: object, *, client_id: int | None = None,
+async def generate(rt: Runtime, payload: object, *, org_id: int, client_id: int | None = None,
                    client_ip: str | None = None) -> GenerateResult:
-    """Issue (or re-send) a code and send it over every planned channel at once.
+    """Issue (or re-send) a code for a customer of organisation org_id and send it over every planned channel at once.
 
     Raises OtpError with Capillary's codes; a failed channel is a 7001 warning while another succeeded.
     With a failover plan and no channels in the request, the plan's first channel is sent and the next
     ones get the same code if it fails (now) or is not delivered in time (later, run_due_failovers).
+    The organisation's phone region reads the numbers, its time zone starts its days, its configuration,
+    templates and gateways are used; the destination, prefix, IP and platform budget limits see every
+    organisation's traffic (core.issuing.limits).
     """
-    request = parse_generate(payload, rt.settings)
-    config = rt.config_for(request.action)
+    org = rt.org(org_id)
+    request = parse_generate(payload, org.settings, org_id=org_id)
+    config = rt.config_for(org_id, request.action)
     plan = failover_plan(request.entity, config) if request.channels is None else []
     targets = plan[:1] if plan else plan_channels(request, config)
-    targets, rerouted = reroute(rt.read_db, rt.settings, config, request, targets,
+    targets, rerouted = reroute(rt.read_db, org.settings, config, request, targets,
                                  rt.clock())  # email-only safe mode: phone channels go by EMAIL
-    templates = resolve_all((t.channel for t in plan or targets), request.action, rt.active_templates(), request)
+    templates = resolve_all((t.channel for t in plan or targets), request.action, rt.active_templates(org_id),
+                            request)
     user_key = request.entity.user_key
     test_number = rt.settings.is_test_number(request.entity.value)
     if not test_number:
@@ -117,7 +123,7 @@ async def generate(rt: Runtime, payload: object, *, client_id: int | None = None
     # Local gateways (the outbox) send inside the issuing transaction: one transaction per generate.
     local = all(is_local(g) for g in gateways)
     now = rt.clock()
-    counters = [] if test_number else generate_counters(rt.settings, config, entity=request.entity, targets=targets,
+    counters = [] if test_number else generate_counters(org.settings, config, entity=request.entity, targets=targets,
                                                         client_id=client_id, client_ip=client_ip, now=now)
 
     def issue(conn: Connection) -> tuple[IssuedCode, int, list[Counter], list[DeliveryReport], list[Send]]:
@@ -129,7 +135,7 @@ async def generate(rt: Runtime, payload: object, *, client_id: int | None = None
                                                              issued=issued, sends=sends, templates=templates,
                                                              now=now), []
         return issued, request_id, counted, [], [
-            Send(insert_delivery(conn, request_id=request_id, code_id=issued.code_id, target=t, gateway=g,
+            Send(insert_delivery(conn, org_id=org_id, request_id=request_id, code_id=issued.code_id, target=t, gateway=g,
                                    step=0, now=now), t, g, templates[t.channel]) for t, g in sends]
 
     for attempt in range(2):
@@ -137,7 +143,7 @@ async def generate(rt: Runtime, payload: object, *, client_id: int | None = None
             issued, request_id, counted, reports, queued = await rt.writer.run(issue)
             break
         except Refused as refused:
-            raise await record_refusal(rt, refused, user_key=user_key, action=config.action.value,
+            raise await record_refusal(rt, refused, org_id=org_id, user_key=user_key, action=config.action.value,
                                         client_id=client_id, now=now) from None
         except (IntegrityError, LiveCodeRace):
             # Two first requests raced to insert the live code (possible on PostgreSQL only); the

@@ -14,7 +14,8 @@ from sqlalchemy.exc import IntegrityError
 
 from core.crypto import equal
 from core.db.models import Delivery, DeliveryReceipt
-from core.delivery.gateway_settings import GatewayRow
+from core.delivery.gateway_settings import GatewayRow, credentials_aad
+from core.issuing.entities import DEFAULT_ORG
 from core.runtime import Runtime
 
 # Provider status words mapped to ours; words not listed (queued, sent, ringing...) change nothing.
@@ -50,7 +51,7 @@ def webhook_signature(secret: str, timestamp: str, body: bytes) -> str:
 
 
 def _credentials(rt: Runtime, row: GatewayRow) -> dict:
-    return json.loads(rt.box.open(row.credentials_enc, f"gateway:{row.name}")) if row.credentials_enc else {}
+    return json.loads(rt.box.open(row.credentials_enc, credentials_aad(row.org_id, row.name))) if row.credentials_enc else {}
 
 
 def _verify(rt: Runtime, row: GatewayRow, *, url: str, headers: dict[str, str], body: bytes) -> tuple[str, str, str]:
@@ -93,6 +94,11 @@ def _verify(rt: Runtime, row: GatewayRow, *, url: str, headers: dict[str, str], 
         raise ReceiptRefused(400, "the receipt needs message_id and status") from None
 
 
+def _fingerprint_name(row: GatewayRow) -> str:
+    """The gateway as a receipt's fingerprint names it: two organisations' gateways may share a name."""
+    return row.name if row.org_id == DEFAULT_ORG else f"o{row.org_id}|{row.name}"
+
+
 def _clean(value: str) -> str:
     """A provider's id or status as the database can store it; anything else is a malformed receipt."""
     if len(value) > 200 or "\x00" in value:
@@ -104,33 +110,38 @@ def _clean(value: str) -> str:
     return value
 
 
-def delivery_for_receipt(gateway_name: str, message_id: str) -> Select:
-    """The query a receipt finds its delivery with: (id, status) by gateway and provider message id.
+def delivery_for_receipt(gateway_name: str, message_id: str, org_id: int = DEFAULT_ORG) -> Select:
+    """The query a receipt finds its delivery with: (id, status) by gateway and provider message id, among the
+    deliveries of the gateway's own organisation only.
 
     It runs in the receipt's write transaction, so it must stay on the index ix_delivery_receipt (migration
     0012; tests/test_receipts.py checks the plan of this very statement on SQLite and PostgreSQL).
     """
     return select(Delivery.id, Delivery.status).where(Delivery.gateway == gateway_name,
-                                                      Delivery.provider_message_id == message_id)
+                                                      Delivery.provider_message_id == message_id,
+                                                      Delivery.org_id == org_id)
 
 
-def apply_receipt(rt: Runtime, gateway_name: str, *, url: str, headers: dict[str, str], body: bytes) -> ReceiptOutcome:
-    """Verify and apply one receipt. Unsigned, replayed or unknown receipts change nothing."""
-    row = rt.gateway_rows().get(gateway_name)
+def apply_receipt(rt: Runtime, gateway_name: str, *, org_id: int, url: str, headers: dict[str, str],
+                  body: bytes) -> ReceiptOutcome:
+    """Verify and apply one receipt for a gateway of organisation org_id. Unsigned, replayed or unknown receipts
+    change nothing; a receipt is verified with that organisation's gateway secret and can only reach that
+    organisation's deliveries."""
+    row = rt.gateway_rows(org_id).get(gateway_name)
     if row is None:
         raise ReceiptRefused(404, "no such gateway")
     message_id, provider_status, signature = _verify(rt, row, url=url,
                                                      headers={k.lower(): v for k, v in headers.items()}, body=body)
     message_id, provider_status = _clean(message_id), _clean(provider_status)
-    fingerprint = hashlib.sha256(f"{row.name}\x00{signature}\x00".encode() + body).hexdigest()
+    fingerprint = hashlib.sha256(f"{_fingerprint_name(row)}\x00{signature}\x00".encode() + body).hexdigest()
     mapped = STATUS_MAP.get(provider_status.strip().lower())
     try:
         with rt.db.begin() as conn:
-            delivery = conn.execute(delivery_for_receipt(row.name, message_id)).first()
+            delivery = conn.execute(delivery_for_receipt(row.name, message_id, org_id)).first()
             if delivery is None:
                 raise ReceiptRefused(404, "no delivery with that message id")
             conn.execute(insert(DeliveryReceipt).values(
-                delivery_id=delivery.id, gateway=row.name, provider_status=provider_status[:40],
+                org_id=org_id, delivery_id=delivery.id, gateway=row.name, provider_status=provider_status[:40],
                 status=mapped or delivery.status, fingerprint=fingerprint, received_at=rt.clock()))
             if mapped is None or delivery.status == mapped:
                 return ReceiptOutcome(delivery.id, delivery.status, False)

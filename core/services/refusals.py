@@ -26,9 +26,9 @@ _INSERT_LIMIT_EVENT = insert(LimitEvent.__table__)
 _INSERT_SECURITY_EVENT = insert(SecurityEvent.__table__)
 
 
-def security_event(conn: Connection, kind: str, *, user_key: str, action: str, now: datetime,
+def security_event(conn: Connection, kind: str, *, org_id: int, user_key: str, action: str, now: datetime,
                     detail: str | None = None) -> None:
-    conn.execute(_INSERT_SECURITY_EVENT, {"created_at": now, "kind": kind, "user_key": user_key, "action": action,
+    conn.execute(_INSERT_SECURITY_EVENT, {"org_id": org_id, "created_at": now, "kind": kind, "user_key": user_key, "action": action,
                                           "detail": detail})
 
 
@@ -40,14 +40,14 @@ def storage_error(exc: Exception) -> OtpError:
     return storage_failure(exc, "unable to generate OTP at the moment: storage is unavailable")
 
 
-async def record_refusal(rt: Runtime, refused: Refused, *, user_key: str, action: str, client_id: int | None,
-                          now: datetime) -> OtpError:
+async def record_refusal(rt: Runtime, refused: Refused, *, org_id: int, user_key: str, action: str,
+                          client_id: int | None, now: datetime) -> OtpError:
     def record(conn: Connection) -> None:
-        conn.execute(_INSERT_LIMIT_EVENT, {"created_at": now, "user_key": user_key, "action": action,
+        conn.execute(_INSERT_LIMIT_EVENT, {"org_id": org_id, "created_at": now, "user_key": user_key, "action": action,
                                            "limit_type": refused.limit_type, "client_id": client_id})
         if refused.event:
-            security_event(conn, refused.event[0], user_key=user_key, action=action, detail=refused.event[1],
-                            now=now)
+            security_event(conn, refused.event[0], org_id=org_id, user_key=user_key, action=action,
+                            detail=refused.event[1], now=now)
 
     try:
         await rt.writer.run(record)
@@ -59,7 +59,8 @@ async def record_refusal(rt: Runtime, refused: Refused, *, user_key: str, action
     return OtpError.single(E.RATE_LIMITED, refused.message, 429, refused.retry_after, reason=refused.limit_type)
 
 
-def count_request(conn: Connection, counters: list[Counter], *, action: str, now: datetime) -> list[Counter]:
+def count_request(conn: Connection, counters: list[Counter], *, org_id: int, action: str,
+                  now: datetime) -> list[Counter]:
     """Count a request against counters (core.issuing.limits); the counters counted, for a give-back if its sends fail.
 
     The send that spends a channel budget records one budget_trip security event (rolled back with the request
@@ -68,6 +69,7 @@ def count_request(conn: Connection, counters: list[Counter], *, action: str, now
     counted = []
     for counter, got in count(conn, counters, now=now):
         if counter.trip is not None and got == counter.limit:
-            security_event(conn, "budget_trip", user_key="", action=action, now=now, detail=counter.trip)
+            security_event(conn, "budget_trip", org_id=org_id, user_key="", action=action, now=now,
+                           detail=counter.trip)
         counted.append(counter)
     return counted

@@ -57,33 +57,33 @@ class DeliveryReport:
 
 def gateway_for(rt: Runtime, config: OtpConfig, channel: Channel, test_number: bool) -> Gateway | None:
     """Runtime.choose_gateway's answer: the one the console shows (test numbers only ever reach the outbox)."""
-    return rt.choose_gateway(config.action, channel, test_number=test_number).gateway
+    return rt.choose_gateway(config.org_id, config.action, channel, test_number=test_number).gateway
 
 
 def gateway_label(gateway: Gateway | None) -> str:
     return gateway.name if gateway is not None else "none"
 
 
-def insert_delivery(conn: Connection, *, request_id: int, code_id: int, target: ChannelTarget,
+def insert_delivery(conn: Connection, *, org_id: int, request_id: int, code_id: int, target: ChannelTarget,
                      gateway: Gateway | None, step: int, now: datetime, status: str = "queued",
                      error: str | None = None, attempts: int = 0, latency_ms: float | None = None) -> int:
     return _INSERT_DELIVERY.scalar(conn, {  # type: ignore[return-value]
-        "request_id": request_id, "code_id": code_id, "channel": target.channel.value,
+        "org_id": org_id, "request_id": request_id, "code_id": code_id, "channel": target.channel.value,
         "destination": target.destination, "gateway": gateway_label(gateway), "status": status, "error": error,
         "attempts": attempts, "latency_ms": latency_ms, "created_at": now, "updated_at": now, "failover_step": step})
 
 
 def _variables(rt: Runtime, config: OtpConfig, code: str) -> dict[str, object]:
     return template_variables(code=code, action=config.action.value, validity_minutes=config.validity_minutes,
-                              brand=rt.settings.brand)
+                              brand=rt.org(config.org_id).brand)  # the organisation's brand
 
 
 def _render(template: ResolvedTemplate, *, delivery_id: int, destination: str, code: str,
-            variables: dict[str, object]) -> tuple[OutgoingMessage | None, str | None]:
+            variables: dict[str, object], org_id: int) -> tuple[OutgoingMessage | None, str | None]:
     """The message, or None and the delivery's error text when the template cannot be rendered."""
     try:
         return render_message(template, delivery_id=delivery_id, destination=destination, code=code,
-                              variables=variables), None
+                              variables=variables, org_id=org_id), None
     except RenderError as exc:
         return None, f"template failed to render: {str(exc)[:1000]}"
 
@@ -101,9 +101,9 @@ def send_within(conn: Connection, rt: Runtime, config: OtpConfig, *, request_id:
     for target, gateway in sends:
         started = time.perf_counter()
         message, error = _render(templates[target.channel], delivery_id=0, destination=target.destination,
-                                 code=issued.code, variables=variables)
+                                 code=issued.code, variables=variables, org_id=config.org_id)
         status = "failed" if message is None else "delivered"
-        delivery_id = insert_delivery(conn, request_id=request_id, code_id=issued.code_id, target=target,
+        delivery_id = insert_delivery(conn, org_id=config.org_id, request_id=request_id, code_id=issued.code_id, target=target,
                                        gateway=gateway, step=0, now=now, status=status, error=error,
                                        attempts=0 if message is None else 1,
                                        latency_ms=None if message is None else (time.perf_counter() - started) * 1000)
@@ -144,7 +144,7 @@ async def deliver(rt: Runtime, config: OtpConfig, sends: list[Send], code: str, 
     pairs, render_failures = [], {}
     for send in sends:
         message, error = _render(send.template, delivery_id=send.delivery_id, destination=send.target.destination,
-                                 code=code, variables=variables)
+                                 code=code, variables=variables, org_id=config.org_id)
         if message is None:
             render_failures[send.delivery_id] = error
         else:

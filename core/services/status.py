@@ -3,13 +3,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, tuple_
 
 from core.db.models import OtpCode, OtpRequest, OutboxMessage, UsageCounter
 from core.enums import Channel
 from core.issuing.action_config import OtpConfig, effective_safe_mode, format_channel_budgets
 from core.issuing.counters import local_day
-from core.issuing.safe_mode import SERVICE_SCOPE, action_scope
+from core.issuing.safe_mode import SERVICE_SCOPE, action_scope, budget_tz
 from core.runtime import Runtime
 
 
@@ -27,7 +27,9 @@ class ServiceStatus:
     outbox_messages: int
 
 
-def service_status(rt: Runtime) -> ServiceStatus:
+def service_status(rt: Runtime, *, org_id: int) -> ServiceStatus:
+    """The service's state as organisation org_id sees it: its time zone and region, its own counts."""
+    org = rt.org(org_id)
     url = rt.db.url
     described = f"{url.get_backend_name()} ({url.database})" if url.get_backend_name() == "sqlite" \
         else f"{url.get_backend_name()} at {url.host or 'local socket'}/{url.database}"
@@ -36,17 +38,20 @@ def service_status(rt: Runtime) -> ServiceStatus:
     try:
         with rt.read_db.connect() as conn:
             conn.execute(text("SELECT 1"))
-            counts = (conn.execute(select(func.count()).select_from(OtpRequest)).scalar_one(),
+            counts = (conn.execute(select(func.count()).select_from(OtpRequest)
+                                   .where(OtpRequest.org_id == org_id)).scalar_one(),
                       conn.execute(select(func.count()).select_from(OtpCode)
-                                   .where(OtpCode.state == "active", OtpCode.expires_at > rt.clock())).scalar_one(),
-                      conn.execute(select(func.count()).select_from(OutboxMessage)).scalar_one())
+                                   .where(OtpCode.org_id == org_id, OtpCode.state == "active",
+                                          OtpCode.expires_at > rt.clock())).scalar_one(),
+                      conn.execute(select(func.count()).select_from(OutboxMessage)
+                                   .where(OutboxMessage.org_id == org_id)).scalar_one())
     except Exception as exc:  # shown on the page, not raised: the status page must render when storage is down
         error = type(exc).__name__
-    return ServiceStatus(rt.settings.env, described, error is None, error, rt.settings.timezone,
-                         rt.settings.daily_limit, rt.settings.default_region, *counts)
+    return ServiceStatus(rt.settings.env, described, error is None, error, org.timezone,
+                         rt.settings.daily_limit, org.region, *counts)
 
 
-def gateway_table(rt: Runtime) -> list[dict[str, str]]:
+def gateway_table(rt: Runtime, *, org_id: int) -> list[dict[str, str]]:
     """Which gateway sends each channel, and why, as Runtime.choose_gateway (the engine's choice) answers.
 
     One row per channel for every action without an override of its own, then one per action whose
@@ -54,15 +59,15 @@ def gateway_table(rt: Runtime) -> list[dict[str, str]]:
     """
     rows = []
     for channel in Channel:
-        common = rt.choose_gateway(None, channel)
+        common = rt.choose_gateway(org_id, None, channel)
         rows.append({"channel": channel.value, "action": "every other action", "gateway": common.name,
                      "why": common.why})
-        for action in sorted(rt.active_configs(), key=lambda a: a.value):
-            own = rt.choose_gateway(action, channel)
+        for action in sorted(rt.active_configs(org_id), key=lambda a: a.value):
+            own = rt.choose_gateway(org_id, action, channel)
             if own != common:
                 rows.append({"channel": channel.value, "action": action.value, "gateway": own.name, "why": own.why})
     if rt.settings.test_numbers:
-        test = rt.choose_gateway(None, Channel.SMS, test_number=True)
+        test = rt.choose_gateway(org_id, None, Channel.SMS, test_number=True)
         rows.append({"channel": "every channel", "action": "test numbers", "gateway": test.name, "why": test.why})
     return rows
 
@@ -96,24 +101,27 @@ class SafeModeAlert:
         return shown
 
 
-def safe_mode_channels(rt: Runtime) -> list[SafeModeAlert]:
-    """Every daily budget spent today, service-wide ones first, then each action's, with what its channel does.
+def safe_mode_channels(rt: Runtime, *, org_id: int) -> list[SafeModeAlert]:
+    """Every daily budget spent today that organisation org_id's sends count against: the service-wide ones
+    first, then each of its actions', with what its channel does.
 
     Reads nothing when no budget is configured.
     """
-    configs = sorted(rt.active_configs().values(), key=lambda c: c.action.value)
+    org = rt.org(org_id)
+    configs = sorted(rt.active_configs(org_id).values(), key=lambda c: c.action.value)
     # (counter scope, channel, budget, the action's configuration or None for a service-wide budget)
     budgets = [(SERVICE_SCOPE, channel, amount, None) for channel in Channel
                if (amount := rt.settings.budget_for(channel.value)) is not None]
-    budgets += [(action_scope(config.action.value), channel, amount, config)
+    budgets += [(action_scope(config.action.value, org_id), channel, amount, config)
                 for config in configs for channel, amount in config.channel_budgets]
     if not budgets:
         return []
+    now = rt.clock()
+    keys = sorted({(b[0], b[1].value, local_day(now, budget_tz(org.settings, b[0]))) for b in budgets})
     with rt.read_db.connect() as conn:
         used = {(r.scope, r.user_key): r.count for r in conn.execute(
             select(UsageCounter.scope, UsageCounter.user_key, UsageCounter.count).where(
-                UsageCounter.scope.in_(sorted({b[0] for b in budgets})),
-                UsageCounter.period == local_day(rt.clock(), rt.settings.tz)))}
+                tuple_(UsageCounter.scope, UsageCounter.user_key, UsageCounter.period).in_(keys)))}
 
     def mode(channel: Channel, config: OtpConfig | None) -> str:
         if not channel.needs_phone:
@@ -132,11 +140,11 @@ def safe_mode_channels(rt: Runtime) -> list[SafeModeAlert]:
     return alerts
 
 
-def configuration_table(rt: Runtime) -> list[dict]:
-    """One row per action with every setting, for a read-only table."""
+def configuration_table(rt: Runtime, *, org_id: int) -> list[dict]:
+    """One row per action of the organisation with every setting, for a read-only table."""
     rows = []
-    for action in sorted(rt.active_configs(), key=lambda a: a.value):
-        c = rt.config_for(action)
+    for action in sorted(rt.active_configs(org_id), key=lambda a: a.value):
+        c = rt.config_for(org_id, action)
         rows.append({
             "action": action.value, "code length": c.code_length,
             "alphabet": "letters and digits" if c.alphanumeric else "digits",

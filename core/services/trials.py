@@ -36,33 +36,34 @@ def _request_detail(payload: dict) -> dict:
                                                  "zaloTemplateIdentifier") if payload.get(k))}
 
 
-def _record_trial(rt: Runtime, actor: StaffIdentity, action: str, payload: dict, detail: dict) -> None:
+def _record_trial(rt: Runtime, actor: StaffIdentity, org_id: int, action: str, payload: dict, detail: dict) -> None:
     with rt.session() as session:
-        audit.record(session, actor=actor.username, action=action, target=_trial_target(payload), detail=detail)
+        audit.record(session, org_id=org_id, actor=actor.username, action=action, target=_trial_target(payload), detail=detail)
         session.commit()
 
 
-def _audited(rt: Runtime, actor: StaffIdentity, step: str, payload: dict, detail: dict, operation,  # type: ignore[no-untyped-def]
-             outcome) -> object:
+def _audited(rt: Runtime, actor: StaffIdentity, org_id: int, step: str, payload: dict, detail: dict,  # type: ignore[no-untyped-def]
+             operation, outcome) -> object:
     """Run operation() (a generate or validate coroutine) for a signed-in person with the test.send permission, and
     audit it after it ends (in its own transaction: none is held open across a gateway call), refused or not;
     outcome(result) is what the audit row adds about a result."""
     with rt.session() as session:
-        require(session, actor, "test.send")
+        require(session, actor, "test.send", org_id)
     try:
         result = run(operation())
     except OtpError as exc:
-        _record_trial(rt, actor, step, payload, {**detail, "outcome": f"refused {exc.http_status}",
+        _record_trial(rt, actor, org_id, step, payload, {**detail, "outcome": f"refused {exc.http_status}",
                                                  "problems": [p.code for p in exc.problems]})
         raise
-    _record_trial(rt, actor, step, payload, {**detail, **outcome(result)})
+    _record_trial(rt, actor, org_id, step, payload, {**detail, **outcome(result)})
     return result
 
 
-def trial_generate(rt: Runtime, *, actor: StaffIdentity, payload: dict) -> GenerateResult:
-    """A test send through exactly the engine call the API makes; staff sends reach real people in production,
-    so each one is audited."""
-    return _audited(rt, actor, "test.send", payload, _request_detail(payload), lambda: generate(rt, payload),  # type: ignore[return-value]
+def trial_generate(rt: Runtime, *, actor: StaffIdentity, org_id: int, payload: dict) -> GenerateResult:
+    """A test send in organisation org_id through exactly the engine call the API makes; staff sends reach real
+    people in production, so each one is audited."""
+    return _audited(rt, actor, org_id, "test.send", payload, _request_detail(payload),  # type: ignore[return-value]
+                    lambda: generate(rt, payload, org_id=org_id),
                     lambda result: {
                         "outcome": "re-sent" if result.resent else "new code", "created_id": result.created_id,
                         "deliveries": [f"{d.channel} {mask(d.destination)} via {d.gateway}: {d.status}"
@@ -70,30 +71,32 @@ def trial_generate(rt: Runtime, *, actor: StaffIdentity, payload: dict) -> Gener
                         "warnings": [w.code for w in result.warnings]})
 
 
-def trial_dry_run(rt: Runtime, *, actor: StaffIdentity, payload: dict) -> DryRun:
+def trial_dry_run(rt: Runtime, *, actor: StaffIdentity, org_id: int, payload: dict) -> DryRun:
     """Renders and checks without sending or counting: nothing reaches anyone, so nothing is audited."""
     with rt.session() as session:
-        require(session, actor, "test.send")
-    return dry_run(rt, payload)
+        require(session, actor, "test.send", org_id)
+    return dry_run(rt, payload, org_id=org_id)
 
 
-def trial_validate(rt: Runtime, *, actor: StaffIdentity, payload: dict) -> ValidateResult:
+def trial_validate(rt: Runtime, *, actor: StaffIdentity, org_id: int, payload: dict) -> ValidateResult:
     """A staff validation uses up or burns a customer's code like the API's, so it is audited; the code tried
     is never recorded."""
-    return _audited(rt, actor, "test.validate", payload, {"action": payload.get("action")},  # type: ignore[return-value]
-                    lambda: validate(rt, payload),
+    return _audited(rt, actor, org_id, "test.validate", payload,  # type: ignore[return-value]
+                    {"action": payload.get("action")}, lambda: validate(rt, payload, org_id=org_id),
                     lambda outcome: {"outcome": "valid" if outcome.valid else "invalid",
                                      "warnings": [w.code for w in outcome.warnings]})
 
 
-def outbox_messages(rt: Runtime, *, actor: StaffIdentity, recipient: str = "", delivery_ids: list[int] | None = None,
-                    limit: int = 200) -> list[OutboxMessage]:
-    """The development outbox, newest first; refused outside development, since it holds readable codes."""
+def outbox_messages(rt: Runtime, *, actor: StaffIdentity, org_id: int, recipient: str = "",
+                    delivery_ids: list[int] | None = None, limit: int = 200) -> list[OutboxMessage]:
+    """The organisation's development outbox, newest first; refused outside development, since it holds readable
+    codes."""
     if not rt.settings.is_development:
         raise PermissionError("the outbox exists only in development mode")
     with rt.session() as session:
-        require(session, actor, "outbox.view")
-        query = select(OutboxMessage).order_by(OutboxMessage.id.desc()).limit(limit)  # type: ignore[union-attr]
+        require(session, actor, "outbox.view", org_id)
+        query = select(OutboxMessage).where(OutboxMessage.org_id == org_id) \
+            .order_by(OutboxMessage.id.desc()).limit(limit)  # type: ignore[union-attr]
         if recipient.strip():
             query = query.where(OutboxMessage.recipient.contains(recipient.strip().lower()))  # type: ignore[attr-defined]
         if delivery_ids is not None:
@@ -117,7 +120,7 @@ class GatewayTestResult:
     latency_ms: float | None
 
 
-def send_gateway_test(rt: Runtime, *, actor: StaffIdentity, gateway_name: str, destination: str,
+def send_gateway_test(rt: Runtime, *, actor: StaffIdentity, org_id: int, gateway_name: str, destination: str,
                       template: str = "") -> GatewayTestResult:
     """Send a real test message through one stored gateway (enabled or not) and report the provider's answer.
 
@@ -126,13 +129,13 @@ def send_gateway_test(rt: Runtime, *, actor: StaffIdentity, gateway_name: str, d
     ValueError for an unknown gateway or a bad destination.
     """
     with rt.session() as session:
-        require(session, actor, "config.edit")
-    row = rt.all_gateway_rows().get(gateway_name)
+        require(session, actor, "config.edit", org_id)
+    row = rt.all_gateway_rows(org_id).get(gateway_name)
     if row is None:
         raise ValueError(f"there is no gateway named {gateway_name!r}")
     try:
         to = normalise_email(destination) if row.channel is Channel.EMAIL else \
-            normalise_phone(destination, region=rt.settings.default_region, strict=False)
+            normalise_phone(destination, region=rt.org(org_id).region, strict=False)
     except InvalidEntity as exc:
         raise ValueError(f"destination: {exc}") from None
     if row.channel in (Channel.WHATSAPP, Channel.ZALO) and not template.strip():
@@ -144,7 +147,7 @@ def send_gateway_test(rt: Runtime, *, actor: StaffIdentity, gateway_name: str, d
     # No delivery row: a negative id, different for every test, keeps idempotency keys apart from deliveries'.
     message = OutgoingMessage(-time.time_ns() // 1000, row.channel, to, text=text, subject=text, body=text,
                               whatsapp_template_name=template.strip() or None,
-                              zalo_template_id=template.strip() or None, code="TEST")
+                              zalo_template_id=template.strip() or None, code="TEST", org_id=org_id)
     if is_local(gateway):
         with rt.db.begin() as conn:
             gateway.send_within(conn, message)  # type: ignore[union-attr]
@@ -152,7 +155,7 @@ def send_gateway_test(rt: Runtime, *, actor: StaffIdentity, gateway_name: str, d
     else:
         result = run(gateway.send(message))
     with rt.session() as session:
-        audit.record(session, actor=actor.username, action="gateway.test", target=f"gateway:{gateway_name}",
+        audit.record(session, org_id=org_id, actor=actor.username, action="gateway.test", target=f"gateway:{gateway_name}",
                      detail={"to": mask(to), "status": result.status, "http_status": result.http_status,
                              "provider_message_id": result.provider_message_id, "error": result.error})
         session.commit()

@@ -45,10 +45,11 @@ _WARNINGS = {
 }
 
 
-async def validate(rt: Runtime, payload: object, *, client_id: int | None = None) -> ValidateResult:
-    """Check a code: single use, attempts per code, the validate window and the consecutive-failure lock."""
-    request = parse_validate(payload, rt.settings)
-    config = rt.config_for(request.action)
+async def validate(rt: Runtime, payload: object, *, org_id: int, client_id: int | None = None) -> ValidateResult:
+    """Check a code of a customer of organisation org_id: single use, attempts per code, the validate window and
+    the consecutive-failure lock. A code issued in another organisation is never found (its customer's key differs)."""
+    request = parse_validate(payload, rt.org(org_id).settings, org_id=org_id)
+    config = rt.config_for(org_id, request.action)
     user_key = request.entity.user_key
     action = config.action.value
     submitted = request.code.upper() if config.alphanumeric else request.code
@@ -69,18 +70,20 @@ async def validate(rt: Runtime, payload: object, *, client_id: int | None = None
         elif outcome.outcome in ("wrong", "burned"):
             failures = record_failure(conn, user_key=user_key, config=config, now=now)
             if failures >= config.max_consecutive_failures:  # this failure locked the user: every lock is an event
-                security_event(conn, "lock", user_key=user_key, action=action, now=now,
+                security_event(conn, "lock", org_id=org_id, user_key=user_key, action=action, now=now,
                                 detail=f"{failures} consecutive failures")
         if outcome.outcome in ("burned", "replayed"):
-            security_event(conn, f"{outcome.outcome}_code", user_key=user_key, action=action, now=now)
-        _INSERT_VALIDATION.execute(conn, {"created_at": now, "user_key": user_key, "action": action,
+            security_event(conn, f"{outcome.outcome}_code", org_id=org_id, user_key=user_key, action=action,
+                           now=now)
+        _INSERT_VALIDATION.execute(conn, {"org_id": org_id, "created_at": now, "user_key": user_key,
+                                          "action": action,
                                           "code_id": outcome.code_id, "outcome": outcome.outcome})
         return outcome
 
     try:
         outcome = await rt.writer.run(check)
     except Refused as refused:
-        raise await record_refusal(rt, refused, user_key=user_key, action=action, client_id=client_id,
+        raise await record_refusal(rt, refused, org_id=org_id, user_key=user_key, action=action, client_id=client_id,
                                     now=now) from None
     except DBAPIError as exc:
         raise storage_error(exc) from None

@@ -21,11 +21,11 @@ BODY = {"entityType": "MOBILE", "entityValue": PHONE, "action": "COUPON"}
 
 
 def gen(rt, **extra):
-    return run(generate(rt, {**BODY, **extra.pop("body", {})}, **extra))
+    return run(generate(rt, {**BODY, **extra.pop("body", {})}, **{"org_id": 1, **extra}))
 
 
 def val(rt, code, **body):
-    return run(validate(rt, {**BODY, **body, "code": code}))
+    return run(validate(rt, {**BODY, **body, "code": code}, org_id=1))
 
 
 def refusal(call, *args, **kwargs) -> OtpError:
@@ -169,7 +169,7 @@ def test_t8_dst_day_is_25_hours(db_url, tmp_path):
     clock = FrozenClock(start)
     rt = Runtime(make_settings(db_url, tmp_path, timezone="America/New_York", daily_limit=1), clock=clock)
     try:
-        [daily] = user_counters(rt.settings, rt.config_for(Action.COUPON), user_key="MOBILE:1", now=start)
+        [daily] = user_counters(rt.settings, rt.config_for(1, Action.COUPON), user_key="MOBILE:1", now=start)
         assert daily.retry_after(start) == 25 * 3600
         gen(rt)
         clock.advance(hours=24)  # 23:00 EST, still the same local day

@@ -29,6 +29,7 @@ class OutgoingMessage:
     zalo_template_id: str | None = None
     # WhatsApp and Zalo carry the code as a provider template parameter.
     code: str = field(default="", repr=False)
+    org_id: int = 1  # the organisation it is sent for (the outbox keeps it with the message)
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ class OutboxGateway:
     name = "outbox"
 
     def send_within(self, conn: Connection, message: OutgoingMessage) -> None:
-        _INSERT.execute(conn, {"created_at": utcnow(), "delivery_id": message.delivery_id,
+        _INSERT.execute(conn, {"created_at": utcnow(), "org_id": message.org_id, "delivery_id": message.delivery_id,
                                "channel": message.channel.value, "recipient": message.destination,
                                "subject": message.subject, "body": _shown_body(message), "is_html": message.is_html})
 
