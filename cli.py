@@ -5,21 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from core.admin.clients import (
-    check_end_user_ip_header,
-    create_client,
-    list_clients,
-    revoke_client,
-    set_end_user_ip_header,
-    set_token_ttl,
-)
-from core.admin.organisations import (
-    OrganisationRefused,
-    UnknownOrganisation,
-    create_organisation,
-    get_organisation_by_slug,
-    list_organisations,
-)
+from core.admin.clients import (check_end_user_ip_header, create_client, list_clients, revoke_client,
+                                set_end_user_ip_header, set_token_ttl)
+from core.admin.organisations import (OrganisationRefused, UnknownOrganisation, create_organisation,
+                                      get_organisation_by_slug, list_organisations)
 from core.admin.tokens import DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS, MIN_TTL_SECONDS, check_token_ttl
 from core.db.models import ApiClientCreate, OrganisationBase
 from core.runtime import Runtime

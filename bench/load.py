@@ -54,18 +54,8 @@ for _path in (str(ROOT), str(BENCH)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-from loadgen import (  # noqa: E402
-    CODE_IN_MESSAGE,
-    HOST,
-    LIMITS_OFF,
-    LoadResult,
-    Numbers,
-    Server,
-    free_port,
-    http_request,
-    process_cpu_seconds,
-    run_load,
-)
+from loadgen import (CODE_IN_MESSAGE, HOST, LIMITS_OFF, LoadResult, Numbers, Server, free_port,  # noqa: E402
+                     http_request, process_cpu_seconds, run_load)
 
 ACTION = "COUPON"
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -61,10 +61,10 @@ _LIBRARIES = [  # (path fragment, category); first match wins
     (CORE + "services/", "core: services glue (dataclasses, mask, results)"),
     (CORE + "delivery/dispatch.py", "core: dispatch (+ asyncio.wait_for task)"),
     (CORE + "delivery/gateways/", "core: outbox gateway glue"),
-    (CORE + "issuing/codes.py", "core: codes/ratelimit glue"),
-    (CORE + "issuing/counters.py", "core: codes/ratelimit glue (incl. tz)"),
+    (CORE + "issuing/codes.py", "core: codes/counters glue"),
+    (CORE + "issuing/counters.py", "core: codes/counters glue (incl. tz)"),
     (CORE, "core: other (runtime, cache, config)"),
-    ("/zoneinfo/", "core: codes/ratelimit glue (incl. tz)"),
+    ("/zoneinfo/", "core: codes/counters glue (incl. tz)"),
     (API, "api.py: auth, read_json, handler"),
     ("/logging/", "logging"),
     ("/json/", "json"),
@@ -136,7 +136,7 @@ def _source(file_path: str, line: int) -> str:
 
 
 def where(stack: list[tuple[str, str, int]]) -> str:
-    """The line of engine.generate (or the outbox task, api.py, the HTTP stack) a sample was spent under."""
+    """The line of generate/validate in core/services (or the outbox task, api.py, the HTTP stack) a sample was spent under."""
     services = (CORE + "services/generation.py", CORE + "services/validation.py")
     for function, file_path, line in stack:
         if file_path in services and function in ("generate", "validate"):
@@ -182,7 +182,7 @@ def breakdown(session, generates: int, top_where: int) -> None:  # type: ignore[
         print(f"  {name:<64}{seconds / busy * 100:6.1f} %{seconds / generates * 1000:10.3f}")
     if small:
         print(f"  {'(categories under 0.2 % each)':<64}{small / busy * 100:6.1f} %{small / generates * 1000:10.3f}")
-    print("\n  where (engine.generate line, outbox task, api.py)                   share   ms/generate")
+    print("\n  where (services line, outbox task, api.py)                   share   ms/generate")
     for name, seconds in by_where.most_common(top_where):
         print(f"  {name:<66}{seconds / busy * 100:6.1f} %{seconds / generates * 1000:8.3f}")
 

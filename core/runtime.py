@@ -20,12 +20,7 @@ from core.delivery.gateways import Gateway
 from core.delivery.gateways.http import close_shared_client
 from core.delivery.gateways.outbox import OutboxGateway
 from core.enums import Action, Channel
-from core.issuing.action_config import (
-    OtpConfig,
-    load_action_configs,
-    seed_action_configs,
-    seed_default_organisation,
-)
+from core.issuing.action_config import OtpConfig, load_action_configs, seed_action_configs, seed_default_organisation
 from core.issuing.org_settings import OrgSettings, UnknownOrganisation, load_org_settings
 from core.settings import Settings, get_settings
 

@@ -9,12 +9,8 @@ from core.admin.clients import list_clients
 from core.admin.staff import ROLES, InvalidStaff, create_staff, disable_staff, list_staff, set_role
 from core.admin.tokens import MAX_TTL_SECONDS, MIN_TTL_SECONDS
 from core.db.models import StaffCreate
-from core.services.admin_actions import (
-    new_api_client,
-    revoke_api_client,
-    set_api_client_end_user_ip_header,
-    set_api_client_token_ttl,
-)
+from core.services.admin_actions import (new_api_client, revoke_api_client, set_api_client_end_user_ip_header,
+                                         set_api_client_token_ttl)
 
 rt = runtime()
 identity = gate("staff.manage")

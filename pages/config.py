@@ -4,15 +4,8 @@ import streamlit as st
 from console_ui.state import form_needs_loading, gate, runtime
 from core.db.models import ActionConfigUpdate
 from core.enums import Action, Channel
-from core.issuing.action_config import (
-    LIMIT_OVERRIDES,
-    MAX_ATTEMPTS_PER_CODE,
-    MAX_CONSECUTIVE_FAILURES,
-    SAFE_MODES,
-    ConfigRefused,
-    format_channel_budgets,
-    parse_limit_overrides,
-)
+from core.issuing.action_config import (LIMIT_OVERRIDES, MAX_ATTEMPTS_PER_CODE, MAX_CONSECUTIVE_FAILURES, SAFE_MODES,
+                                        ConfigRefused, format_channel_budgets, parse_limit_overrides)
 from core.services.admin_actions import save_action_config
 
 rt = runtime()

@@ -4,27 +4,11 @@ import pandas as pd
 import streamlit as st
 
 from console_ui.state import gate, runtime
-from console_ui.widgets import (
-    count_y,
-    csv_button,
-    day_tooltip,
-    day_x,
-    delta,
-    pct,
-    period_caption,
-    query,
-    rollups_up_to_date,
-    sidebar_filters,
-)
+from console_ui.widgets import (count_y, csv_button, day_tooltip, day_x, delta, pct, period_caption, query,
+                                rollups_up_to_date, sidebar_filters)
 from core.issuing.entities import InvalidEntity, normalise_email, normalise_phone
-from core.reporting.dashboards import (
-    delivery_by_day,
-    delivery_summary,
-    failures_by_error,
-    find_requests,
-    live_delivery,
-    request_timeline,
-)
+from core.reporting.dashboards import (delivery_by_day, delivery_summary, failures_by_error, find_requests,
+                                       live_delivery, request_timeline)
 
 gate("status.view")
 rt = runtime()

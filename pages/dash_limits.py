@@ -9,14 +9,8 @@ from core.admin.staff import PermissionDenied
 from core.admin.unblock import UNBLOCKABLE, unblock
 from core.issuing.counters import local_day
 from core.issuing.entities import InvalidEntity, normalise_email, normalise_phone
-from core.reporting.dashboards import (
-    nearest_daily_limit,
-    refusals_by_day,
-    refusals_by_type,
-    top_refused_prefixes,
-    top_refused_users,
-    why_refused,
-)
+from core.reporting.dashboards import (nearest_daily_limit, refusals_by_day, refusals_by_type, top_refused_prefixes,
+                                       top_refused_users, why_refused)
 from core.reporting.security_events import event_counts, recent_events
 
 identity = gate("status.view")

@@ -4,19 +4,8 @@ import pandas as pd
 import streamlit as st
 
 from console_ui.state import gate
-from console_ui.widgets import (
-    count_y,
-    csv_button,
-    day_tooltip,
-    day_x,
-    delta,
-    pct,
-    period_caption,
-    query,
-    rollups_up_to_date,
-    seconds,
-    sidebar_filters,
-)
+from console_ui.widgets import (count_y, csv_button, day_tooltip, day_x, delta, pct, period_caption, query,
+                                rollups_up_to_date, seconds, sidebar_filters)
 from core.reporting.dashboards import daily_usage, time_to_validate_by_day, usage_totals
 
 gate("status.view")

@@ -3,19 +3,9 @@ import pandas as pd
 import streamlit as st
 
 from console_ui.state import can, form_needs_loading, me, runtime
-from core.admin.template_versions import (
-    TemplateRefused,
-    approve,
-    check_version,
-    content_of,
-    diff_fields,
-    diff_versions,
-    list_versions,
-    reactivate,
-    reject,
-    save_draft,
-    submit_for_review,
-)
+from core.admin.template_versions import (TemplateRefused, approve, check_version, content_of, diff_fields,
+                                          diff_versions, list_versions, reactivate, reject, save_draft,
+                                          submit_for_review)
 from core.db.models import TemplateVersionCreate
 from core.delivery.messages import in_force, resolve_template
 from core.enums import Action, Channel

@@ -58,9 +58,8 @@ def statements_built_per_test():
     """Under mutmut (README "Mutation testing") only: build the once-per-process statements and caches afresh for
     each test. Otherwise the first test builds them, mutmut maps a statement builder to that test alone, and a
     mutated INSERT ... ON CONFLICT or lock ceiling is checked by one test that never looks at it."""
-    from core.issuing import codes, limits
-    from core.issuing import counters as ratelimit
-    for prepared in (codes._INSERT_CODE, codes._RECORD_FAILURE, ratelimit._BUMP):  # noqa: SLF001
+    from core.issuing import codes, counters, limits
+    for prepared in (codes._INSERT_CODE, codes._RECORD_FAILURE, counters._BUMP):  # noqa: SLF001
         prepared._compiled.clear()  # noqa: SLF001
     limits._local_midnight_after.cache_clear()  # noqa: SLF001
 

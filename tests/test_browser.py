@@ -11,17 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import (
-    ARTIFACTS,
-    console_server,
-    go,
-    headless_chromium,
-    require_chromium,
-    settled,
-    shot,
-    sign_in,
-    wait_text,
-)
+from tests.browser import (ARTIFACTS, console_server, go, headless_chromium, require_chromium, settled, shot, sign_in,
+                           wait_text)
 
 pytestmark = pytest.mark.browser
 require_chromium()

@@ -14,16 +14,8 @@ from core import histogram as H
 from core.admin.staff import PermissionDenied
 from core.admin.unblock import unblock
 from core.clock import FrozenClock
-from core.db.models import (
-    AuditLog,
-    Delivery,
-    FailureCounter,
-    LimitEvent,
-    OtpCode,
-    OtpRequest,
-    OtpValidation,
-    UsageCounter,
-)
+from core.db.models import (AuditLog, Delivery, FailureCounter, LimitEvent, OtpCode, OtpRequest, OtpValidation,
+                            UsageCounter)
 from core.enums import Action
 from core.errors import OtpError
 from core.reporting import dashboards as D

@@ -272,6 +272,7 @@ def test_day_boundary_in_configured_time_zone(db_url, tmp_path):
     from core.clock import FrozenClock
     from core.runtime import Runtime
     from tests.conftest import make_settings
+
     # 18:29 UTC is 23:59 in Kolkata: the local day ends one minute later.
     clock = FrozenClock(datetime(2026, 11, 27, 18, 29, 0, tzinfo=timezone.utc))
     rt = Runtime(make_settings(db_url, tmp_path, timezone="Asia/Kolkata", daily_limit=2), clock=clock)

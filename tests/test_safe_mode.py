@@ -10,7 +10,7 @@ from sqlalchemy import event, text
 from core import errors as E
 from core.enums import Action
 from core.errors import OtpError
-from core.issuing import safe_mode as safemode
+from core.issuing import safe_mode
 from core.runtime import Runtime, run
 from core.services.dry_run import dry_run
 from core.services.generation import generate
@@ -240,7 +240,7 @@ def test_a_race_past_the_read_is_refused_not_sent_over_budget(build, monkeypatch
     """The read that picks the channels may be stale; the bump in the transaction still holds the budget."""
     rt = build(channel_budgets="SMS=1", safe_mode="email_only")
     gen(rt, "+919812345671")
-    monkeypatch.setattr(safemode, "spent_channels", lambda *args: set())  # as if read just before the trip
+    monkeypatch.setattr(safe_mode, "spent_channels", lambda *args: set())  # as if read just before the trip
     assert refused(gen, rt, channels=[sms(), email()]).problems[0].reason == "budget"
     assert counters(rt) == {("budget", "SMS"): 1} and outbox(rt, EMAIL) == []
 

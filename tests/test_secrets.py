@@ -14,16 +14,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import inspect, text
 
 from core import errors as E
-from core.crypto import (
-    ALPHANUMERIC,
-    DIGITS,
-    CodeKeys,
-    SecretBox,
-    equal,
-    load_master_key,
-    new_code,
-    token_key,
-)
+from core.crypto import ALPHANUMERIC, DIGITS, CodeKeys, SecretBox, equal, load_master_key, new_code, token_key
 from core.enums import Action
 from core.errors import OtpError
 from core.issuing.requests import parse_validate

@@ -4,17 +4,8 @@ from __future__ import annotations
 import pytest
 
 from core.admin.staff import PermissionDenied
-from core.admin.template_versions import (
-    TemplateRefused,
-    approve,
-    check_version,
-    diff_versions,
-    list_versions,
-    reactivate,
-    reject,
-    save_draft,
-    submit_for_review,
-)
+from core.admin.template_versions import (TemplateRefused, approve, check_version, diff_versions, list_versions,
+                                          reactivate, reject, save_draft, submit_for_review)
 from core.db.models import TemplateVersionCreate
 from core.enums import Action, Channel
 from core.runtime import Runtime, run

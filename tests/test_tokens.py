@@ -29,17 +29,8 @@ from core.services.admin_actions import revoke_api_client, set_api_client_token_
 from tests.conftest import TEST_KEY, code_sent_to, make_settings
 from tests.servers import ApiServer, cli
 from tests.servers import new_client as cli_new_client
-from tests.test_api import (
-    GENERATE,
-    GENERATE_PATH,
-    PHONE,
-    VALIDATE_PATH,
-    assert_envelope,
-    assert_nothing_written,
-    counts,
-    new_client,
-    scalar,
-)
+from tests.test_api import (GENERATE, GENERATE_PATH, PHONE, VALIDATE_PATH, assert_envelope, assert_nothing_written,
+                            counts, new_client, scalar)
 from tests.test_serve import workers_of
 
 TOKEN_PATH = "/v3/oauth/token/generate"

@@ -6,14 +6,8 @@ from dataclasses import dataclass, field
 
 from sqlmodel import Session
 
-from core.admin.gateways import (
-    GatewayRefused,
-    find_gateway,
-    gateway_problems,
-    open_credentials,
-    secret_hint,
-    write_gateway,
-)
+from core.admin.gateways import (GatewayRefused, find_gateway, gateway_problems, open_credentials, secret_hint,
+                                 write_gateway)
 from core.admin.staff import StaffIdentity, require
 from core.crypto import SecretBox
 from core.db.models import GatewayConfigBase, GatewayConfigPublic

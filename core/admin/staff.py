@@ -7,8 +7,9 @@ from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import exists, func, insert, literal, update
+from sqlalchemy import exists, func, insert, literal
 from sqlalchemy import select as sa_select
+from sqlalchemy import update
 from sqlmodel import Session, select
 
 from core.admin import audit

@@ -17,15 +17,8 @@ from core.admin import audit
 from core.admin.staff import StaffIdentity, require
 from core.clock import utcnow
 from core.db.models import TemplateVersion, TemplateVersionCreate, TemplateVersionPublic
-from core.delivery.templates import (
-    SmsStats,
-    TemplateCheck,
-    TemplateIssue,
-    check_template,
-    render,
-    sample_variables,
-    sms_stats,
-)
+from core.delivery.templates import (SmsStats, TemplateCheck, TemplateIssue, check_template, render, sample_variables,
+                                     sms_stats)
 from core.enums import Action, Channel
 from core.issuing.action_config import OtpConfig
 

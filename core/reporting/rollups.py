@@ -40,42 +40,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Iterable, Iterator
 
-from sqlalchemy import (
-    BigInteger,
-    Connection,
-    Engine,
-    Integer,
-    String,
-    and_,
-    case,
-    delete,
-    func,
-    insert,
-    literal,
-    literal_column,
-    null,
-    select,
-    text,
-    union,
-    union_all,
-)
+from sqlalchemy import (BigInteger, Connection, Engine, Integer, String, and_, case, delete, func, insert, literal,
+                        literal_column, null, select, text, union, union_all)
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
 
 from core.clock import utcnow
 from core.db.engine import READ_ONLY
-from core.db.models import (
-    Delivery,
-    DeliveryReceipt,
-    DeliveryRollup,
-    FailureRollup,
-    OtpCode,
-    OtpRequest,
-    OtpValidation,
-    RollupState,
-    UsageRollup,
-)
+from core.db.models import (Delivery, DeliveryReceipt, DeliveryRollup, FailureRollup, OtpCode, OtpRequest,
+                            OtpValidation, RollupState, UsageRollup)
 from core.histogram import BINS, EDGES, EDGES_US
 
 QUARTER = 900  # seconds in a bucket

@@ -6,14 +6,8 @@ from sqlmodel import Session
 
 from core.admin import audit
 from core.admin.action_configs import update_action_config
-from core.admin.clients import (
-    NewClientCredentials,
-    check_end_user_ip_header,
-    create_client,
-    revoke_client,
-    set_end_user_ip_header,
-    set_token_ttl,
-)
+from core.admin.clients import (NewClientCredentials, check_end_user_ip_header, create_client, revoke_client,
+                                set_end_user_ip_header, set_token_ttl)
 from core.admin.staff import StaffIdentity, require
 from core.db.models import ActionConfigUpdate, ApiClient, ApiClientCreate
 from core.delivery.gateway_settings import load_gateway_rows

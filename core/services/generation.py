@@ -30,17 +30,8 @@ from core.issuing.safe_mode import reroute
 from core.runtime import Runtime
 from core.services.failover import fail_over
 from core.services.refusals import count_request, record_refusal, seconds_until, storage_error
-from core.services.sending import (
-    DeliveryReport,
-    Send,
-    deliver,
-    failed_sends,
-    gateway_for,
-    give_back_counts,
-    insert_delivery,
-    public_reason,
-    send_within,
-)
+from core.services.sending import (DeliveryReport, Send, deliver, failed_sends, gateway_for, give_back_counts,
+                                   insert_delivery, public_reason, send_within)
 
 log = logging.getLogger(__name__)
 

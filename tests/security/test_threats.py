@@ -163,6 +163,7 @@ def test_t8_dst_day_is_25_hours(db_url, tmp_path):
     from core.issuing.limits import user_counters
     from core.runtime import Runtime
     from tests.conftest import make_settings
+
     # 2026-11-01 is the day New York leaves daylight time: midnight to midnight is 25 hours.
     start = datetime(2026, 11, 1, 4, 0, tzinfo=timezone.utc)  # 00:00 EDT
     clock = FrozenClock(start)
