@@ -2,6 +2,7 @@
 
     python -m simulate --days 30 --users 20000            # about 150 sessions a day: ~40 s on SQLite
     python -m simulate --days 30 --users 20000 --per-day 1000   # heavier, minutes
+    python -m simulate --orgs 3                            # the traffic spread over three organisations
 
 Every call goes through core.services.generation.generate and core.services.validation.validate, so limits, re-sends, burns and locks happen exactly
 as in production and every dashboard table fills. The simulated customer learns the code the way a real one
@@ -10,6 +11,10 @@ a code would not be. Volume is per day (--per-day), not per user: --users is the
 customers are drawn from. Besides ordinary customers the run adds a few who hit limits (re-send cap,
 validate window, a consecutive-failure lock, a burned code, one the daily limit) and one burst of requests
 to a single number prefix, like an SMS-pumping attack.
+
+With --orgs N the day's sessions are spread over N organisations (the default one and demo-2 ... demo-N, made
+when missing, each in its own time zone), unevenly so their dashboards differ; each has customers of its own
+(the same population size each), and its own customers who meet the limits.
 """
 from __future__ import annotations
 
@@ -24,8 +29,11 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 
 import phonenumbers
+from sqlmodel import Session
 
+from core.admin.organisations import create_organisation
 from core.clock import FrozenClock, utcnow
+from core.db.models import OrganisationBase
 from core.delivery.gateways import Gateway, OutgoingMessage, SendResult
 from core.delivery.gateways.outbox import OutboxGateway
 from core.enums import Action, Channel
@@ -47,6 +55,8 @@ ACTION_WEIGHTS = {Action.COUPON: 30, Action.POINTS: 20, Action.REGISTRATION: 15,
                   Action.GENERIC: 10, Action.SUBSCRIPTION: 5, Action.USERGROUP: 4, Action.CUSTOMER_STATUS_UPDATE: 2,
                   Action.CUSTOMER_IDENTIFIER_CHANGE: 2, Action.CUSTOMER_ISSUE_LINK_CARD: 2}
 BURST_PREFIX = "+9190000"
+# The demo organisations beyond the default one: demo-2, demo-3, ... in these time zones, in turn.
+DEMO_ZONES = ("Asia/Kolkata", "Asia/Singapore", "Europe/London", "America/New_York", "Asia/Ho_Chi_Minh")
 
 
 class SimulatedGateway:
@@ -84,6 +94,7 @@ class Customer:
     entity_type: str
     value: str  # as the customer's app spells it
     destination: str  # normalised, as the gateway sees it
+    org_id: int = 1  # the organisation whose customer this is
 
 
 @dataclass(order=True)
@@ -126,24 +137,32 @@ def _spelling(rng: random.Random, e164: str) -> str:
 
 
 class Simulation:
-    def __init__(self, rt: Runtime, clock: FrozenClock, *, seed: int, users: int, per_day: int) -> None:
+    def __init__(self, rt: Runtime, clock: FrozenClock, *, seed: int, users: int, per_day: int,
+                 orgs: list[int] | None = None) -> None:
         self.rt, self.clock, self.rng = rt, clock, random.Random(seed)
         self.users, self.per_day = users, per_day
+        self.orgs = orgs or [1]
+        self.org_weights = [1 / (n + 1) for n in range(len(self.orgs))]  # the first busiest, then fewer
         self.inbox: dict[str, str] = {}
-        self.population: dict[int, Customer] = {}
+        self.population: dict[tuple[int, int], Customer] = {}
         self.seq = itertools.count()
         self.queue: list[Event] = []
 
-    def customer(self, index: int) -> Customer:
-        """The index-th customer of the population, made on first use (so 20,000 costs nothing up front)."""
-        if index not in self.population:
+    def customer(self, index: int, org_id: int = 1) -> Customer:
+        """The index-th customer of an organisation's population, made on first use (so 20,000 costs nothing up
+        front). Each organisation has its own: the inbox is keyed by destination, so they must not share one."""
+        key = (org_id, index)
+        if key not in self.population:
             if self.rng.random() < 0.2:
-                email = f"customer{index}.{self.rng.randrange(10**6)}@example.com"
-                self.population[index] = Customer("EMAIL", email, email)
+                domain = "example.com" if org_id == 1 else f"org{org_id}.example.com"
+                email = f"customer{index}.{self.rng.randrange(10**6)}@{domain}"
+                self.population[key] = Customer("EMAIL", email, email, org_id)
             else:
                 number = _phone(self.rng)
-                self.population[index] = Customer("MOBILE", _spelling(self.rng, number), number)
-        return self.population[index]
+                while org_id != 1 and any(c.destination == number for c in self.population.values()):
+                    number = _phone(self.rng)
+                self.population[key] = Customer("MOBILE", _spelling(self.rng, number), number, org_id)
+        return self.population[key]
 
     def push(self, at: datetime, kind: str, customer: Customer, action: Action, **extra) -> None:  # type: ignore[no-untyped-def]
         heapq.heappush(self.queue, Event(at, next(self.seq), kind, customer, action, **extra))
@@ -169,7 +188,8 @@ class Simulation:
         # Busier in the day than at night: a triangle peaking in the afternoon.
         for _ in range(self.per_day):
             at = day_start + timedelta(seconds=self.rng.triangular(0, span, span * 0.6))
-            customer = self.customer(self.rng.randrange(self.users))
+            org = self.orgs[0] if len(self.orgs) == 1 else self.rng.choices(self.orgs, self.org_weights)[0]
+            customer = self.customer(self.rng.randrange(self.users), org)
             action = self.rng.choices(actions, weights)[0]
             channels = self.channels_for(customer)
             self.push(at, "generate", customer, action, channels=channels)
@@ -185,23 +205,23 @@ class Simulation:
                 reading += timedelta(seconds=10)
             self.push(at + reading, "validate", customer, action)
 
-    def plan_limits(self, day_start: datetime, day_end: datetime, small: bool) -> None:
-        """A few customers who meet each limit, spread over the chosen day."""
+    def plan_limits(self, day_start: datetime, day_end: datetime, small: bool, org: int = 1) -> None:
+        """A few customers of org who meet each limit, spread over the chosen day."""
         at = max(day_start, min(day_start + timedelta(hours=9), day_end - timedelta(hours=3)))
         # Re-send cap: asks 8 times for one code (5 sends allowed).
-        impatient = self.customer(self.users + 1)
+        impatient = self.customer(self.users + 1, org)
         for i in range(8):
             self.push(at + timedelta(seconds=20 * i), "generate", impatient, Action.COUPON)
         # Validate window and a burned code: 7 wrong guesses in a minute.
-        guesser = self.customer(self.users + 2)
+        guesser = self.customer(self.users + 2, org)
         self.push(at, "generate", guesser, Action.POINTS)
         for i in range(7):
             self.push(at + timedelta(seconds=30 + 5 * i), "validate", guesser, Action.POINTS, guess="000000")
         # Consecutive-failure lock: wrong guesses across windows and codes until locked, then more.
-        locked = self.customer(self.users + 3)
-        ceiling = self.rt.config_for(1, Action.REGISTRATION).max_consecutive_failures
-        window = self.rt.config_for(1, Action.REGISTRATION).validate_window_minutes
-        per_window = self.rt.config_for(1, Action.REGISTRATION).validate_limit
+        locked = self.customer(self.users + 3, org)
+        ceiling = self.rt.config_for(org, Action.REGISTRATION).max_consecutive_failures
+        window = self.rt.config_for(org, Action.REGISTRATION).validate_window_minutes
+        per_window = self.rt.config_for(org, Action.REGISTRATION).validate_limit
         moment = at
         for n in range(ceiling + 3):
             if n % per_window == 0:
@@ -214,12 +234,12 @@ class Simulation:
         # The daily limit: a script that cycles through actions, re-sending each code up to its cap.
         limit = self.rt.settings.daily_limit
         if limit <= 1000:
-            scripted = self.customer(self.users + 4)
-            per_round = len(Action) * self.rt.config_for(1, Action.COUPON).max_sends_per_code
+            scripted = self.customer(self.users + 4, org)
+            per_round = len(Action) * self.rt.config_for(org, Action.COUPON).max_sends_per_code
             moment = day_start + timedelta(hours=1)
             for n in range(limit + 10):
                 if n and n % per_round == 0:
-                    moment += timedelta(minutes=self.rt.config_for(1, Action.COUPON).validity_minutes + 1)
+                    moment += timedelta(minutes=self.rt.config_for(org, Action.COUPON).validity_minutes + 1)
                 action = list(Action)[n % len(Action)]
                 self.push(moment + timedelta(seconds=n % per_round), "generate", scripted, action, channels=None)
 
@@ -246,13 +266,13 @@ class Simulation:
                         entity["whatsappTemplateName"] = "otp_auth"
                         entity["zaloTemplateIdentifier"] = "240001"
                     report.generates += 1
-                    await generate(self.rt, entity, org_id=1)
+                    await generate(self.rt, entity, org_id=event.customer.org_id)
                 else:
                     code = event.guess or self.inbox.get(event.customer.destination)
                     if not code:
                         continue  # the message never arrived: the customer gives up
                     report.validations += 1
-                    await validate(self.rt, {**entity, "code": code}, org_id=1)
+                    await validate(self.rt, {**entity, "code": code}, org_id=event.customer.org_id)
             except OtpError as exc:
                 if exc.http_status == 429:
                     report.refused += 1
@@ -267,16 +287,35 @@ def _day_bounds(day: date, rt: Runtime) -> tuple[datetime, datetime]:
     return start, end
 
 
+def demo_organisations(rt: Runtime, orgs: int) -> list[int]:
+    """The ids of orgs organisations to fill: the default one and demo-2 ... demo-<orgs>, made when missing."""
+    have = {o.slug: o.id for o in rt.organisations().values()}
+    ids = [1]
+    for n in range(2, orgs + 1):
+        slug = f"demo-{n}"
+        if slug not in have:
+            with Session(rt.db) as session:
+                made = create_organisation(session, actor="simulate", reason="demo traffic", fields=OrganisationBase(
+                    slug=slug, name=f"Demo {n}", timezone=DEMO_ZONES[(n - 2) % len(DEMO_ZONES)]))
+            have[slug] = made.id
+        ids.append(have[slug])
+    return ids
+
+
 def simulate(rt: Runtime, *, days: int = 30, users: int = 20000, per_day: int = 150, fail_rate: float = 0.04,
              seed: int | None = None, small: bool = False, keep_outbox: bool = False,
-             end: datetime | None = None) -> SimulationReport:
-    """Drive days of traffic ending at end (default now) through the engine, on rt's database and settings."""
+             end: datetime | None = None, orgs: int = 1) -> SimulationReport:
+    """Drive days of traffic ending at end (default now) through the engine, on rt's database and settings,
+    spread over orgs organisations (see demo_organisations)."""
     if not rt.settings.is_development:
         raise RuntimeError("demo traffic is refused in production")
+    if orgs < 1:
+        raise ValueError("at least one organisation")
+    org_ids = demo_organisations(rt, orgs)
     seed = seed if seed is not None else random.randrange(2**32)
     end = end or utcnow()
     clock = FrozenClock(end)
-    sim = Simulation(rt, clock, seed=seed, users=users, per_day=per_day)
+    sim = Simulation(rt, clock, seed=seed, users=users, per_day=per_day, orgs=org_ids)
     outbox = OutboxGateway() if keep_outbox else None
     gateways = {c: SimulatedGateway(c, outbox, sim.rng, fail_rate * (2 if c is Channel.PHONE else 1), sim.inbox,
                                     f"sim-{c.value.lower()}") for c in Channel}
@@ -299,7 +338,8 @@ def simulate(rt: Runtime, *, days: int = 30, users: int = 20000, per_day: int = 
             start = max(start, clock.now)
         sim.plan_day(start, stop)
         if day == limits_day:
-            sim.plan_limits(start, stop, small)
+            for org in org_ids:
+                sim.plan_limits(start, stop, small, org)
         if day == burst_day:
             sim.plan_burst(start, stop, 10 if small else 60)
         asyncio.run(sim.run_queue(report, stop))
@@ -315,16 +355,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--per-day", type=int, default=150, help="ordinary customer sessions per day")
     parser.add_argument("--fail-rate", type=float, default=0.04, help="share of sends that fail (voice: twice)")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--orgs", type=int, default=1, help="organisations to spread the traffic over (made "
+                        "when missing: demo-2, demo-3, ...)")
     parser.add_argument("--keep-outbox", action="store_true", help="also keep each message in the outbox table")
     args = parser.parse_args(argv)
-    if args.days < 1 or args.users < 1 or args.per_day < 0:
-        parser.error("days and users must be at least 1, per-day at least 0")
+    if args.days < 1 or args.users < 1 or args.per_day < 0 or args.orgs < 1:
+        parser.error("days, users and orgs must be at least 1, per-day at least 0")
     logging.basicConfig(level=logging.WARNING)
     settings = get_settings()
     rt = Runtime(settings)
     print(f"simulating into {rt.db.url.render_as_string(hide_password=True)} ...", flush=True)
     print(simulate(rt, days=args.days, users=args.users, per_day=args.per_day, fail_rate=args.fail_rate,
-                   seed=args.seed, keep_outbox=args.keep_outbox))
+                   seed=args.seed, keep_outbox=args.keep_outbox, orgs=args.orgs))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""What the three dashboard pages share: the sidebar filters, the KPI delta, the day axis, cached queries and the
-CSV button."""
+"""What the three dashboard pages share: the sidebar filters (the organisation among them), the KPI delta, the day
+axis, cached queries, the per-organisation breakdown and the CSV button."""
 from __future__ import annotations
 
 from datetime import timedelta
@@ -10,12 +10,15 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from console_ui.state import runtime
+from console_ui.state import me, runtime
+from core.db.models import Staff
 from core.enums import Action, Channel
-from core.reporting import rollups
-from core.reporting.dashboards import MAX_DAYS, Filters
+from core.reporting import access, rollups
+from core.reporting.access import NotAllowed
+from core.reporting.dashboards import MAX_DAYS, Filters, org_breakdown
 
 ALL = "All"
+ALL_ORGS = "All organisations"
 ZONES = ["UTC", "Asia/Kolkata", "Asia/Ho_Chi_Minh", "Asia/Singapore", "Europe/London", "America/New_York"]
 
 
@@ -37,14 +40,46 @@ def _keep(name: str, value: object) -> None:
     st.session_state[f"dash_filter_{name}"] = value
 
 
+def selected_org() -> int:
+    """The organisation the signed-in person works in now (console_ui.state.selected_org once the switcher is in)."""
+    return 1
+
+
+def platform_admin() -> bool:
+    """Whether the signed-in person is a platform admin now (read from their row, not from the session)."""
+    with runtime().session() as session:
+        row = session.get(Staff, me().id)
+        return bool(row is not None and row.disabled_at is None and row.platform_admin)
+
+
+def dashboard_org(prefix: str) -> int | None:
+    """The organisation the dashboards show: the selected one, or (platform admins only) None for all of them,
+    chosen in the sidebar; core checks the choice again (core.reporting.access) whatever is picked here."""
+    org = selected_org()
+    if not platform_admin() or len(runtime().organisations()) < 2:
+        return org
+    with st.sidebar:
+        mine = f"This organisation ({runtime().org(org).name})"
+        scope = st.radio("Organisations", [mine, ALL_ORGS], key=_kept(prefix, "orgs", mine))
+        _keep("orgs", scope)
+    return None if scope == ALL_ORGS else org
+
+
 def sidebar_filters(prefix: str, *, channel: bool = True) -> Filters:
-    """Date range, time zone, action and channel in the sidebar, the same on every dashboard page (a choice made
-    on one stays on the others); the range defaults to the last 7 local days."""
+    """Organisation (platform admins: or all of them), date range, time zone, action and channel in the sidebar,
+    the same on every dashboard page (a choice made on one stays on the others); the range defaults to the last 7
+    local days and the time zone to the organisation's (the service's for all organisations)."""
     rt = runtime()
-    zones = ZONES if rt.settings.timezone in ZONES else [rt.settings.timezone, *ZONES]
+    org_id = dashboard_org(prefix)
+    own_zone = rt.settings.timezone if org_id is None else rt.org(org_id).timezone
+    zones = ZONES if own_zone in ZONES else [own_zone, *ZONES]
     with st.sidebar:
         st.subheader("Filters")
-        tz = st.selectbox("Time zone", zones, key=_kept(prefix, "tz", rt.settings.timezone))
+        if st.session_state.get("dash_filter_tz_org", org_id) != org_id:  # another organisation: its own zone
+            st.session_state["dash_filter_tz"] = own_zone
+            st.session_state.pop(f"{prefix}_tz", None)
+        st.session_state["dash_filter_tz_org"] = org_id
+        tz = st.selectbox("Time zone", zones, key=_kept(prefix, "tz", own_zone))
         _keep("tz", tz)
         today = rt.clock().astimezone(ZoneInfo(tz)).date()
         picked = st.date_input("Days", max_value=today + timedelta(days=1),
@@ -64,7 +99,9 @@ def sidebar_filters(prefix: str, *, channel: bool = True) -> Filters:
     if (last - first).days + 1 > MAX_DAYS:
         st.sidebar.warning(f"At most {MAX_DAYS} days: showing the last {MAX_DAYS}.")
         first = last - timedelta(days=MAX_DAYS - 1)
-    return Filters(first, last, tz, None if action == ALL else action, None if chosen_channel == ALL else chosen_channel)
+    allowed(org_id)
+    return Filters(first, last, tz, None if action == ALL else action, None if chosen_channel == ALL else chosen_channel,
+                   org_id=org_id, staff_id=me().id)
 
 
 def rollups_up_to_date() -> None:
@@ -82,9 +119,46 @@ def _cached(name: str, database: str, filters: Filters, _query: Callable, extra:
         return _query(conn, filters, *extra)
 
 
+def allowed(org_id: int | None) -> None:
+    """Stop the page with an error unless the signed-in person may read org_id's figures now (core decides)."""
+    try:
+        with runtime().read_db.connect() as conn:
+            access.check(conn, staff_id=me().id, org_id=org_id)
+    except NotAllowed as exc:
+        st.error(f"Not shown: {exc}.")
+        st.stop()
+
+
 def query(fn: Callable, filters: Filters, *extra):  # type: ignore[no-untyped-def]
-    """fn(conn, filters, *extra) on a read-only connection, cached for 30 s per database, filters and extra."""
+    """fn(conn, filters, *extra) on a read-only connection, cached for 30 s per database, filters and extra; the
+    signed-in person's right to the filters' organisation is checked on every call, cached or not."""
+    allowed(filters.org_id)
     return _cached(f"{fn.__module__}.{fn.__qualname__}", str(runtime().db.url), filters, fn, tuple(extra))
+
+
+def org_name(org_id: int) -> str:
+    found = runtime().organisations().get(org_id)
+    return found.name if found else f"#{org_id}"
+
+
+def breakdown(filters: Filters, key: str) -> None:
+    """The all-organisations view's table: each organisation's headline figures (their sums are the KPIs above),
+    with its CSV. Nothing when the filters are of one organisation."""
+    if filters.org_id is not None:
+        return
+    rows = query(org_breakdown, filters)
+    st.subheader("Per organisation")
+    table = pd.DataFrame([{"organisation": org_name(r.org_id), "requests": r.requests, "issued": r.issued,
+                           "validated": r.validated, "conversion": r.conversion, "messages": r.messages,
+                           "delivered": r.delivered, "failed": r.failed, "delivery rate": r.delivery_rate,
+                           "refusals": r.refusals} for r in rows],
+                         columns=["organisation", "requests", "issued", "validated", "conversion", "messages",
+                                  "delivered", "failed", "delivery rate", "refusals"])
+    st.dataframe(table, hide_index=True, width="stretch", key=f"{key}_orgs", column_config={
+        "conversion": st.column_config.ProgressColumn("conversion", format="percent", min_value=0, max_value=1),
+        "delivery rate": st.column_config.ProgressColumn("delivery rate", format="percent", min_value=0,
+                                                         max_value=1)})
+    csv_button(table, f"otp-organisations-{filters.first}-{filters.last}.csv", f"{key}_orgs_csv")
 
 
 def delta(now: float | None, before: float | None, *, percent: bool = False) -> str | None:
@@ -133,5 +207,7 @@ def csv_button(frame: pd.DataFrame, name: str, key: str) -> None:
 
 def period_caption(filters: Filters) -> None:
     before = filters.previous()
-    st.caption(f"{filters.first} to {filters.last} ({filters.day_count} day{'s' * (filters.day_count > 1)}, "
+    who = "" if len(runtime().organisations()) < 2 else \
+        f"{ALL_ORGS if filters.org_id is None else org_name(filters.org_id)} · "
+    st.caption(f"{who}{filters.first} to {filters.last} ({filters.day_count} day{'s' * (filters.day_count > 1)}, "
                f"days in {filters.tz}) · deltas against {before.first} to {before.last}")

@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from console_ui.state import gate, runtime
-from console_ui.widgets import (count_y, csv_button, day_tooltip, day_x, delta, pct, period_caption, query,
+from console_ui.widgets import (breakdown, count_y, csv_button, day_tooltip, day_x, delta, pct, period_caption, query,
                                 rollups_up_to_date, sidebar_filters)
 from core.issuing.entities import InvalidEntity, normalise_email, normalise_phone
 from core.reporting.dashboards import (delivery_by_day, delivery_summary, failures_by_error, find_requests,
@@ -22,7 +22,7 @@ period_caption(filters)
 def live_panel() -> None:
     """The last 15 minutes, refreshed on its own every 15 seconds."""
     with rt.read_db.connect() as conn:
-        live = live_delivery(conn, now=rt.clock(), minutes=15)
+        live = live_delivery(conn, now=rt.clock(), minutes=15, org_id=filters.org_id, staff_id=filters.staff_id)
     # The sidebar's filters do not apply here: say so, or a COUPON view shows another action's EMAIL.
     st.markdown("**Live: the last 15 minutes, every action** (the filters do not apply; refreshes every 15 s)")
     if not live:
@@ -54,6 +54,7 @@ kpis[0].metric("Messages", f"{messages:,}", delta(messages, b_messages))
 kpis[1].metric("Delivered", pct(rate), delta(rate, b_rate, percent=True))
 kpis[2].metric("Failed", f"{failed:,}", delta(failed, b_failed), delta_color="inverse")
 kpis[3].metric("Failure rate", pct(fail_rate), delta(fail_rate, b_fail_rate, percent=True), delta_color="inverse")
+breakdown(filters, "delivery")
 
 if not now:
     st.info("No deliveries in this period.")
@@ -95,16 +96,18 @@ if search:
             ids = [int(search)]
         else:
             try:
+                region = rt.settings.default_region if filters.org_id is None else rt.org(filters.org_id).region
                 recipient = normalise_email(search) if "@" in search else normalise_phone(
-                    search, region=rt.settings.default_region, strict=False)
+                    search, region=region, strict=False)
             except InvalidEntity as exc:
                 st.error(f"Not a request id, phone number or email: {exc}")
                 recipient = ""
-            ids = find_requests(conn, recipient=recipient) if recipient else []
+            ids = find_requests(conn, recipient=recipient, org_id=filters.org_id,
+                                staff_id=filters.staff_id) if recipient else []
         if len(ids) > 1:
             picked = st.selectbox(f"{len(ids)} requests to this recipient, newest first", ids, key="delivery_pick")
             ids = [picked]
-        timeline = request_timeline(conn, ids[0]) if ids else None
+        timeline = request_timeline(conn, ids[0], org_id=filters.org_id, staff_id=filters.staff_id) if ids else None
     if timeline is None:
         st.warning("No such request.")
     else:

@@ -4,11 +4,13 @@ import pandas as pd
 import streamlit as st
 
 from console_ui.state import can, gate, runtime
-from console_ui.widgets import count_y, csv_button, day_tooltip, day_x, delta, period_caption, query, sidebar_filters
+from console_ui.widgets import (breakdown, count_y, csv_button, day_tooltip, day_x, delta, org_name, period_caption,
+                                query, sidebar_filters)
 from core.admin.staff import PermissionDenied
 from core.admin.unblock import UNBLOCKABLE, unblock
 from core.issuing.counters import local_day
 from core.issuing.entities import InvalidEntity, normalise_email, normalise_phone
+from core.issuing.entities import user_key as customer_key
 from core.reporting.dashboards import (nearest_daily_limit, refusals_by_day, refusals_by_type, top_refused_prefixes,
                                        top_refused_users, why_refused)
 from core.reporting.security_events import event_counts, recent_events
@@ -33,25 +35,39 @@ for column, (kind, label) in zip(kpis, LABELS.items()):
 abuse = st.columns(len(ABUSE_LABELS))
 for column, (kind, label) in zip(abuse, ABUSE_LABELS.items()):
     column.metric(label, f"{now.get(kind, 0):,}", delta(now.get(kind, 0), before.get(kind, 0)), delta_color="inverse")
+breakdown(filters, "limits")
 
 st.subheader("Security events")
 with rt.read_db.connect() as conn:
-    counts = event_counts(conn, start=filters.start, end=filters.end, action=filters.action)
-    events = recent_events(conn, start=filters.start, end=filters.end, action=filters.action)
+    counts = event_counts(conn, start=filters.start, end=filters.end, action=filters.action, org_id=filters.org_id,
+                          staff_id=filters.staff_id)
+    events = recent_events(conn, start=filters.start, end=filters.end, action=filters.action, org_id=filters.org_id,
+                           staff_id=filters.staff_id)
 for column, (kind, count) in zip(st.columns(len(counts)), counts.items()):
     column.metric(kind.replace("_", " "), f"{count:,}")
-events_table = pd.DataFrame([{"when": e.at, "event": e.kind, "user": e.user, "action": e.action, "detail": e.detail}
-                             for e in events], columns=["when", "event", "user", "action", "detail"])
+EVENT_COLUMNS = ["when", "event", "user", "action", "detail"] + ["organisation"] * (filters.org_id is None)
+events_table = pd.DataFrame([{"when": e.at, "event": e.kind, "user": e.user, "action": e.action, "detail": e.detail,
+                              "organisation": org_name(e.org_id)} for e in events], columns=EVENT_COLUMNS)
 st.dataframe(events_table, hide_index=True, width="stretch", key="limits_security_events",
              column_config={"when": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss")})
 
 st.subheader("Nearest the daily limit today")
-today = local_day(rt.clock(), rt.settings.tz)
+# Each organisation's customers count in its own day (its time zone): all organisations merge each one's today.
+shown_orgs = list(rt.organisations()) if filters.org_id is None else [filters.org_id]
+near = []
 with rt.read_db.connect() as conn:
-    near = nearest_daily_limit(conn, day=today, limit=rt.settings.daily_limit)
-st.caption(f"Today is {today} in {rt.settings.timezone}, where the limit's day begins.")
-near_table = pd.DataFrame([{"user": n.user, "requests today": n.count, "limit": n.limit, "share": n.share}
-                           for n in near], columns=["user", "requests today", "limit", "share"])
+    for org in shown_orgs:
+        today = local_day(rt.clock(), rt.org(org).tz)
+        near += nearest_daily_limit(conn, day=today, limit=rt.org(org).settings.daily_limit, org_id=org,
+                                    staff_id=filters.staff_id)
+near = sorted(near, key=lambda n: (-n.count, n.user_key))[:20]
+if filters.org_id is None:
+    st.caption("Today in each organisation's time zone, where its limit's day begins.")
+else:
+    st.caption(f"Today is {today} in {rt.org(filters.org_id).timezone}, where the limit's day begins.")
+NEAR_COLUMNS = ["user", "requests today", "limit", "share"] + ["organisation"] * (filters.org_id is None)
+near_table = pd.DataFrame([{"user": n.user, "requests today": n.count, "limit": n.limit, "share": n.share,
+                            "organisation": org_name(n.org_id)} for n in near], columns=NEAR_COLUMNS)
 st.dataframe(near_table, hide_index=True, width="stretch", key="limits_near", column_config={
     "share": st.column_config.ProgressColumn("share of the limit", format="percent", min_value=0, max_value=1)})
 
@@ -64,8 +80,10 @@ else:
         tooltip=[day_tooltip(), "limit:N", "refused:Q"]), width="stretch")
 
 left, right = st.columns(2)
-users = pd.DataFrame([{"user": u.user, "refusals": u.refusals, "last": u.last_at, "limits": u.kinds}
-                      for u in query(top_refused_users, filters)], columns=["user", "refusals", "last", "limits"])
+USER_COLUMNS = ["user", "refusals", "last", "limits"] + ["organisation"] * (filters.org_id is None)
+users = pd.DataFrame([{"user": u.user, "refusals": u.refusals, "last": u.last_at, "limits": u.kinds,
+                       "organisation": org_name(u.org_id)} for u in query(top_refused_users, filters)],
+                     columns=USER_COLUMNS)
 left.markdown("**Most refused users**")
 left.dataframe(users, hide_index=True, width="stretch", key="limits_users", column_config={
     "last": st.column_config.DatetimeColumn("last refusal (UTC)", format="YYYY-MM-DD HH:mm")})
@@ -76,18 +94,23 @@ right.markdown("**Most refused number prefixes**")
 right.dataframe(prefixes, hide_index=True, width="stretch", key="limits_prefixes")
 
 st.subheader("Why was this user refused, and when does it lift?")
+org_id = filters.org_id
+if org_id is None:  # a customer is one organisation's: platform admins name which
+    org_id = st.selectbox("Organisation", list(rt.organisations()), format_func=org_name, key="limits_user_org")
+org = rt.org(org_id)
 who = st.text_input("Phone number or email", key="limits_user").strip()
 if who:
     try:
-        user_key = ("EMAIL:" + normalise_email(who)) if "@" in who else \
-            ("MOBILE:" + normalise_phone(who, region=rt.settings.default_region, strict=False))
+        user_key = customer_key(org_id, "EMAIL", normalise_email(who)) if "@" in who else \
+            customer_key(org_id, "MOBILE", normalise_phone(who, region=org.region, strict=False))
     except InvalidEntity as exc:
         st.error(f"Not a phone number or email: {exc}")
         st.stop()
     moment = rt.clock()
     with rt.read_db.connect() as conn:
-        limits = why_refused(conn, rt.settings, user_key=user_key, now=moment,
-                             configs={a.value: c for a, c in rt.active_configs(1).items()})
+        limits = why_refused(conn, org.settings, user_key=user_key, now=moment, org_id=org_id,
+                             staff_id=filters.staff_id,
+                             configs={a.value: c for a, c in rt.active_configs(org_id).items()})
     st.caption("The same limits the engine counts, for a code sent to this user on each channel its action "
                "enables; the client IP and API client limits depend on the caller and are not shown.")
     if not limits.blocks:
@@ -118,7 +141,7 @@ if who:
             try:
                 with rt.session() as session:
                     unblock(session, actor=identity, user_key=user_key, limit_type=block.limit_type,
-                            action=block.action, reason=reason, now=rt.clock(), tz=rt.settings.tz, org_id=1)
+                            action=block.action, reason=reason, now=rt.clock(), tz=org.tz, org_id=org_id)
             except (ValueError, PermissionDenied) as exc:
                 st.error(f"Not unblocked: {exc}")
             else:

@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from console_ui.state import gate
-from console_ui.widgets import (count_y, csv_button, day_tooltip, day_x, delta, pct, period_caption, query,
+from console_ui.widgets import (breakdown, count_y, csv_button, day_tooltip, day_x, delta, pct, period_caption, query,
                                 rollups_up_to_date, seconds, sidebar_filters)
 from core.reporting.dashboards import daily_usage, time_to_validate_by_day, usage_totals
 
@@ -29,6 +29,7 @@ quality[1].metric("Time to validate p50", seconds(now.ttv.p50), delta(now.ttv.p5
                   delta_color="inverse", help=TTV_HELP)
 quality[2].metric("Time to validate p95", seconds(now.ttv.p95), delta(now.ttv.p95, before.ttv.p95),
                   delta_color="inverse", help=TTV_HELP)
+breakdown(filters, "usage")
 
 rows = query(daily_usage, filters)
 if not rows:

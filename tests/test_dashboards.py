@@ -271,7 +271,7 @@ def test_live_panel_counts_the_last_minutes(rt, traffic):
     now = rt.clock()
     rows = [d for d in raw(rt, Delivery) if now - timedelta(minutes=60) <= d.created_at <= now]
     with rt.db.connect() as conn:
-        live = D.live_delivery(conn, now=now, minutes=60)
+        live = D.live_delivery(conn, now=now, minutes=60, org_id=1)
     assert {x.channel: x.messages for x in live} == Counter(d.channel for d in rows)
 
 
@@ -282,9 +282,9 @@ def test_request_timeline_masks_the_recipient_and_never_shows_the_code(rt):
     run(validate(rt, {**payload, "code": "000000" if code != "000000" else "111111"}, org_id=1))
     run(validate(rt, {**payload, "code": code}, org_id=1))
     with rt.db.connect() as conn:
-        assert D.find_requests(conn, recipient="+919955882233") == [created.created_id]
-        timeline = D.request_timeline(conn, created.created_id)
-        assert D.request_timeline(conn, 999) is None
+        assert D.find_requests(conn, recipient="+919955882233", org_id=1) == [created.created_id]
+        timeline = D.request_timeline(conn, created.created_id, org_id=1)
+        assert D.request_timeline(conn, 999, org_id=1) is None
     shown = " ".join(f"{e.event} {e.detail}" for e in timeline.events) + timeline.user
     assert code not in shown and "9955882233" not in shown
     assert [e.event for e in timeline.events] == ["request accepted", "SMS queued", "SMS delivered",
@@ -328,7 +328,7 @@ def test_nearest_daily_limit_reads_todays_counters(rt, traffic):
     today = rt.clock().astimezone(rt.settings.tz).date().isoformat()
     counters = [u for u in raw(rt, UsageCounter) if u.scope == "daily:*" and u.period == today]
     with rt.db.connect() as conn:
-        near = D.nearest_daily_limit(conn, day=today, limit=rt.settings.daily_limit, top=5)
+        near = D.nearest_daily_limit(conn, day=today, limit=rt.settings.daily_limit, top=5, org_id=1)
     assert [n.count for n in near] == sorted((u.count for u in counters), reverse=True)[:5]
     assert all(n.share == n.count / rt.settings.daily_limit for n in near)
 
@@ -352,7 +352,7 @@ def test_why_refused_says_when_a_lock_lifts_and_an_admin_unblocks_it(rt, team, c
         run(validate(rt, {**payload, "code": "123456"}, org_id=1))
     assert refused.value.http_status == 429
     with rt.db.connect() as conn:
-        limits = D.why_refused(conn, rt.settings, user_key=user_key, now=clock(), configs=_configs(rt))
+        limits = D.why_refused(conn, rt.settings, user_key=user_key, now=clock(), configs=_configs(rt), org_id=1)
     [lock] = [b for b in limits.blocks if b.limit_type == "lock"]
     assert lock.action == "COUPON"
     assert lock.lifts_at == locked_at + timedelta(minutes=config.lock_minutes)
@@ -369,7 +369,7 @@ def test_why_refused_says_when_a_lock_lifts_and_an_admin_unblocks_it(rt, team, c
         assert unblock(session, actor=team["admin"], user_key=user_key, limit_type="lock", action="COUPON",
                          reason="customer called", now=clock(), tz=rt.settings.tz, org_id=1) == 1
     with rt.db.connect() as conn:
-        after = D.why_refused(conn, rt.settings, user_key=user_key, now=clock(), configs=_configs(rt))
+        after = D.why_refused(conn, rt.settings, user_key=user_key, now=clock(), configs=_configs(rt), org_id=1)
         audit = conn.execute(select(AuditLog.actor, AuditLog.action, AuditLog.target, AuditLog.reason)
                              .where(AuditLog.action == "limits.unblock")).all()
     assert [b for b in after.blocks if b.limit_type == "lock"] == []
@@ -388,8 +388,8 @@ def test_why_refused_explains_the_daily_limit_until_local_midnight(rt, db_url, t
         run(generate(small, payload, org_id=1))
     with small.db.connect() as conn:
         limits = D.why_refused(conn, small.settings, user_key="MOBILE:+919955882233", now=clock(),
-                               configs=_configs(small))
-        near = D.nearest_daily_limit(conn, day="2026-11-25", limit=2)
+                               configs=_configs(small), org_id=1)
+        near = D.nearest_daily_limit(conn, day="2026-11-25", limit=2, org_id=1)
     [daily] = limits.blocks
     assert daily.limit_type == "daily" and daily.lifts_at == datetime(2026, 11, 25, 18, 30, tzinfo=timezone.utc)
     assert [(n.count, n.share) for n in near] == [(2, 1.0)]

@@ -10,6 +10,12 @@ the counts are exact. Percentiles are nearest-rank (the value at rank ceil(p * n
 histograms and reported as the upper edge of the bin holding that rank (core.histogram: bins about 6% wide).
 The rate-limit figures read the raw tables through their indexes. No function here reads or returns a code, and
 none writes (lifting a limit by hand is core.admin.unblock).
+
+Every figure is of one organisation (Filters.org_id, or org_id=...), or of every organisation (None) for platform
+admins, with org_breakdown() splitting the totals per organisation. Each function first asks core.reporting.access
+whether the signed-in person (staff_id) may read that, then reads only that organisation's rows: the rollups and
+the raw tables lead their indexes with org_id, and "every organisation" is the list of them (an IN the indexes
+can seek), never an unfiltered scan.
 """
 from __future__ import annotations
 
@@ -17,16 +23,18 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Integer, String, and_, case, func, literal, select, union_all
+from sqlalchemy import Connection, Integer, String, and_, case, func, literal, or_, select, union_all
 from sqlalchemy.sql.expression import ColumnElement
 from sqlmodel.sql.sqltypes import UTCDateTime
 
 from core.db.models import Delivery, LimitEvent, OtpCode, OtpRequest, OtpValidation, UsageCounter
 from core.enums import EntityType
 from core.histogram import percentile
-from core.issuing.entities import NormalisedEntity, mask
+from core.issuing.entities import NormalisedEntity, mask, split_user_key
+from core.issuing.entities import user_key as customer_key
 from core.issuing.limits import Refusal, explain_refusal, suited_targets
-from core.reporting import rollups
+from core.reporting import access, rollups
+from core.reporting.access import NotAllowed
 from core.settings import Settings
 
 _request = OtpRequest.__table__
@@ -46,12 +54,15 @@ MAX_DAYS = 400
 
 @dataclass(frozen=True)
 class Filters:
-    """What every dashboard is filtered by: local days first..last (inclusive) in tz, an action, a channel."""
+    """What every dashboard is filtered by: local days first..last (inclusive) in tz, an action, a channel, and
+    the organisation (None: every organisation, platform admins only), asked by staff_id (None: the service)."""
     first: date
     last: date
     tz: str = "UTC"
     action: str | None = None
     channel: str | None = None
+    org_id: int | None = 1
+    staff_id: int | None = None
 
     def __post_init__(self) -> None:
         if self.last < self.first:
@@ -111,6 +122,21 @@ def _days_table(filters: Filters):  # type: ignore[no-untyped-def]
 
 def _in_range(created_at, filters: Filters):  # type: ignore[no-untyped-def]
     return and_(created_at >= filters.start, created_at < filters.end)
+
+
+def _orgs(conn: Connection, org_id: int | None, staff_id: int | None) -> list[int]:
+    """The organisations a question may read, after checking that staff_id may ask it (NotAllowed if not)."""
+    access.check(conn, staff_id=staff_id, org_id=org_id)
+    return access.org_ids(conn, org_id)
+
+
+def _of(column, orgs: list[int]) -> ColumnElement:  # type: ignore[no-untyped-def]
+    """column (an org_id) in orgs: one equality for one organisation, else an IN the index seeks per value."""
+    return column == orgs[0] if len(orgs) == 1 else column.in_(orgs)
+
+
+def _scope(conn: Connection, filters: Filters) -> list[int]:
+    return _orgs(conn, filters.org_id, filters.staff_id)
 
 
 def _on_day(days, created_at):  # type: ignore[no-untyped-def]
@@ -188,22 +214,24 @@ class UsageRow:
         return _ratio(self.codes_used, self.codes_issued)
 
 
-def _usage_rows(filters: Filters):  # type: ignore[no-untyped-def]
-    """usage_rollup rows of the filtered channel ('*' for all) and action ('*' for all)."""
+def _usage_rows(filters: Filters, orgs: list[int]):  # type: ignore[no-untyped-def]
+    """usage_rollup rows of the organisations, the filtered channel ('*' for all) and action ('*' for all)."""
     u = rollups.usage
-    return u, and_(u.c.channel == (filters.channel or rollups.ALL), u.c.action == (filters.action or rollups.ALL))
+    return u, and_(_of(u.c.org_id, orgs), u.c.channel == (filters.channel or rollups.ALL),
+                   u.c.action == (filters.action or rollups.ALL))
 
 
 def daily_usage(conn: Connection, filters: Filters) -> list[UsageRow]:
     """Per local day and action: requests, codes issued, re-sends, validations (all and successful) and the
     issued codes of that day that were used. Only days and actions with activity are listed."""
-    _fresh(conn)
+    _fresh(conn)  # first: on SQLite a writable conn that has read holds the write lock the refresh needs
+    orgs = _scope(conn, filters)
     days = _bucket_days(filters)
     u = rollups.usage
     action = u.c.action == filters.action if filters.action else u.c.action != rollups.ALL
     query = (select(days.c.day, u.c.action, *[func.sum(u.c[n]) for n in rollups.USAGE_COUNTS])
              .select_from(days).join(u, _on_bucket_day(days, u.c.bucket))
-             .where(u.c.channel == (filters.channel or rollups.ALL), action)
+             .where(_of(u.c.org_id, orgs), u.c.channel == (filters.channel or rollups.ALL), action)
              .group_by(days.c.day, u.c.action).order_by(days.c.day, u.c.action))
     return [UsageRow(row[0], row[1], *(int(x) for x in row[2:])) for row in conn.execute(query)]
 
@@ -228,9 +256,10 @@ def time_to_validate(conn: Connection, filters: Filters) -> ValidateTimes:
 
 
 def time_to_validate_by_day(conn: Connection, filters: Filters) -> dict[str, ValidateTimes]:
-    _fresh(conn)
+    _fresh(conn)  # first: on SQLite a writable conn that has read holds the write lock the refresh needs
+    orgs = _scope(conn, filters)
     days = _bucket_days(filters)
-    u, chosen = _usage_rows(filters)
+    u, chosen = _usage_rows(filters, orgs)
     query = (select(days.c.day, func.max(u.c.ttv_max_us), *_histogram(u)).select_from(days)
              .join(u, _on_bucket_day(days, u.c.bucket)).where(chosen, u.c.codes_used > 0).group_by(days.c.day))
     found = {row[0]: _validate_times(row[2:], row[1]) for row in conn.execute(query)}
@@ -255,9 +284,10 @@ class UsageTotals:
 
 def usage_totals(conn: Connection, filters: Filters) -> UsageTotals:
     """The KPI row of the daily-usage page: sums over the whole range, and time to validate."""
-    _fresh(conn)
+    _fresh(conn)  # first: on SQLite a writable conn that has read holds the write lock the refresh needs
+    orgs = _scope(conn, filters)
     first, stop = _buckets(filters)
-    u, chosen = _usage_rows(filters)
+    u, chosen = _usage_rows(filters, orgs)
     row = conn.execute(select(*[func.sum(u.c[n]) for n in rollups.USAGE_COUNTS], func.max(u.c.ttv_max_us),
                               *_histogram(u)).where(chosen, u.c.bucket >= first, u.c.bucket < stop)).one()
     counts = [int(x or 0) for x in row[:len(rollups.USAGE_COUNTS)]]
@@ -289,20 +319,21 @@ class DeliveryRow:
         return _ratio(self.failed, self.messages)
 
 
-def _delivery_rows(table, filters: Filters):  # type: ignore[no-untyped-def]
-    """Rows of a delivery rollup for the filtered action ('*' for all) and channel."""
-    chosen = table.c.action == (filters.action or rollups.ALL)
+def _delivery_rows(table, filters: Filters, orgs: list[int]):  # type: ignore[no-untyped-def]
+    """Rows of a delivery rollup for the organisations, the filtered action ('*' for all) and channel."""
+    chosen = and_(_of(table.c.org_id, orgs), table.c.action == (filters.action or rollups.ALL))
     return and_(chosen, table.c.channel == filters.channel) if filters.channel else chosen
 
 
 def delivery_summary(conn: Connection, filters: Filters) -> list[DeliveryRow]:
     """Per channel and gateway: messages by status and gateway latency p50/p95/p99 (ms, bin upper edges)."""
-    _fresh(conn)
+    _fresh(conn)  # first: on SQLite a writable conn that has read holds the write lock the refresh needs
+    orgs = _scope(conn, filters)
     first, stop = _buckets(filters)
     d = rollups.deliveries
     query = (select(d.c.channel, d.c.gateway, *[func.sum(d.c[n]) for n in rollups.DELIVERY_COUNTS],
                     func.max(d.c.latency_max_ms), *_histogram(d))
-             .where(_delivery_rows(d, filters), d.c.bucket >= first, d.c.bucket < stop)
+             .where(_delivery_rows(d, filters, orgs), d.c.bucket >= first, d.c.bucket < stop)
              .group_by(d.c.channel, d.c.gateway).order_by(d.c.channel, d.c.gateway))
     rows = []
     width = len(rollups.DELIVERY_COUNTS)
@@ -328,11 +359,12 @@ class DeliveryDay:
 
 
 def delivery_by_day(conn: Connection, filters: Filters) -> list[DeliveryDay]:
-    _fresh(conn)
+    _fresh(conn)  # first: on SQLite a writable conn that has read holds the write lock the refresh needs
+    orgs = _scope(conn, filters)
     days = _bucket_days(filters)
     d = rollups.deliveries
     query = (select(days.c.day, d.c.channel, func.sum(d.c.messages), func.sum(d.c.delivered), func.sum(d.c.failed))
-             .select_from(days).join(d, _on_bucket_day(days, d.c.bucket)).where(_delivery_rows(d, filters))
+             .select_from(days).join(d, _on_bucket_day(days, d.c.bucket)).where(_delivery_rows(d, filters, orgs))
              .group_by(days.c.day, d.c.channel).order_by(days.c.day, d.c.channel))
     return [DeliveryDay(row[0], row[1], int(row[2]), int(row[3]), int(row[4])) for row in conn.execute(query)]
 
@@ -346,12 +378,13 @@ class FailureCount:
 
 
 def failures_by_error(conn: Connection, filters: Filters, *, top: int = 20) -> list[FailureCount]:
-    _fresh(conn)
+    _fresh(conn)  # first: on SQLite a writable conn that has read holds the write lock the refresh needs
+    orgs = _scope(conn, filters)
     first, stop = _buckets(filters)
     f = rollups.failures
     n = func.sum(f.c.failures)
     query = (select(f.c.channel, f.c.gateway, f.c.error, n)
-             .where(_delivery_rows(f, filters), f.c.bucket >= first, f.c.bucket < stop)
+             .where(_delivery_rows(f, filters, orgs), f.c.bucket >= first, f.c.bucket < stop)
              .group_by(f.c.channel, f.c.gateway, f.c.error).order_by(n.desc(), f.c.channel, f.c.gateway, f.c.error)
              .limit(top))
     return [FailureCount(row[0], row[1], row[2], int(row[3])) for row in conn.execute(query)]
@@ -366,12 +399,14 @@ class LiveChannel:
     queued: int
 
 
-def live_delivery(conn: Connection, *, now: datetime, minutes: int = 15) -> list[LiveChannel]:
+def live_delivery(conn: Connection, *, now: datetime, minutes: int = 15, org_id: int | None,
+                  staff_id: int | None = None) -> list[LiveChannel]:
     """The last few minutes per channel, for the self-refreshing panel."""
+    orgs = _orgs(conn, org_id, staff_id)
     d = _delivery
     query = (select(d.c.channel, func.count(), _count_if(d.c.status == "delivered"), _count_if(d.c.status == "failed"),
                     _count_if(d.c.status.in_(("queued", "sent"))))
-             .where(d.c.created_at >= now - timedelta(minutes=minutes), d.c.created_at <= now)
+             .where(_of(d.c.org_id, orgs), d.c.created_at >= now - timedelta(minutes=minutes), d.c.created_at <= now)
              .group_by(d.c.channel).order_by(d.c.channel))
     return [LiveChannel(row[0], *(int(x) for x in row[1:])) for row in conn.execute(query)]
 
@@ -392,24 +427,31 @@ class RequestTimeline:
     events: list[TimelineEvent] = field(default_factory=list)
 
 
-def find_requests(conn: Connection, *, recipient: str, limit: int = 50) -> list[int]:
-    """Ids of the newest requests sent to recipient (a destination exactly as stored, e.g. +919955882233)."""
+def find_requests(conn: Connection, *, recipient: str, limit: int = 50, org_id: int | None,
+                  staff_id: int | None = None) -> list[int]:
+    """Ids of the organisation's newest requests sent to recipient (a destination exactly as stored, e.g.
+    +919955882233; the same number may be a customer of several organisations)."""
+    orgs = _orgs(conn, org_id, staff_id)
     value = recipient.strip().lower()
     if not value:
         return []
     d = _delivery
-    query = (select(d.c.request_id).where(d.c.destination == value).group_by(d.c.request_id)
+    query = (select(d.c.request_id).where(d.c.destination == value, _of(d.c.org_id, orgs)).group_by(d.c.request_id)
              .order_by(d.c.request_id.desc()).limit(limit))
     return [int(r) for r in conn.execute(query).scalars()]
 
 
-def request_timeline(conn: Connection, request_id: int) -> RequestTimeline | None:
-    """What happened to one request: its acceptance, each delivery, and the validations of its code.
+def request_timeline(conn: Connection, request_id: int, *, org_id: int | None,
+                     staff_id: int | None = None) -> RequestTimeline | None:
+    """What happened to one request of the organisation: its acceptance, each delivery, and the validations of
+    its code. Another organisation's request id answers None, like a missing one.
 
     Recipients are masked; the code itself is never selected.
     """
+    orgs = _orgs(conn, org_id, staff_id)
     req = conn.execute(select(_request.c.id, _request.c.created_at, _request.c.action, _request.c.kind,
-                              _request.c.user_key, _request.c.code_id).where(_request.c.id == request_id)).first()
+                              _request.c.user_key, _request.c.code_id)
+                       .where(_request.c.id == request_id, _of(_request.c.org_id, orgs))).first()
     if req is None:
         return None
     events = [TimelineEvent(req.created_at, "request accepted", f"{req.kind} code #{req.code_id}")]
@@ -430,7 +472,60 @@ def request_timeline(conn: Connection, request_id: int) -> RequestTimeline | Non
                             .order_by(v.c.id)):
         events.append(TimelineEvent(row.created_at, "validation", row.outcome))
     events.sort(key=lambda e: e.at)
-    return RequestTimeline(req.id, req.action, req.kind, mask(req.user_key.split(":", 1)[-1]), events)
+    return RequestTimeline(req.id, req.action, req.kind, mask(split_user_key(req.user_key)[2]), events)
+
+
+# --- every organisation ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class OrgFigures:
+    """One organisation's line of the all-organisations view (the filters' days, action and channel)."""
+    org_id: int
+    requests: int = 0
+    issued: int = 0
+    validated: int = 0
+    codes_issued: int = 0
+    codes_used: int = 0
+    messages: int = 0
+    delivered: int = 0
+    failed: int = 0
+    refusals: int = 0
+
+    @property
+    def conversion(self) -> float | None:
+        return _ratio(self.codes_used, self.codes_issued)
+
+    @property
+    def delivery_rate(self) -> float | None:
+        return _ratio(self.delivered, self.messages)
+
+
+def org_breakdown(conn: Connection, filters: Filters) -> list[OrgFigures]:
+    """Per organisation (of the filters: every one for None), the headline figures of the three dashboards;
+    their sums are the all-organisations totals. Organisations with no activity in the range are left out."""
+    _fresh(conn)  # first: on SQLite a writable conn that has read holds the write lock the refresh needs
+    orgs = _scope(conn, filters)
+    first, stop = _buckets(filters)
+    found: dict[int, dict[str, int]] = {}
+    u, chosen = _usage_rows(filters, orgs)
+    for org, *counts in conn.execute(
+            select(u.c.org_id, func.sum(u.c.requests), func.sum(u.c.issued), func.sum(u.c.validated),
+                   func.sum(u.c.codes), func.sum(u.c.codes_used))
+            .where(chosen, u.c.bucket >= first, u.c.bucket < stop).group_by(u.c.org_id)):
+        found.setdefault(int(org), {}).update(zip(("requests", "issued", "validated", "codes_issued", "codes_used"),
+                                                  (int(c or 0) for c in counts)))
+    d = rollups.deliveries
+    for org, *counts in conn.execute(
+            select(d.c.org_id, func.sum(d.c.messages), func.sum(d.c.delivered), func.sum(d.c.failed))
+            .where(_delivery_rows(d, filters, orgs), d.c.bucket >= first, d.c.bucket < stop).group_by(d.c.org_id)):
+        found.setdefault(int(org), {}).update(zip(("messages", "delivered", "failed"), (int(c or 0) for c in counts)))
+    e = _limit
+    refused = select(e.c.org_id, func.count()).where(_of(e.c.org_id, orgs), _in_range(e.c.created_at, filters))
+    if filters.action:
+        refused = refused.where(e.c.action == filters.action)
+    for org, n in conn.execute(refused.group_by(e.c.org_id)):
+        found.setdefault(int(org), {})["refusals"] = int(n)
+    return [OrgFigures(org, **found[org]) for org in sorted(found)]
 
 
 # --- rate limits ------------------------------------------------------------------------------------------
@@ -441,22 +536,42 @@ class NearLimit:
     user: str  # masked
     count: int
     limit: int
+    org_id: int = 1
 
     @property
     def share(self) -> float:
         return self.count / self.limit
 
 
-def nearest_daily_limit(conn: Connection, *, day: str, limit: int, top: int = 20) -> list[NearLimit]:
-    """The users with the most accepted generates on day (the limit's local day), highest first."""
+def _customers_of(column, orgs: list[int], every: bool):  # type: ignore[no-untyped-def]
+    """user_key column belongs to a customer of orgs (the key carries the organisation: core.issuing.entities)."""
+    if every:
+        return None
+    own = [column.startswith(f"o{org}|") for org in orgs if org != 1]
+    if 1 in orgs:  # the default organisation's keys carry no prefix: "MOBILE:..." / "EMAIL:..."
+        own.append(or_(*[column.startswith(f"{kind.value}:") for kind in EntityType]))
+    return or_(*own)
+
+
+def nearest_daily_limit(conn: Connection, *, day: str, limit: int, top: int = 20, org_id: int | None,
+                        staff_id: int | None = None) -> list[NearLimit]:
+    """The organisation's users with the most accepted generates on day (the limit's local day), highest first.
+
+    The daily counters carry no org_id: a customer's key names their organisation, so the filter is on its prefix
+    (the scan stays on the counters index of the day, highest first)."""
+    orgs = _orgs(conn, org_id, staff_id)
     u = _usage
     query = (select(u.c.user_key, u.c.count).where(u.c.scope == "daily:*", u.c.period == day)
              .order_by(u.c.count.desc(), u.c.user_key).limit(top))
-    return [NearLimit(key, mask_user(key), int(n), limit) for key, n in conn.execute(query)]
+    mine = _customers_of(u.c.user_key, orgs, org_id is None)
+    if mine is not None:
+        query = query.where(mine)
+    return [NearLimit(key, mask_user(key), int(n), limit, split_user_key(key)[0]) for key, n in conn.execute(query)]
 
 
 def mask_user(user_key: str) -> str:
-    kind, _, value = user_key.partition(":")
+    """A customer's key shown masked, without its organisation prefix: "MOBILE:+91******33"."""
+    _, kind, value = split_user_key(user_key)
     return f"{kind}:{mask(value)}" if value else mask(user_key)
 
 
@@ -466,9 +581,12 @@ LIMIT_TYPES = ("daily", "action_daily", "code_sends", "validate", "lock", "attem
 
 
 def refusals_by_type(conn: Connection, filters: Filters) -> dict[str, int]:
+    orgs = _scope(conn, filters)
     e, v = _limit, _validation
-    query = select(e.c.limit_type, func.count()).where(_in_range(e.c.created_at, filters)).group_by(e.c.limit_type)
-    burned = select(func.count()).where(_in_range(v.c.created_at, filters), v.c.outcome == "burned")
+    query = select(e.c.limit_type, func.count()).where(_of(e.c.org_id, orgs), _in_range(e.c.created_at, filters)) \
+        .group_by(e.c.limit_type)
+    burned = select(func.count()).where(_of(v.c.org_id, orgs), _in_range(v.c.created_at, filters),
+                                        v.c.outcome == "burned")
     if filters.action:
         query, burned = query.where(e.c.action == filters.action), burned.where(v.c.action == filters.action)
     found = {t: 0 for t in LIMIT_TYPES}
@@ -478,10 +596,11 @@ def refusals_by_type(conn: Connection, filters: Filters) -> dict[str, int]:
 
 
 def refusals_by_day(conn: Connection, filters: Filters) -> list[tuple[str, str, int]]:
+    orgs = _scope(conn, filters)
     days = _days_table(filters)
     e = _limit
     query = (select(days.c.day, e.c.limit_type, func.count()).select_from(days)
-             .join(e, _on_day(days, e.c.created_at)).group_by(days.c.day, e.c.limit_type)
+             .join(e, and_(_of(e.c.org_id, orgs), _on_day(days, e.c.created_at))).group_by(days.c.day, e.c.limit_type)
              .order_by(days.c.day, e.c.limit_type))
     if filters.action:
         query = query.where(e.c.action == filters.action)
@@ -495,19 +614,21 @@ class RefusedUser:
     refusals: int
     last_at: datetime
     kinds: str
+    org_id: int = 1
 
 
 def top_refused_users(conn: Connection, filters: Filters, *, top: int = 20) -> list[RefusedUser]:
+    orgs = _scope(conn, filters)
     e = _limit
     query = (select(e.c.user_key, func.count().label("n"), func.max(e.c.created_at).label("last_at"))
-             .where(_in_range(e.c.created_at, filters)).group_by(e.c.user_key)
+             .where(_of(e.c.org_id, orgs), _in_range(e.c.created_at, filters)).group_by(e.c.user_key)
              .order_by(func.count().desc(), e.c.user_key).limit(top))
     if filters.action:
         query = query.where(e.c.action == filters.action)
     users = conn.execute(query).all()
     if not users:
         return []
-    kinds_query = (select(e.c.user_key, e.c.limit_type).where(_in_range(e.c.created_at, filters),
+    kinds_query = (select(e.c.user_key, e.c.limit_type).where(_of(e.c.org_id, orgs), _in_range(e.c.created_at, filters),
                                                               e.c.user_key.in_([u[0] for u in users]))
                    .group_by(e.c.user_key, e.c.limit_type))
     if filters.action:
@@ -515,21 +636,34 @@ def top_refused_users(conn: Connection, filters: Filters, *, top: int = 20) -> l
     kinds: dict[str, list[str]] = {}
     for key, kind in conn.execute(kinds_query):
         kinds.setdefault(key, []).append(kind)
-    return [RefusedUser(key, mask_user(key), int(n), last_at, ", ".join(sorted(kinds.get(key, []))))
-            for key, n, last_at in users]
+    return [RefusedUser(key, mask_user(key), int(n), last_at, ", ".join(sorted(kinds.get(key, []))),
+                        split_user_key(key)[0]) for key, n, last_at in users]
 
 
 def top_refused_prefixes(conn: Connection, filters: Filters, *, digits: int = 7, top: int = 20) -> list[tuple[str, int, int]]:
-    """Phone-number prefixes ('+91995588', 'MOBILE:' dropped) with the most refusals, and how many users."""
+    """Phone-number prefixes ('+91995588', 'MOBILE:' dropped) with the most refusals, and how many users.
+
+    Every organisation (None) sums the organisations' prefixes: one number prefix pumped through several
+    organisations is one attack."""
+    orgs = _scope(conn, filters)
     e = _limit
-    start = len("MOBILE:") + 1
-    prefix = func.substr(e.c.user_key, start, digits + 1)  # '+' and digits
-    query = (select(prefix.label("prefix"), func.count(), func.count(func.distinct(e.c.user_key)))
-             .where(_in_range(e.c.created_at, filters), e.c.user_key.startswith("MOBILE:"))
-             .group_by(prefix).order_by(func.count().desc(), prefix).limit(top))
-    if filters.action:
-        query = query.where(e.c.action == filters.action)
-    return [(row[0], int(row[1]), int(row[2])) for row in conn.execute(query)]
+    found: dict[str, list[int]] = {}
+    for org in orgs:  # each organisation's keys start with their own prefix: one indexed query each
+        head = customer_key(org, EntityType.MOBILE, "")
+        prefix = func.substr(e.c.user_key, len(head) + 1, digits + 1)  # '+' and digits
+        query = (select(prefix.label("prefix"), func.count(), func.count(func.distinct(e.c.user_key)))
+                 .where(e.c.org_id == org, _in_range(e.c.created_at, filters), e.c.user_key.startswith(head))
+                 .group_by(prefix).order_by(func.count().desc(), prefix))
+        if len(orgs) == 1:
+            query = query.limit(top)
+        if filters.action:
+            query = query.where(e.c.action == filters.action)
+        for row in conn.execute(query):
+            counts = found.setdefault(row[0], [0, 0])
+            counts[0] += int(row[1])
+            counts[1] += int(row[2])
+    ranked = sorted(found.items(), key=lambda item: (-item[1][0], item[0]))[:top]
+    return [(prefix, refusals, numbers) for prefix, (refusals, numbers) in ranked]
 
 
 Block = Refusal  # one reason a user is refused now, and when it lifts by itself (core.issuing.limits)
@@ -544,21 +678,26 @@ class UserLimits:
 
 
 def why_refused(conn: Connection, settings: Settings, *, user_key: str, now: datetime, configs: dict,
-                recent: int = 20) -> UserLimits:
-    """For one user: every limit refusing them at now and when each lifts, plus their newest refusals.
+                org_id: int, staff_id: int | None = None, recent: int = 20) -> UserLimits:
+    """For one customer of organisation org_id: every limit refusing them at now and when each lifts, plus their
+    newest refusals. A key of another organisation's customer is refused (NotAllowed), whoever asks.
 
-    configs maps an action name to its OtpConfig. The answer per action is core.issuing.limits.explain_refusal for a send
+    settings are the organisation's (rt.org(org_id).settings: its day, region); configs maps an action name
+    to the organisation's OtpConfig. The answer per action is core.issuing.limits.explain_refusal for a send
     to the user on each channel the action enables (the engine's own counters); the client IP and API client
     limits are not the user's and are left out. A limit spanning actions is listed once.
     """
-    entity_type, _, value = user_key.partition(":")
-    entity = NormalisedEntity(EntityType(entity_type), value)
+    _orgs(conn, org_id, staff_id)
+    key_org, entity_type, value = split_user_key(user_key)
+    if key_org != org_id:
+        raise NotAllowed("not a customer of this organisation")
+    entity = NormalisedEntity(EntityType(entity_type), value, org_id)
     blocks = list(dict.fromkeys(
         refusal for config in configs.values()
         for refusal in explain_refusal(conn, settings, config, entity=entity,
                                        targets=suited_targets(config, entity), now=now)))
     e = _limit
     events = [(row[0], row[1], row[2]) for row in conn.execute(
-        select(e.c.created_at, e.c.limit_type, e.c.action).where(e.c.user_key == user_key)
+        select(e.c.created_at, e.c.limit_type, e.c.action).where(e.c.user_key == user_key, e.c.org_id == org_id)
         .order_by(e.c.created_at.desc(), e.c.id.desc()).limit(recent))]
     return UserLimits(user_key, mask_user(user_key), blocks, events)
