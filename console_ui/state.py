@@ -161,11 +161,13 @@ def enter_org() -> Access | None:
             row = require(db, identity, "status.view", org_id)
         except PermissionDenied:
             session.org_id = None
+            st.session_state[SESSION_KEY] = session  # assigned again, so every copy of the state has the change
             st.error("You do not work in that organisation. Choose one of yours.")
             st.stop()
         role = memberships(db, identity.id)[org_id]
         platform_admin = bool(row.platform_admin)
     session.org_id = org_id
+    st.session_state[SESSION_KEY] = session
     access = Access(org_id, role, platform_admin, choices)
     st.session_state[ACCESS_KEY] = access
     return access
@@ -179,14 +181,16 @@ def org_choices() -> list[OrganisationPublic]:
 
 def selected_org() -> int:
     """The organisation the signed-in person works in now: every page passes it to core, which checks their
-    membership in it on each call. console.py settles it (enter_org) before any page runs; a widget's callback,
-    which runs before console.py, gets the one of the last run, and core checks it just the same."""
+    membership in it on each call. console.py settles it (enter_org) before any page runs; when the session
+    names another one than was checked (or a page runs without the frame, as under AppTest), it is checked here.
+    A page's widget callbacks run before the frame: they use the organisation of the run that drew them."""
     session = st.session_state.get(SESSION_KEY)
     if session is None:
         st.error("Please sign in.")
         st.stop()
-    if session.org_id is None:
-        enter_org()
+    access = st.session_state.get(ACCESS_KEY)
+    if session.org_id is None or access is None or access.org_id != session.org_id:
+        enter_org()  # not the organisation the frame checked (or no frame ran): checked now, or the page stops
     return session.org_id
 
 
@@ -197,6 +201,7 @@ def switched_org() -> None:
     if session is None:
         return
     session.org_id = st.session_state[SWITCH_KEY]
+    st.session_state[SESSION_KEY] = session
     for key in list(st.session_state):
         if key not in KEPT_ON_SWITCH:
             del st.session_state[key]
