@@ -75,7 +75,9 @@ with staff_tab:
             st.session_state["admin_flash"] = ("success", f"Added {username} as {role}.")
             st.session_state["admin_clear"] = STAFF_FIELDS
             st.rerun()
-    others = {f"{p.username} ({p.role})": p for p in people if p.id != identity.id and p.disabled_at is None}
+    # A platform admin (admin in every organisation) is changed by another platform admin only.
+    others = {f"{p.username} ({p.role})": p for p in people if p.id != identity.id and p.disabled_at is None
+              and (not p.platform_admin or can("orgs.manage"))}
     if others:
         st.markdown("**Change a role or disable an account**")
         a, b = st.columns(2)
