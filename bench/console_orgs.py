@@ -46,8 +46,8 @@ def median_ms(step, runs: int) -> float:  # type: ignore[no-untyped-def]
     return statistics.median(times)
 
 
-def measure(url: str, orgs: int, runs: int) -> dict[str, float]:
-    rt = Runtime(Settings(database_url=url, env="test", secret_key=KEY, cache_seconds=0.0))
+def measure(url: str, orgs: int, runs: int, cache_seconds: float) -> dict[str, float]:
+    rt = Runtime(Settings(database_url=url, env="test", secret_key=KEY, cache_seconds=cache_seconds))
     with rt.session() as db:
         made = create_first_admin(db, username="ada", password="correct horse 1")
     ada = StaffIdentity(made.id, made.username, made.role)
@@ -86,21 +86,23 @@ def main() -> None:
     parser.add_argument("--orgs", type=int, default=20)
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--postgresql")
+    parser.add_argument("--cache-seconds", type=float, default=0.0,
+                        help="OTP_CACHE_SECONDS: 0 reloads the configuration of every organisation on each read")
     args = parser.parse_args()
-    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; OTP_CACHE_SECONDS={args.cache_seconds:g}")
     print(f"{'database':<11}{'organisations':>14}{'check (ms)':>12}{'console run (ms)':>18}{'check / run':>13}")
     targets = []
     with tempfile.TemporaryDirectory() as tmp:
         for orgs in (1, args.orgs):
             targets.append(("sqlite", orgs, lambda orgs=orgs: f"sqlite:///{tmp}/bench-{orgs}.db"))
         for label, orgs, url in targets:
-            figures = measure(url(), orgs, args.runs)
+            figures = measure(url(), orgs, args.runs, args.cache_seconds)
             print(f"{label:<11}{orgs:>14}{figures['check_ms']:>12.2f}{figures['run_ms']:>18.1f}"
                   f"{figures['check_ms'] / figures['run_ms']:>13.3f}")
     if args.postgresql:
         for orgs in (1, args.orgs):
             with PrivateSchema(args.postgresql, prefix="bench_console_orgs") as url:
-                figures = measure(url, orgs, args.runs)
+                figures = measure(url, orgs, args.runs, args.cache_seconds)
             print(f"{'postgresql':<11}{orgs:>14}{figures['check_ms']:>12.2f}{figures['run_ms']:>18.1f}"
                   f"{figures['check_ms'] / figures['run_ms']:>13.3f}")
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
