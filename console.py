@@ -6,7 +6,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from console_ui.state import can, current_session, runtime, sign_out, write_session_cookie
+from console_ui.state import (SWITCH_KEY, can, current_session, enter_org, runtime, sign_out, switched_org,
+                              write_session_cookie)
 from core.admin.staff import needs_first_admin
 from core.runtime import Runtime
 from core.settings import Settings, checked_settings
@@ -74,12 +75,19 @@ if first_start:
 elif session is None:
     pages = gate_pages("pages/login.py", "Sign in", ":material/login:")
 else:
+    write_session_cookie()  # before enter_org, which may stop the run
+    access = enter_org()  # the organisation of this run, its membership checked by core; stops if refused
     pages = [st.Page(script, title=title, icon=icon, default=script == "pages/home.py", url_path=url_path(script))
              for script, title, icon, permission in PAGES
              if (permission is None or can(permission))
              and (script != "pages/outbox.py" or runtime().settings.is_development)]
     with st.sidebar:
-        st.caption(f"Signed in as **{session.identity.username}** ({session.identity.role})")
+        if len(access.organisations) > 1:  # the switcher: only for people who can see more than one
+            names = {o.id: o.name for o in access.organisations}
+            st.session_state[SWITCH_KEY] = access.org_id
+            st.selectbox("Organisation", list(names), format_func=names.__getitem__, key=SWITCH_KEY,
+                         on_change=switched_org)
+        st.caption(f"Signed in as **{session.identity.username}** ({access.role})")
         if st.button("Sign out", key="sign_out"):
             sign_out()
             st.rerun()

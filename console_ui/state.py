@@ -2,16 +2,23 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import timedelta
 
 import streamlit as st
 
 from core.admin.console_sessions import COOKIE, end_session, resume_session, start_session
-from core.admin.staff import ConsoleSession, StaffIdentity, role_allows
+from core.admin.organisations import organisations_of
+from core.admin.staff import ConsoleSession, PermissionDenied, StaffIdentity, memberships, require, role_allows
 from core.clock import utcnow
+from core.db.models import OrganisationPublic
 from core.runtime import Runtime
 
 SESSION_KEY = "console_session"
+ACCESS_KEY = "console_access"  # what enter_org found on this run: the organisations, the role in the selected one
+SWITCH_KEY = "org_switch"  # the sidebar's organisation switcher
+# Kept when the organisation changes; every other key (forms, picks, flashes of the last organisation) is dropped.
+KEPT_ON_SWITCH = ("runtime", SESSION_KEY, ACCESS_KEY, SWITCH_KEY, "console_cookie_pending", "dead_cookie")
 COOKIE_KEY = "console_cookie_pending"  # the token to put in the browser's cookie on this run ("" clears it)
 # The server-side row's idle expiry is pushed out at most this often: a write per click would be wasted, and
 # the row then lives at most this much shorter than the in-memory session.
@@ -124,17 +131,114 @@ def me() -> StaffIdentity:
     return session.identity
 
 
-def can(permission: str) -> bool:
+@dataclass(frozen=True)
+class Access:
+    """Where the signed-in person works on this run, read from staff_membership by enter_org (never at sign-in)."""
+    org_id: int
+    role: str  # their role in org_id
+    platform_admin: bool
+    organisations: tuple[OrganisationPublic, ...]  # the ones they may switch to (platform admins: all)
+
+
+def enter_org() -> Access | None:
+    """Settle, once per run (console.py calls it before any page runs), the organisation the signed-in person
+    works in: the one kept in their session, else their first. Core checks the membership (require), so an
+    organisation id put into the session by other means than the switcher is refused, whatever exists; the
+    page then stops with a message that says nothing about that organisation, and the next run starts in the
+    person's first organisation. None (and the page stopped) for a person with no organisation at all."""
     session = st.session_state.get(SESSION_KEY)
-    return session is not None and role_allows(session.identity.role, permission)
+    if session is None:
+        return None
+    identity = session.identity
+    st.session_state.pop(ACCESS_KEY, None)
+    with runtime().session() as db:
+        choices = tuple(organisations_of(db, identity))
+        if not choices:
+            st.error("You do not work in any organisation yet: ask a platform admin to add you to one.")
+            st.stop()
+        org_id = session.org_id if session.org_id is not None else choices[0].id
+        try:
+            row = require(db, identity, "status.view", org_id)
+        except PermissionDenied:
+            session.org_id = None
+            st.session_state[SESSION_KEY] = session  # assigned again, so every copy of the state has the change
+            st.error("You do not work in that organisation. Choose one of yours.")
+            st.stop()
+        role = memberships(db, identity.id)[org_id]
+        platform_admin = bool(row.platform_admin)
+    session.org_id = org_id
+    st.session_state[SESSION_KEY] = session
+    access = Access(org_id, role, platform_admin, choices)
+    st.session_state[ACCESS_KEY] = access
+    return access
+
+
+def org_choices() -> list[OrganisationPublic]:
+    """The organisations the signed-in person may switch to (platform admins: every one), oldest first."""
+    access = st.session_state.get(ACCESS_KEY)
+    return list(access.organisations) if access is not None else []
+
+
+def selected_org() -> int:
+    """The organisation the signed-in person works in now: every page passes it to core, which checks their
+    membership in it on each call. console.py settles it (enter_org) before any page runs; when the session
+    names another one than was checked (or a page runs without the frame, as under AppTest), it is checked here.
+    A page's widget callbacks run before the frame: they use the organisation of the run that drew them."""
+    session = st.session_state.get(SESSION_KEY)
+    if session is None:
+        st.error("Please sign in.")
+        st.stop()
+    access = st.session_state.get(ACCESS_KEY)
+    if session.org_id is None or access is None or access.org_id != session.org_id:
+        enter_org()  # not the organisation the frame checked (or no frame ran): checked now, or the page stops
+    return session.org_id
+
+
+def switched_org() -> None:
+    """The switcher's callback: work in the chosen organisation, with every page's forms, picks and messages of
+    the last one forgotten (nothing typed for one organisation can be saved into another)."""
+    session = st.session_state.get(SESSION_KEY)
+    if session is None:
+        return
+    session.org_id = st.session_state[SWITCH_KEY]
+    st.session_state[SESSION_KEY] = session
+    for key in list(st.session_state):
+        if key not in KEPT_ON_SWITCH:
+            del st.session_state[key]
+
+
+def org_role() -> str | None:
+    """The signed-in person's role in the selected organisation, as enter_org read it on this run."""
+    access = st.session_state.get(ACCESS_KEY)
+    return access.role if access is not None else None
+
+
+def is_platform_admin() -> bool:
+    access = st.session_state.get(ACCESS_KEY)
+    return access is not None and access.platform_admin
+
+
+def can(permission: str) -> bool:
+    """Whether to offer something (navigation, a button); core checks again on the call itself."""
+    if st.session_state.get(SESSION_KEY) is None:
+        return False
+    if permission == "orgs.manage":
+        return is_platform_admin()
+    role = org_role()
+    return role is not None and role_allows(role, permission)
 
 
 def gate(permission: str) -> StaffIdentity:
-    """Stop the page unless the signed-in role may use it (navigation already hides it; this is the lock)."""
+    """Stop the page unless the signed-in person may use it in the selected organisation (navigation already
+    hides it; this is the lock): core's require, with the role read now from staff_membership."""
     identity = me()
-    if not role_allows(identity.role, permission):
-        st.error("Your role does not allow this page.")
-        st.stop()
+    org_id = selected_org()
+    with runtime().session() as db:
+        try:
+            require(db, identity, permission, None if permission == "orgs.manage" else org_id)
+        except PermissionDenied:
+            st.error("Your role does not allow this page.")
+            st.stop()
     return identity
 
 

@@ -10,8 +10,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from console_ui.state import me, runtime
-from core.db.models import Staff
+from console_ui.state import is_platform_admin, me, runtime, selected_org
 from core.enums import Action, Channel
 from core.reporting import access, rollups
 from core.reporting.access import NotAllowed
@@ -40,23 +39,11 @@ def _keep(name: str, value: object) -> None:
     st.session_state[f"dash_filter_{name}"] = value
 
 
-def selected_org() -> int:
-    """The organisation the signed-in person works in now (console_ui.state.selected_org once the switcher is in)."""
-    return 1
-
-
-def platform_admin() -> bool:
-    """Whether the signed-in person is a platform admin now (read from their row, not from the session)."""
-    with runtime().session() as session:
-        row = session.get(Staff, me().id)
-        return bool(row is not None and row.disabled_at is None and row.platform_admin)
-
-
 def dashboard_org(prefix: str) -> int | None:
     """The organisation the dashboards show: the selected one, or (platform admins only) None for all of them,
     chosen in the sidebar; core checks the choice again (core.reporting.access) whatever is picked here."""
     org = selected_org()
-    if not platform_admin() or len(runtime().organisations()) < 2:
+    if not is_platform_admin() or len(runtime().organisations()) < 2:
         return org
     with st.sidebar:
         mine = f"This organisation ({runtime().org(org).name})"

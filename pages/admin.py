@@ -4,16 +4,19 @@ from datetime import datetime
 import pandas as pd
 import streamlit as st
 
-from console_ui.state import gate, runtime
+from console_ui.state import can, gate, runtime, selected_org
 from core.admin.clients import list_clients
-from core.admin.staff import ROLES, InvalidStaff, create_staff, disable_staff, list_staff, set_role
+from core.admin.organisations import create_organisation, list_organisations
+from core.admin.staff import (ROLES, InvalidStaff, all_staff, assign_staff, create_staff, disable_staff, list_staff,
+                              set_role)
 from core.admin.tokens import MAX_TTL_SECONDS, MIN_TTL_SECONDS
-from core.db.models import StaffCreate
+from core.db.models import OrganisationBase, StaffCreate
 from core.services.admin_actions import (new_api_client, revoke_api_client, set_api_client_end_user_ip_header,
                                          set_api_client_token_ttl)
 
 rt = runtime()
 identity = gate("staff.manage")
+org_id = selected_org()
 st.title("Staff and API clients")
 if flash := st.session_state.pop("admin_flash", None):
     getattr(st, flash[0])(flash[1])
@@ -44,10 +47,13 @@ def confirm(action: str, target: int, question: str, yes_label: str) -> bool:
 
 
 # Keyed and tracked, so the rerun after a save on "API clients" (which adds a message above the tabs) stays there.
-staff_tab, clients_tab = st.tabs(["Staff", "API clients"], key="admin_tab", on_change="rerun")
+# Platform admins also make organisations and say who works in which (platform actions, audited as such).
+staff_tab, clients_tab, *platform_tab = st.tabs(["Staff", "API clients", *(["Organisations"] if can("orgs.manage")
+                                                                          else [])],
+                                                key="admin_tab", on_change="rerun")
 with staff_tab:
     with rt.session() as db:
-        people = list_staff(db, org_id=1)
+        people = list_staff(db, org_id=org_id)
     st.dataframe(pd.DataFrame([{"id": p.id, "username": p.username, "role": p.role,
                                 "active": p.disabled_at is None, "last sign-in": when(p.last_login_at)}
                                for p in people]),
@@ -62,14 +68,16 @@ with staff_tab:
     if add:
         try:
             with rt.session() as db:
-                create_staff(db, actor=identity, staff_create=StaffCreate(username=username, password=password, role=role), org_id=1)
+                create_staff(db, actor=identity, staff_create=StaffCreate(username=username, password=password, role=role), org_id=org_id)
         except InvalidStaff as exc:
             st.error(str(exc))
         else:
             st.session_state["admin_flash"] = ("success", f"Added {username} as {role}.")
             st.session_state["admin_clear"] = STAFF_FIELDS
             st.rerun()
-    others = {f"{p.username} ({p.role})": p for p in people if p.id != identity.id and p.disabled_at is None}
+    # A platform admin (admin in every organisation) is changed by another platform admin only.
+    others = {f"{p.username} ({p.role})": p for p in people if p.id != identity.id and p.disabled_at is None
+              and (not p.platform_admin or can("orgs.manage"))}
     if others:
         st.markdown("**Change a role or disable an account**")
         a, b = st.columns(2)
@@ -80,7 +88,7 @@ with staff_tab:
         try:
             if c.button("Change role", key="staff_change_role"):
                 with rt.session() as db:
-                    set_role(db, actor=identity, staff_id=who.id, role=new_role, org_id=1)
+                    set_role(db, actor=identity, staff_id=who.id, role=new_role, org_id=org_id)
                 st.session_state["admin_flash"] = ("success", f"{who.username} is now {new_role}.")
                 st.rerun()
             if d.button("Disable account", key="staff_disable"):
@@ -88,9 +96,11 @@ with staff_tab:
             if confirm("staff_disable", who.id, f"Disable {who.username}? They can no longer sign in, and only a "
                                                 "new account brings them back.", f"Yes, disable {who.username}"):
                 with rt.session() as db:
-                    disable_staff(db, actor=identity, staff_id=who.id, org_id=1)
+                    done = disable_staff(db, actor=identity, staff_id=who.id, org_id=org_id)
                 st.session_state.pop("admin_confirm", None)
-                st.session_state["admin_flash"] = ("success", f"{who.username} can no longer sign in.")
+                st.session_state["admin_flash"] = ("success", f"{who.username} can no longer sign in." if
+                                                   done == "disabled" else
+                                                   f"{who.username} no longer works in this organisation.")
                 st.rerun()
         except InvalidStaff as exc:
             st.error(str(exc))
@@ -100,7 +110,7 @@ with clients_tab:
         st.warning("Copy the secret now: it is shown only once.")
         st.code(f"key: {made.key}\nsecret: {made.secret}\nbearer: {made.bearer_token}")
     with rt.session() as db:
-        clients = list_clients(db, org_id=1)
+        clients = list_clients(db, org_id=org_id)
     st.dataframe(pd.DataFrame([{"id": c.id, "name": c.name, "key": c.key, "permissions": c.permissions,
                                 "end users' IP from": c.end_user_ip_header or "-",
                                 "token TTL (s)": c.token_ttl_seconds,
@@ -121,7 +131,7 @@ with clients_tab:
     if create:
         try:
             st.session_state["admin_new_client"] = new_api_client(
-                rt, actor=identity, name=name, permissions=permissions, end_user_ip_header=header, org_id=1)
+                rt, actor=identity, name=name, permissions=permissions, end_user_ip_header=header, org_id=org_id)
         except ValueError as exc:
             st.error(str(exc))
         else:
@@ -137,7 +147,7 @@ with clients_tab:
                                  value=timed.token_ttl_seconds, step=60, key=f"client_ttl_seconds_{timed.id}")
         if st.button("Save token life", key="client_ttl_save"):
             try:
-                set_api_client_token_ttl(rt, actor=identity, client_id=timed.id, seconds=int(seconds), org_id=1)
+                set_api_client_token_ttl(rt, actor=identity, client_id=timed.id, seconds=int(seconds), org_id=org_id)
             except ValueError as exc:
                 st.error(str(exc))
             else:
@@ -150,7 +160,7 @@ with clients_tab:
                                   key=f"client_ip_header_{chosen.id}")
         if b.button("Save", key="client_ip_header_save"):
             try:
-                stored = set_api_client_end_user_ip_header(rt, actor=identity, client_id=chosen.id, header=new_header, org_id=1)
+                stored = set_api_client_end_user_ip_header(rt, actor=identity, client_id=chosen.id, header=new_header, org_id=org_id)
             except (ValueError, LookupError) as exc:
                 st.error(str(exc))
             else:
@@ -162,7 +172,69 @@ with clients_tab:
         if confirm("client_revoke", chosen.id, f"Revoke {chosen.name}? Its calls are refused from now on (on "
                    f"other API processes within {rt.settings.auth_cache_seconds:g} s); this cannot be undone.",
                    f"Yes, revoke {chosen.name}"):
-            revoke_api_client(rt, actor=identity, client_id=chosen.id, org_id=1)
+            revoke_api_client(rt, actor=identity, client_id=chosen.id, org_id=org_id)
             st.session_state.pop("admin_confirm", None)
             st.session_state["admin_flash"] = ("success", f"Revoked {chosen.name}.")
             st.rerun()
+
+if platform_tab:
+    with platform_tab[0]:
+        with rt.session() as db:
+            organisations = list_organisations(db)
+            everyone = all_staff(db, actor=identity)
+        st.dataframe(pd.DataFrame([{"id": o.id, "slug": o.slug, "name": o.name, "brand": o.brand or "(service)",
+                                    "time zone": o.timezone or "(service)", "phone region": o.phone_region or
+                                    "(service)", "created": when(o.created_at)} for o in organisations]),
+                     hide_index=True, width="stretch", key="orgs_table")
+        with st.form("org_new"):
+            st.markdown("**Add an organisation**")
+            a, b = st.columns(2)
+            slug = a.text_input("Slug (lower-case letters, digits, -)", key="org_slug")
+            org_name = b.text_input("Name", key="org_name")
+            a, b, c = st.columns(3)
+            brand = a.text_input("Brand (empty: the service's)", key="org_brand")
+            zone = b.text_input("Time zone (empty: the service's)", key="org_timezone")
+            region = c.text_input("Phone region (empty: the service's)", key="org_region")
+            made_org = st.form_submit_button("Add organisation", key="org_add")
+        if made_org:
+            try:
+                with rt.session() as db:
+                    made = create_organisation(db, actor=identity, fields=OrganisationBase(
+                        slug=slug, name=org_name, brand=brand.strip() or None, timezone=zone or None,
+                        phone_region=region or None))
+            except ValueError as exc:  # OrganisationRefused, or a field too long for the model
+                st.error(str(exc))
+            else:
+                rt.configuration_changed()
+                st.session_state["admin_flash"] = ("success", f"Added the organisation {made.name} ({made.slug}).")
+                st.session_state["admin_clear"] = {"org_slug": "", "org_name": "", "org_brand": "",
+                                                   "org_timezone": "", "org_region": ""}
+                st.rerun()
+        names = {o.id: f"{o.name} ({o.slug})" for o in organisations}
+        st.markdown("**Who works where**")
+        st.dataframe(pd.DataFrame([{"username": p.username, "platform admin": p.platform_admin,
+                                    **{names[o]: roles.get(o, "") for o in names}}
+                                   for p, roles in everyone if p.disabled_at is None]),
+                     hide_index=True, width="stretch", key="memberships_table")
+        assignable = {p.username: (p, roles) for p, roles in everyone
+                      if p.disabled_at is None and not p.platform_admin}
+        if assignable:
+            NONE = "(no access)"
+            a, b, c = st.columns(3)
+            person, roles = assignable[a.selectbox("Staff member", list(assignable), key="assign_who")]
+            where = b.selectbox("Organisation", list(names), format_func=names.__getitem__, key="assign_org")
+            now_role = roles.get(where, NONE)
+            # Keyed per person and organisation, so each pick shows the role held there now.
+            new_org_role = c.selectbox("Role", [*ROLES, NONE], index=[*ROLES, NONE].index(now_role),
+                                       key=f"assign_role_{person.id}_{where}")
+            if st.button("Save", key="assign_save", disabled=new_org_role == now_role):
+                try:
+                    with rt.session() as db:
+                        assign_staff(db, actor=identity, staff_id=person.id, org_id=where,
+                                     role=None if new_org_role == NONE else new_org_role)
+                except InvalidStaff as exc:
+                    st.error(str(exc))
+                else:
+                    st.session_state["admin_flash"] = ("success", f"{person.username}: {new_org_role} in "
+                                                                  f"{names[where]}.")
+                    st.rerun()

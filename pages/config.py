@@ -1,7 +1,7 @@
 """OTP configuration per action: the stored values, saved all at once or not at all, with a reason for the audit."""
 import streamlit as st
 
-from console_ui.state import form_needs_loading, gate, runtime
+from console_ui.state import form_needs_loading, gate, runtime, selected_org
 from core.db.models import ActionConfigUpdate
 from core.enums import Action, Channel
 from core.issuing.action_config import (LIMIT_OVERRIDES, MAX_ATTEMPTS_PER_CODE, MAX_CONSECUTIVE_FAILURES, SAFE_MODES,
@@ -10,13 +10,14 @@ from core.services.admin_actions import save_action_config
 
 rt = runtime()
 identity = gate("config.edit")
+org_id = selected_org()
 st.title("OTP configuration")
 # Each message belongs to the run right after the submit that produced it: popped, never shown again.
 if flash := st.session_state.pop("cfg_flash", None):
     st.success(flash)
 problems: dict[str, list[str]] = st.session_state.pop("cfg_problems", {})
 st.caption(f"Service-wide: {rt.settings.daily_limit} generates per user per day across all actions; "
-           f"the day begins at midnight in {rt.settings.timezone}.")
+           f"the day begins at midnight in {rt.org(org_id).timezone}.")
 SERVICE_MODE = f"service-wide ({rt.settings.safe_mode})"
 NUMBERS = {"code_length": "cfg_code_length", "validity_minutes": "cfg_validity", "daily_cap": "cfg_cap",
            "max_sends_per_code": "cfg_sends", "validate_limit": "cfg_validate_limit",
@@ -27,7 +28,7 @@ NUMBERS = {"code_length": "cfg_code_length", "validity_minutes": "cfg_validity",
 
 def load_stored(action: Action) -> None:
     """Fill the form with what is stored for the action (on first view, on switching action, after a save)."""
-    c = rt.config_for(1, action)
+    c = rt.config_for(org_id, action)
     st.session_state.update({
         **{key: getattr(c, name) for name, key in NUMBERS.items() if name != "daily_cap"},
         "cfg_cap_on": c.daily_cap is not None, "cfg_cap": c.daily_cap or 100, "cfg_alphanumeric": c.alphanumeric,
@@ -53,7 +54,7 @@ def save() -> None:
         safe_mode=None if state["cfg_safe_mode"] == SERVICE_MODE else state["cfg_safe_mode"], **overrides)
     try:
         save_action_config(rt, actor=identity, action=action, update=update, reason=state["cfg_reason"],
-                           form_problems=form_problems, org_id=1)
+                           form_problems=form_problems, org_id=org_id)
     except ConfigRefused as refused:
         state["cfg_problems"] = refused.problems  # the input stays as typed
     else:

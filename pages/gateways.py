@@ -2,7 +2,7 @@
 import pandas as pd
 import streamlit as st
 
-from console_ui.state import form_needs_loading, gate, runtime
+from console_ui.state import form_needs_loading, gate, runtime, selected_org
 from core.admin.gateway_forms import PROVIDER_FIELDS, GatewayForm, providers_for, save_gateway_form, stored_form
 from core.admin.gateways import GatewayRefused, list_gateways
 from core.enums import Channel
@@ -10,6 +10,7 @@ from core.services.trials import send_gateway_test
 
 rt = runtime()
 identity = gate("config.edit")
+org_id = selected_org()
 st.title("Gateways")
 # Messages belong to the run right after the action that produced them: popped, never shown twice.
 if flash := st.session_state.pop("gw_flash", None):
@@ -23,13 +24,16 @@ def state_key(field_key: str) -> str:
 
 
 with rt.session() as db:
-    configured = list_gateways(db, rt.box, org_id=1)
+    configured = list_gateways(db, rt.box, org_id=org_id)
 if configured:
     st.dataframe(pd.DataFrame([{"name": g.name, "channel": g.channel, "provider": g.provider, "endpoint": g.endpoint,
                                 "sender": g.sender, "default": g.is_default, "enabled": g.enabled,
                                 "credentials": g.credentials_hint or "—"} for g in configured]),
                  hide_index=True, width="stretch", key="gw_table")
     st.caption("Which gateway each action really uses, and why, is on the Status page.")
+    if org_id != 1:  # the default organisation's gateways keep their receipt URLs without a slug
+        st.caption(f"Delivery receipts of this organisation's gateways: /v2/otp/receipts/{rt.org(org_id).slug}/"
+                   "<gateway name>.")
 else:
     st.info("No gateway configured: every channel uses the settings' choice (OTP_GATEWAY_<CHANNEL>).")
 
@@ -37,7 +41,7 @@ else:
 def load(name: str) -> None:
     """Fill the form with what is stored for name (secrets stay empty: only their hints are shown)."""
     with rt.session() as db:
-        stored = stored_form(db, rt.box, name, org_id=1) if name != NEW else None
+        stored = stored_form(db, rt.box, name, org_id=org_id) if name != NEW else None
     form = stored.form if stored else GatewayForm("", Channel.SMS.value, "outbox")
     st.session_state.update({"gw_name": form.name, "gw_channel": form.channel, "gw_provider": form.provider,
                              "gw_change_provider": False, "gw_advanced": form.advanced_options,
@@ -60,7 +64,7 @@ def save() -> None:
                        enabled=state["gw_enabled"], editing=editing, change_provider=state["gw_change_provider"])
     try:
         with rt.session() as db:
-            saved = save_gateway_form(db, rt.box, actor=identity, form=form, reason=state["gw_reason"], org_id=1)
+            saved = save_gateway_form(db, rt.box, actor=identity, form=form, reason=state["gw_reason"], org_id=org_id)
     except GatewayRefused as refused:
         state["gw_problems"] = refused.problems  # what was typed stays in the form
     else:
@@ -75,7 +79,7 @@ def test_message() -> None:
     try:
         state["gw_test_result"] = send_gateway_test(rt, actor=identity, gateway_name=state["gw_pick"],
                                                     destination=state["gw_test_to"],
-                                                    template=state.get("gw_test_template", ""), org_id=1)
+                                                    template=state.get("gw_test_template", ""), org_id=org_id)
     except ValueError as exc:
         state["gw_test_result"] = str(exc)
 

@@ -2,15 +2,16 @@
 import pandas as pd
 import streamlit as st
 
-from console_ui.state import gate, runtime
+from console_ui.state import gate, runtime, selected_org
 from core.services.trials import outbox_messages
 
 rt = runtime()
 identity = gate("outbox.view")
+org_id = selected_org()
 st.title("Outbox")
 st.caption("Development mode only: these messages hold readable codes and never leave this machine.")
 recipient = st.text_input("Filter by recipient", key="outbox_recipient")
-messages = outbox_messages(rt, actor=identity, recipient=recipient, org_id=1)
+messages = outbox_messages(rt, actor=identity, recipient=recipient, org_id=org_id)
 if not messages:
     st.info("No messages yet.")
 else:

@@ -2,7 +2,7 @@
 import pandas as pd
 import streamlit as st
 
-from console_ui.state import can, form_needs_loading, me, runtime
+from console_ui.state import can, form_needs_loading, gate, runtime, selected_org
 from core.admin.template_versions import (TemplateRefused, approve, check_version, content_of, diff_fields,
                                           diff_versions, list_versions, reactivate, reject, save_draft,
                                           submit_for_review)
@@ -12,7 +12,8 @@ from core.enums import Action, Channel
 from core.errors import OtpError
 
 rt = runtime()
-identity = me()
+identity = gate("templates.view")
+org_id = selected_org()
 st.title("Templates")
 if flash := st.session_state.pop("tpl_flash", None):
     getattr(st, flash[0])(flash[1])
@@ -20,13 +21,13 @@ if flash := st.session_state.pop("tpl_flash", None):
 left, right = st.columns(2)
 action = Action(left.selectbox("Action", [a.value for a in Action], key="tpl_action"))
 channel = Channel(right.selectbox("Channel", [c.value for c in Channel], key="tpl_channel"))
-config = rt.config_for(1, action)
+config = rt.config_for(org_id, action)
 
 st.subheader(f"Which template {action.value} uses")
 choice_rows = []
 for each in Channel:
     try:
-        chosen = resolve_template(each, action, rt.active_templates(1))
+        chosen = resolve_template(each, action, rt.active_templates(org_id))
         choice_rows.append({"channel": each.value, "used": chosen.origin, "version": chosen.version_id,
                             "why": chosen.reason})
     except OtpError as exc:
@@ -40,7 +41,7 @@ edit_tab, versions_tab = st.tabs(["Edit", "Versions"])
 with edit_tab:
     # The editor starts from what is in force (the approved version, else the built-in template) and follows
     # it: when it changes (an approval, a rollback) the editor shows the new one at once.
-    current = in_force(channel, action, rt.active_templates(1))
+    current = in_force(channel, action, rt.active_templates(org_id))
     suffix = f"{action.value}_{channel.value}"
     in_force_id = (current.version_id if current else None) or "builtin"
     if form_needs_loading(f"tpl_loaded_{suffix}", in_force_id,
@@ -75,7 +76,7 @@ with edit_tab:
                                                        disabled=disabled)
         st.caption("Variables: {{ validation_code }} (exactly once), {{ expiry_minutes }}, {{ action }}, {{ brand }}")
     draft = TemplateVersionCreate(**fields)
-    report = check_version(draft, config, brand=rt.settings.brand)
+    report = check_version(draft, config, brand=rt.org(org_id).brand)
     with preview:
         st.markdown("**Preview** (with a sample code)")
         if report.preview_subject:
@@ -99,7 +100,7 @@ with edit_tab:
         if save_col.button("Save as draft", key="tpl_save"):
             try:
                 with rt.session() as db:
-                    saved = save_draft(db, actor=identity, fields=draft, config=config, org_id=1)
+                    saved = save_draft(db, actor=identity, fields=draft, config=config, org_id=org_id)
             except TemplateRefused as exc:
                 st.error("; ".join(exc.reasons))
             else:
@@ -110,10 +111,10 @@ with edit_tab:
                 st.error("Fix these before submitting: " + "; ".join(report.issues))
             else:
                 with rt.session() as db:
-                    saved = save_draft(db, actor=identity, fields=draft, config=config, org_id=1)
+                    saved = save_draft(db, actor=identity, fields=draft, config=config, org_id=org_id)
                     try:
                         submit_for_review(db, actor=identity, version_id=saved.id, config=config,
-                                          brand=rt.settings.brand, org_id=1)
+                                          brand=rt.org(org_id).brand, org_id=org_id)
                     except TemplateRefused as exc:
                         st.error("Not submitted: " + "; ".join(exc.reasons))
                     else:
@@ -122,7 +123,7 @@ with edit_tab:
 
 with versions_tab:
     with rt.session() as db:
-        versions = list_versions(db, action=action, channel=channel, org_id=1)
+        versions = list_versions(db, action=action, channel=channel, org_id=org_id)
     if not versions:
         st.info("No saved versions yet: the built-in template applies.")
     else:
@@ -133,7 +134,7 @@ with versions_tab:
             column_config={"created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm")})
         by_label = {f"v{v.version} ({v.status}{', active' if v.is_active else ''})": v for v in versions}
         picked = by_label[st.selectbox("Version", list(by_label), key="tpl_pick")]
-        version_report = check_version(TemplateVersionCreate.model_validate(picked), config, brand=rt.settings.brand)
+        version_report = check_version(TemplateVersionCreate.model_validate(picked), config, brand=rt.org(org_id).brand)
         if version_report.preview_subject:
             st.text(f"Subject: {version_report.preview_subject}")
         st.code(version_report.preview_text or "", language=None, wrap_lines=True)  # message text, not code
@@ -142,7 +143,7 @@ with versions_tab:
         if not picked.is_active:
             # What approving (or re-activating) this version would change: against what is in force now,
             # the built-in template when no version was ever approved.
-            now = in_force(channel, action, rt.active_templates(1))
+            now = in_force(channel, action, rt.active_templates(org_id))
             label = f"v{now.version_id} (in force)" if now and now.version_id else "built-in (in force)"
             st.markdown(f"**Changes against what is in force** ({label})")
             st.code(diff_fields(content_of(now) if now else {}, content_of(picked), label, f"v{picked.version}")
@@ -151,7 +152,7 @@ with versions_tab:
         def act(step, success: str, **kwargs) -> None:
             try:
                 with rt.session() as db:
-                    step(db, actor=identity, version_id=picked.id, org_id=1, **kwargs)
+                    step(db, actor=identity, version_id=picked.id, org_id=org_id, **kwargs)
             except TemplateRefused as exc:
                 st.session_state["tpl_flash"] = ("error", "Refused: " + "; ".join(exc.reasons))
             else:
@@ -161,11 +162,11 @@ with versions_tab:
 
         if picked.status == "draft" and can("templates.edit"):
             if st.button("Submit for review", key="tpl_version_submit"):
-                act(submit_for_review, f"Version {picked.version} submitted.", config=config, brand=rt.settings.brand)
+                act(submit_for_review, f"Version {picked.version} submitted.", config=config, brand=rt.org(org_id).brand)
         if picked.status == "pending" and can("templates.approve"):
             approve_col, reject_col = st.columns(2)
             if approve_col.button("Approve and activate", key="tpl_approve", type="primary"):
-                act(approve, f"Version {picked.version} approved and active.", config=config, brand=rt.settings.brand)
+                act(approve, f"Version {picked.version} approved and active.", config=config, brand=rt.org(org_id).brand)
             reason = reject_col.text_input("Reason for rejecting", key="tpl_reject_reason")
             if reject_col.button("Reject", key="tpl_reject"):
                 act(reject, f"Version {picked.version} rejected.", reason=reason)

@@ -2,13 +2,14 @@
 import pandas as pd
 import streamlit as st
 
-from console_ui.state import gate, runtime
+from console_ui.state import gate, runtime, selected_org
 from core.enums import Action, Channel, EntityType
 from core.errors import OtpError
 from core.services.trials import outbox_messages, trial_dry_run, trial_generate, trial_validate
 
 rt = runtime()
 identity = gate("test.send")
+org_id = selected_org()
 st.title("Test send")
 
 with st.form("test_send"):
@@ -47,7 +48,7 @@ if submitted:
     st.session_state["ts_last_payload"] = payload
     try:
         if dry:
-            preview = trial_dry_run(rt, actor=identity, payload=payload, org_id=1)
+            preview = trial_dry_run(rt, actor=identity, payload=payload, org_id=org_id)
             st.success(f"Dry run: nothing was sent or counted. Daily use {preview.daily_used} of "
                        f"{preview.daily_limit}; {'the live code would be re-sent' if preview.would_resend else 'a new code would be issued'}.")
             for problem in preview.problems:
@@ -61,7 +62,7 @@ if submitted:
                 st.code(message.body or message.text or f"template {message.whatsapp_template_name or message.zalo_template_id}",
                         language=None, wrap_lines=True)  # message text, not Python
         else:
-            result = trial_generate(rt, actor=identity, payload=payload, org_id=1)
+            result = trial_generate(rt, actor=identity, payload=payload, org_id=org_id)
             st.session_state["ts_last_result"] = result
     except OtpError as exc:
         st.session_state.pop("ts_last_result", None)
@@ -82,7 +83,7 @@ if result is not None:
                  hide_index=True, width="stretch", key="ts_deliveries")
     if rt.settings.is_development:
         # Only deliveries the outbox gateway took are in the outbox: a provider's message reached a real phone.
-        kept = outbox_messages(rt, actor=identity, delivery_ids=[d.delivery_id for d in result.deliveries], org_id=1)
+        kept = outbox_messages(rt, actor=identity, delivery_ids=[d.delivery_id for d in result.deliveries], org_id=org_id)
         if kept:
             st.markdown("**Outbox: what the recipient sees** (development only)")
         else:
@@ -102,7 +103,7 @@ if result is not None:
         try:
             outcome = trial_validate(rt, actor=identity, payload={**{k: payload[k] for k in
                                                                     ("entityType", "entityValue", "action")},
-                                                                 "code": code}, org_id=1)
+                                                                 "code": code}, org_id=org_id)
         except OtpError as exc:
             st.error("; ".join(f"{p.code}: {p.message}" for p in exc.problems))
         else:

@@ -200,25 +200,48 @@ def set_role(session: Session, *, actor: StaffIdentity, staff_id: int, role: str
         raise InvalidStaff("no such staff member")  # not a member of this organisation: as if unknown
     if row.id == actor.id and role != "admin":
         raise InvalidStaff("you cannot remove your own admin role")
+    _check_platform_target(session, actor, row)
     audit.record(session, org_id=org_id, actor=actor.username, action="staff.role", target=f"staff:{row.username}",
                  detail={"from": before, "to": role})
     _set_membership(session, row, org_id, role)
     session.commit()
 
 
-def disable_staff(session: Session, *, actor: StaffIdentity, staff_id: int, org_id: int) -> None:
-    """Disable a staff member's account (an admin of an organisation they belong to, or a platform admin)."""
+def _check_platform_target(session: Session, actor: StaffIdentity, row: Staff) -> None:
+    """An organisation's admin manages its members, never a platform admin (admin in every organisation): only
+    another platform admin may change or disable one."""
+    acting = session.get(Staff, actor.id)
+    if row.platform_admin and not (acting is not None and acting.platform_admin):
+        raise InvalidStaff("only a platform admin can change a platform admin")
+
+
+def disable_staff(session: Session, *, actor: StaffIdentity, staff_id: int, org_id: int) -> str:
+    """Disable a staff member's account (an admin of an organisation they belong to, or a platform admin).
+
+    Someone who also works in another organisation is only taken out of this one when an organisation's admin
+    asks (their account is not this organisation's alone); a platform admin disables the account. Returns
+    "disabled" or "removed"."""
     require(session, actor, "staff.manage", org_id)
     row = session.get(Staff, staff_id)
     if row is None or row.disabled_at is not None or role_in(session, row, org_id) is None:
         raise InvalidStaff("no such active staff member")
     if row.id == actor.id:
         raise InvalidStaff("you cannot disable yourself")
+    _check_platform_target(session, actor, row)
+    acting = session.get(Staff, actor.id)
+    elsewhere = [org for org in memberships(session, row.id) if org != org_id]
+    if elsewhere and not (acting is not None and acting.platform_admin):
+        session.delete(session.get(StaffMembership, (row.id, org_id)))
+        audit.record(session, org_id=org_id, actor=actor.username, action="staff.remove",
+                     target=f"staff:{row.username}")
+        session.commit()
+        return "removed"
     row.disabled_at = utcnow()
     session.add(row)
     audit.record(session, org_id=org_id, actor=actor.username, action="staff.disable",
                  target=f"staff:{row.username}")
     session.commit()
+    return "disabled"
 
 
 def list_staff(session: Session, *, org_id: int) -> list[StaffPublic]:
@@ -229,6 +252,13 @@ def list_staff(session: Session, *, org_id: int) -> list[StaffPublic]:
         if role is not None:
             found.append(StaffPublic.model_validate(row, update={"role": role}))
     return found
+
+
+def all_staff(session: Session, *, actor: StaffIdentity) -> list[tuple[StaffPublic, dict[int, str]]]:
+    """Every staff member with their {org_id: role}, for a platform admin assigning people to organisations."""
+    require(session, actor, "orgs.manage", None)
+    return [(StaffPublic.model_validate(row), memberships(session, row.id) if row.disabled_at is None else {})
+            for row in session.exec(select(Staff).order_by(Staff.id))]
 
 
 def authenticate(session: Session, *, username: str, password: str, failure_delay: float = 0.0) -> StaffIdentity | None:
@@ -272,6 +302,9 @@ class ConsoleSession:
     idle_minutes: float
     token: str | None = None  # the cookie's token of the server-side row (core.admin.console_sessions)
     synced_at: datetime | None = None  # when the row's expiry was last pushed out
+    # The organisation the person works in now (the console's switcher); None until the console picks their
+    # first one. Never trusted: every core call checks the person's membership in it (require).
+    org_id: int | None = None
 
     @classmethod
     def start(cls, identity: StaffIdentity, idle_minutes: float, now: datetime | None = None,
