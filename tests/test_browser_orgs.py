@@ -65,12 +65,14 @@ def two_orgs_console(tmp_path, sqlite_template):
         yield console_url
 
 
-def templates_text(page) -> str:  # type: ignore[no-untyped-def]
-    """The Templates page with COUPON picked, as the person reads it."""
+def templates_text(page, expect: str) -> str:  # type: ignore[no-untyped-def]
+    """The Templates page with COUPON picked, as the person reads it once the template expected is drawn (the
+    heading comes before the template in force on a slow machine)."""
     go(page, "Templates", "Templates")
     page.get_by_label("Action").first.click()
     page.get_by_role("option", name="COUPON", exact=True).click()
     wait_text(page, "Which template COUPON uses")
+    wait_text(page, expect)
     settled(page)
     return page.inner_text("[data-testid='stMain']")
 
@@ -91,12 +93,12 @@ def test_switching_organisations_shows_only_the_selected_ones_templates(two_orgs
         sidebar = page.locator("[data-testid='stSidebar']")
         assert sidebar.get_by_label("Organisation").count() == 1
         assert "(editor)" in sidebar.inner_text()
-        shown = templates_text(page)
+        shown = templates_text(page, "Alpha wording")
         assert "Alpha wording" in shown and "Beta wording" not in shown
         shot(page, "30-orgs-alpha-templates")
 
         switch_to(page, "Beta Bank", "viewer")
-        shown = templates_text(page)
+        shown = templates_text(page, "Beta wording")
         assert "Beta wording" in shown and "Alpha wording" not in shown
         assert "read only for your role" in shown  # a viewer in Beta
         assert "(viewer)" in sidebar.inner_text()
@@ -104,7 +106,7 @@ def test_switching_organisations_shows_only_the_selected_ones_templates(two_orgs
         shot(page, "31-orgs-beta-templates")
 
         switch_to(page, "Alpha Shop", "editor")
-        shown = templates_text(page)
+        shown = templates_text(page, "Alpha wording")
         assert "Alpha wording" in shown and "Beta wording" not in shown
         assert sidebar.get_by_role("link", name="Test send").count() == 1
 
@@ -112,5 +114,5 @@ def test_switching_organisations_shows_only_the_selected_ones_templates(two_orgs
         other = chromium.new_context(viewport={"width": 1400, "height": 1000}).new_page()
         sign_in(other, two_orgs_console, "al", "password-123")
         assert other.locator("[data-testid='stSidebar']").get_by_label("Organisation").count() == 0
-        shown = templates_text(other)
+        shown = templates_text(other, "Alpha wording")
         assert "Alpha wording" in shown and "Beta" not in shown
