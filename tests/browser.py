@@ -100,6 +100,14 @@ def sign_in(page, url: str, username: str, password: str) -> None:  # type: igno
     wait_text(page, "OTP service status")
 
 
+def sign_out(page) -> None:  # type: ignore[no-untyped-def]
+    """Press Sign out and wait for the sign-in form: the cookie is cleared by that run, so navigating away before
+    it has drawn would race it and land signed in again."""
+    page.get_by_role("button", name="Sign out").click()
+    wait_text(page, "Sign in to the OTP console")
+    settled(page)
+
+
 def go(page, title: str, heading: str) -> None:  # type: ignore[no-untyped-def]
     """Open a page from the sidebar and wait for it to be drawn."""
     page.get_by_role("link", name=title).click()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.browser import (ARTIFACTS, console_server, go, headless_chromium, require_chromium, settled, shot, sign_in,
-                           wait_text)
+                           sign_out, wait_text)
 
 pytestmark = pytest.mark.browser
 require_chromium()
@@ -71,7 +71,7 @@ def test_console_end_to_end_in_chromium(console_url, browser):
     wait_text(page, "awaits approval")
 
     # 4. The approver (a second person) approves it.
-    page.get_by_role("button", name="Sign out").click()
+    sign_out(page)
     sign_in(page, console_url, "abe", "password-123")
     go(page, "Templates", "Templates")
     page.get_by_role("tab", name="Versions").click()
