@@ -218,3 +218,19 @@ def test_days_not_on_a_quarter_hour_are_refused():
     with pytest.raises(ValueError, match="quarter hour"):
         D._buckets(D.Filters(date(1900, 1, 1), date(1900, 1, 2), "Asia/Kolkata"))
     assert D._buckets(D.Filters(date(2026, 11, 26), date(2026, 11, 26), "Asia/Kathmandu"))  # +5:45 is fine
+
+
+def test_cover_reads_each_quarter_hour_once_through_the_coarsest_rows_that_fit():
+    import random
+    rng = random.Random(5)
+    for _ in range(3000):
+        first = rng.randrange(0, 5000)
+        stop = first + rng.randrange(1, 3000)
+        runs = R.cover(first, stop)
+        assert [q for _, lo, hi in runs for q in range(lo, hi)] == list(range(first, stop))
+        assert all(span in R.SPANS and lo % span == 0 and hi % span == 0 for span, lo, hi in runs)
+    # 30 local days in Kolkata (+5:30): 29 whole UTC days, the hours and the two half hours around them.
+    kolkata = R.bucket_of(datetime(2026, 10, 31, 18, 30, tzinfo=timezone.utc))
+    assert R.cover(kolkata, kolkata + 30 * R.DAY) == [
+        (1, kolkata, kolkata + 2), (R.HOUR, kolkata + 2, kolkata + 22), (R.DAY, kolkata + 22, kolkata + 29 * R.DAY + 22),
+        (R.HOUR, kolkata + 29 * R.DAY + 22, kolkata + 29 * R.DAY + 94), (1, kolkata + 29 * R.DAY + 94, kolkata + 30 * R.DAY)]

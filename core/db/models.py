@@ -444,7 +444,9 @@ class UsageRollup(SQLModel, table=True):
     __table_args__ = (Index("ix_usage_rollup_bucket", "bucket"), {"sqlite_with_rowid": False})
     org_id: int = org_field(primary_key=True)
     channel: str = Field(primary_key=True, max_length=10)
-    bucket: int = Field(primary_key=True)
+    # The run of quarter hours the row sums (core.reporting.rollups.SPANS): 1, 4 (an hour) or 96 (a UTC day).
+    span: int = Field(default=1, primary_key=True, sa_column_kwargs={"server_default": "1"})
+    bucket: int = Field(primary_key=True)  # the first quarter hour (epoch seconds // 900) of the row's span
     action: str = Field(primary_key=True, max_length=40)
     requests: int = 0
     issued: int = 0
@@ -471,6 +473,8 @@ class DeliveryRollup(SQLModel, table=True):
     )
     org_id: int = org_field(primary_key=True)
     action: str = Field(primary_key=True, max_length=40)
+    # The run of quarter hours the row sums (core.reporting.rollups.SPANS): 1, 4 (an hour) or 96 (a UTC day).
+    span: int = Field(default=1, primary_key=True, sa_column_kwargs={"server_default": "1"})
     bucket: int = Field(primary_key=True)
     channel: str = Field(primary_key=True, max_length=10)
     gateway: str = Field(primary_key=True, max_length=40)
@@ -488,11 +492,12 @@ class DeliveryRollup(SQLModel, table=True):
 class FailureRollup(SQLModel, table=True):
     """Failed deliveries per bucket, action, channel, gateway and error text."""
     __tablename__ = "failure_rollup"
-    __table_args__ = (Index("ix_failure_rollup_action_bucket", "org_id", "action", "bucket"),
+    __table_args__ = (Index("ix_failure_rollup_action_bucket", "org_id", "action", "span", "bucket"),
                       Index("ix_failure_rollup_bucket", "bucket"))
     id: int | None = Field(default=None, primary_key=True)
     org_id: int = org_field()
     action: str = Field(max_length=40)
+    span: int = Field(default=1, sa_column_kwargs={"server_default": "1"})  # as in the other rollups
     bucket: int
     channel: str = Field(max_length=10)
     gateway: str = Field(max_length=40)
@@ -503,6 +508,8 @@ class FailureRollup(SQLModel, table=True):
 class SecurityEvent(SQLModel, table=True):
     """Something an attacker does: a replayed or burned code, a lock, a prefix block, a budget trip. Never a code."""
     __tablename__ = "security_event"
+    # One organisation's events of a range, for its limits page (0015); created_at's own index serves all of them.
+    __table_args__ = (Index("ix_security_event_org", "org_id", "created_at"),)
     id: int | None = Field(default=None, primary_key=True)
     org_id: int = org_field()
     created_at: datetime = Field(default_factory=utcnow, index=True)
