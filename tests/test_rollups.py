@@ -229,8 +229,9 @@ def test_cover_reads_each_quarter_hour_once_through_the_coarsest_rows_that_fit()
         runs = R.cover(first, stop)
         assert [q for _, lo, hi in runs for q in range(lo, hi)] == list(range(first, stop))
         assert all(span in R.SPANS and lo % span == 0 and hi % span == 0 for span, lo, hi in runs)
-    # 30 local days in Kolkata (+5:30): 29 whole UTC days, the hours and the two half hours around them.
+    # 30 local days in Kolkata (+5:30): 29 whole UTC days, and around them the half hours, hours and six hours
+    # from 18:30 to midnight and from midnight to 18:30.
     kolkata = R.bucket_of(datetime(2026, 10, 31, 18, 30, tzinfo=timezone.utc))
-    assert R.cover(kolkata, kolkata + 30 * R.DAY) == [
-        (1, kolkata, kolkata + 2), (R.HOUR, kolkata + 2, kolkata + 22), (R.DAY, kolkata + 22, kolkata + 29 * R.DAY + 22),
-        (R.HOUR, kolkata + 29 * R.DAY + 22, kolkata + 29 * R.DAY + 94), (1, kolkata + 29 * R.DAY + 94, kolkata + 30 * R.DAY)]
+    assert [(span, lo - kolkata, hi - kolkata) for span, lo, hi in R.cover(kolkata, kolkata + 30 * R.DAY)] == [
+        (R.HALF, 0, 2), (R.HOUR, 2, 22), (R.DAY, 22, 22 + 29 * R.DAY), (R.SIX_HOURS, 22 + 29 * R.DAY, 94 + 29 * R.DAY),
+        (R.HALF, 94 + 29 * R.DAY, 96 + 29 * R.DAY)]

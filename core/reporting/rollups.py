@@ -29,11 +29,12 @@ past). On SQLite, writers are serialised, so ids are assigned in commit order. O
 take an id and commit after a larger one: the count of rows in the last WINDOW ids below the mark is kept,
 and when it changes those rows' buckets are recomputed too.
 
-Spans: every figure is kept three times, per quarter hour (span 1), per UTC hour (span 4) and per UTC day
-(span 96); a row's bucket is the first quarter hour it covers. Hour rows are sums of their quarter rows and day
-rows sums of their hour rows, recomputed in the same transaction whenever one of their quarters is. A range
-of local days is read through cover(): whole UTC days, then whole hours, then quarter hours at its edges, so a
-30-day figure reads some 80 rows per group instead of 2,880, exactly, in any time zone.
+Spans: every figure is kept per quarter hour (span 1) and again per UTC half hour, hour, six hours and day
+(spans 2, 4, 24, 96, SPANS); a row's bucket is the first quarter hour it covers. Each coarser row is the sum of
+the rows of the span below it, recomputed in the same transaction whenever one of its quarters is. A range of
+local days is read through cover(): whole UTC days in the middle, then ever shorter spans towards its edges, so
+a local day of Kolkata reads 10 rows per group instead of 96 and a 30-day range about 20 instead of 2,880,
+exactly, in any time zone.
 
 A refresh runs before each dashboard query (core.reporting.dashboards) and costs a few indexed lookups when nothing is
 new. Deleting raw rows is not followed: after a purge, call rebuild().
@@ -59,8 +60,10 @@ from core.db.models import (Delivery, DeliveryReceipt, DeliveryRollup, FailureRo
 from core.histogram import BINS, EDGES, EDGES_US
 
 QUARTER = 900  # seconds in a bucket
-HOUR, DAY = 4, 96  # spans, in quarter hours
-SPANS = (1, HOUR, DAY)
+# Spans, in quarter hours, each a multiple of the one before: half hours and hours for the :30 and :45 zones and
+# the hours around a local midnight, six hours and days for the rest of a local day or range.
+HALF, HOUR, SIX_HOURS, DAY = 2, 4, 24, 96
+SPANS = (1, HALF, HOUR, SIX_HOURS, DAY)
 ALL = "*"
 NO_ERROR_TEXT = "(no error text)"
 # PostgreSQL: how many ids below the high-water mark are re-counted for late commits (see the docstring).
@@ -172,8 +175,8 @@ def bucket_of(moment: datetime) -> int:
 
 def cover(first: int, stop: int) -> list[tuple[int, int, int]]:
     """[first, stop) of quarter hours as (span, first, stop) runs of the coarsest rows that fit: whole UTC days
-    in the middle, whole hours around them, quarter hours at the edges. The runs do not overlap and together
-    cover exactly [first, stop)."""
+    in the middle, then six hours, hours, half hours and quarter hours towards the edges. The runs do not
+    overlap and together cover exactly [first, stop)."""
     runs: list[tuple[int, int, int]] = []
 
     def split(lo: int, hi: int, spans: tuple[int, ...]) -> None:
@@ -307,13 +310,16 @@ _LAYOUT = {
 
 
 def _roll_up(conn: Connection, tables, runs: list[tuple[int, int]]) -> None:  # type: ignore[no-untyped-def]
-    """Recompute the hour rows over the quarter runs just recomputed, then the day rows over those hours."""
+    """Recompute the rows of each coarser span over the quarter runs just recomputed, from the span below."""
     for finer, coarser in zip(SPANS, SPANS[1:]):
         runs = _widened(runs, coarser)
         for table in tables:
             keys, sums, largest = _LAYOUT[table]
             t = table
-            start = (t.c.bucket // coarser * coarser).label("bucket")
+            # The span as literal SQL text, not a bind: PostgreSQL matches the SELECT's expression to the GROUP BY's
+            # only when both read the same (two binds are two expressions to it).
+            quarters = literal_column(str(coarser), Integer())
+            start = (t.c.bucket // quarters * quarters).label("bucket")
             columns = [*[t.c[k] for k in keys], literal(coarser, Integer()).label("span"), start,
                        *[func.sum(t.c[n]).label(n) for n in sums],
                        *([func.max(t.c[largest]).label(largest)] if largest else [])]
@@ -322,7 +328,7 @@ def _roll_up(conn: Connection, tables, runs: list[tuple[int, int]]) -> None:  # 
                 conn.execute(insert(t).from_select(
                     [*keys, "span", "bucket", *sums, *([largest] if largest else [])],
                     select(*columns).where(t.c.span == finer, t.c.bucket >= first, t.c.bucket < stop)
-                    .group_by(*[t.c[k] for k in keys], t.c.bucket // coarser)))
+                    .group_by(*[t.c[k] for k in keys], t.c.bucket // quarters)))
 
 
 def _widened(runs: list[tuple[int, int]], span: int) -> list[tuple[int, int]]:
