@@ -2,7 +2,7 @@
 
     python bench/load.py [--requests 2000] [--warmup 200] [--concurrency 32] [--timeout 60] [--runs 1]
                          [--pg-url postgresql+psycopg://postgres@127.0.0.1:5432/test] [--only sqlite|postgresql]
-                         [--pg-workers 2] [--uvicorn-cli] [--raw-transactions 2000]
+                         [--pg-workers 2] [--uvicorn-cli] [--raw-transactions 2000] [--also-concurrency N]
 
 Set-ups, each measured in the same run as its own floor (and, on PostgreSQL, its raw-driver reference):
 
@@ -15,6 +15,11 @@ Set-ups, each measured in the same run as its own floor (and, on PostgreSQL, its
                          statements and COMMIT, through psycopg directly, no HTTP), 2 processes (--pg-workers) on
                          one connection each, on the same schema, just before the API's phases. "of raw" is the
                          API's rate as a share of it: the goal is generate >= 40 %, with p99 under 100 ms.
+  --also-concurrency N   adds a second generate phase with N requests in flight instead of --concurrency, on the
+                         same servers (new numbers), printed as "generate @N" beside the others: at a fixed
+                         concurrency C a closed-loop client's mean latency is C / rate (Little's law), so the p99 at
+                         32 in flight is bounded below by 32 / rate; this shows the p99 at a load the service
+                         sustains (2 workers x 6 threads = 12 transactions at once) without moving the default
   --uvicorn-cli          adds the PostgreSQL set-up started by `uvicorn --workers N` instead (no TCP_NODELAY on
                          its listening socket: a keep-alive client waits ~40 ms per response; see serve.py)
 
@@ -164,12 +169,13 @@ class Bench:
             raise
 
     def _measure(self, phase: str, server: Server, requests: list[bytes], warmup: list[bytes],
-                 check: Callable[[int, bytes], bool]) -> Row:
+                 check: Callable[[int, bytes], bool], concurrency: int | None = None) -> Row:
         a = self.args
+        concurrency = concurrency or a.concurrency
         if warmup:
-            run_load(server.port, warmup, concurrency=a.concurrency, timeout=a.timeout, check=check)
+            run_load(server.port, warmup, concurrency=concurrency, timeout=a.timeout, check=check)
         before = tree_cpu_seconds(server.proc.pid)
-        result = run_load(server.port, requests, concurrency=a.concurrency, timeout=a.timeout, check=check)
+        result = run_load(server.port, requests, concurrency=concurrency, timeout=a.timeout, check=check)
         after = tree_cpu_seconds(server.proc.pid)
         if before is None or after is None:
             return Row(self.setup.name, phase, result, None)
@@ -190,11 +196,11 @@ class Bench:
         requests *= max(1, self.args.empty_factor)
         return self._measure("empty floor", self.empty, requests, requests[:self.args.warmup], empty_ok)
 
-    def generate(self, numbers: list[str], warm: list[str]) -> Row:
+    def generate(self, numbers: list[str], warm: list[str], concurrency: int | None = None) -> Row:
         port = self.api.port
         build = lambda n: http_request("POST", "/v2/otp/generate", port, generate_body(n), self.auth)  # noqa: E731
-        return self._measure("generate", self.api, [build(n) for n in numbers], [build(n) for n in warm],
-                             generate_ok)
+        return self._measure(f"generate @{concurrency}" if concurrency else "generate", self.api,
+                             [build(n) for n in numbers], [build(n) for n in warm], generate_ok, concurrency)
 
     def validate(self, numbers: list[str], warm: list[str]) -> Row:
         port = self.api.port
@@ -276,6 +282,10 @@ def run_setup(setup: Setup, numbers: Numbers, args: argparse.Namespace, tmp: Pat
         print(f"  {rows[-1].phase}: {rows[-1].result.rate:.0f} req/s", flush=True)
         rows.append(bench.validate(measured, warm))
         print(f"  {rows[-1].phase}: {rows[-1].result.rate:.0f} req/s", flush=True)
+        if args.also_concurrency:
+            rows.append(bench.generate(numbers.take(args.requests), numbers.take(args.warmup), args.also_concurrency))
+            print(f"  {rows[-1].phase}: {rows[-1].result.rate:.0f} req/s, p99 {rows[-1].result.percentile(99):.1f} ms",
+                  flush=True)
         return rows
     finally:
         bench.close()
@@ -292,7 +302,7 @@ def print_table(rows: list[Row]) -> None:
         r = row.result
         same = [other for other in rows if other.setup == row.setup]
         floor, raw = _rate(same, "empty floor"), _rate(same, "raw driver")
-        measured = row.phase in ("generate", "validate")
+        measured = row.phase.startswith(("generate", "validate"))
         cpu = f"{row.server_cpu / r.elapsed * 100:.0f} %" if row.server_cpu is not None and r.elapsed else "-"
         split = "/".join(f"{s * 100:.0f}" for s in row.split) if row.split and len(row.split) > 1 else ""
         share = f"{r.rate / floor * 100:.1f} %" if floor and measured else ""
@@ -310,10 +320,12 @@ def print_table(rows: list[Row]) -> None:
 def print_summary(runs: list[tuple[list[Row], str]]) -> None:
     """One line per PostgreSQL run: raw rate, generate and validate (req/s, p99, share of raw), load average."""
     print(f"\n{len(runs)} runs, PostgreSQL (raw = generate-shaped transactions through psycopg, same run and schema)")
+    extra = [next((row for row in rows if row.phase.startswith("generate @")), None) for rows, _load in runs]
+    extra_head = f"{extra[0].phase.replace('generate ', 'gen p99 '):>15}" if all(extra) else ""
     print(f"{'run':<5}{'raw tx/s':>10}{'gen req/s':>11}{'gen p99':>9}{'gen/raw':>9}{'val req/s':>11}{'val p99':>9}"
-          f"{'val/raw':>9}{'gen split':>11}   load average before; PostgreSQL background work during the run")
+          f"{'val/raw':>9}{'gen split':>11}{extra_head}   load average before; PostgreSQL background work during the run")
     table = []
-    for number, (rows, load) in enumerate(runs, 1):
+    for number, ((rows, load), other) in enumerate(zip(runs, extra), 1):
         raw = _rate(rows, "raw driver")
         gen = next(row for row in rows if row.phase == "generate")
         val = next(row for row in rows if row.phase == "validate")
@@ -321,8 +333,9 @@ def print_summary(runs: list[tuple[list[Row], str]]) -> None:
                 val.result.rate, val.result.percentile(99), val.result.rate / raw * 100]
         table.append(line)
         split = "/".join(f"{s * 100:.0f}" for s in gen.split) if gen.split and len(gen.split) > 1 else ""
+        also = f"{other.result.percentile(99):>9.1f} ({other.result.rate:.0f}/s)" if extra_head and other else ""
         print(f"{number:<5}{line[0]:>10.0f}{line[1]:>11.0f}{line[2]:>9.1f}{line[3]:>8.1f}%{line[4]:>11.0f}"
-              f"{line[5]:>9.1f}{line[6]:>8.1f}%{split:>11}   {load}")
+              f"{line[5]:>9.1f}{line[6]:>8.1f}%{split:>11}{also:>15}   {load}")
     medians = [statistics.median(column) for column in zip(*table)]
     print(f"{'med':<5}{medians[0]:>10.0f}{medians[1]:>11.0f}{medians[2]:>9.1f}{medians[3]:>8.1f}%{medians[4]:>11.0f}"
           f"{medians[5]:>9.1f}{medians[6]:>8.1f}%")
@@ -345,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=1, help="PostgreSQL set-ups in a row, summarised (default 1)")
     parser.add_argument("--raw-transactions", type=int, default=2000,
                         help="generate-shaped transactions of the raw-driver reference (default 2000)")
+    parser.add_argument("--also-concurrency", type=int, default=0,
+                        help="also a generate phase with this many in flight, labelled 'generate @N' (default: none)")
     parser.add_argument("--uvicorn-cli", action="store_true",
                         help="also run the PostgreSQL set-up started by `uvicorn --workers N` (no TCP_NODELAY)")
     args = parser.parse_args(argv)

@@ -1,9 +1,10 @@
 """Where a generate spends its time: the engine directly, or the whole uvicorn server under HTTP load.
 
-    python bench/profile_engine.py [--requests 2000] [--tool pyinstrument|cprofile|both] [--http]
+    python bench/profile_engine.py [--requests 2000] [--tool pyinstrument|cprofile|both] [--http [--phase validate]]
 
 engine mode (default): core.services.generation.generate awaited in a loop (as bench/engine.py does), profiled in process.
---http: `uvicorn api:app` runs under pyinstrument in a subprocess while bench/loadgen.py drives generates.
+--http: `uvicorn api:app` runs under pyinstrument in a subprocess while bench/loadgen.py drives generates
+(--phase validate: validates of the right codes, for numbers generated before profiling starts).
 
 Two breakdowns of the sampled time (pyinstrument, 0.5 ms interval):
   what  - the mechanism: SQLAlchemy statement construction / cache keys / compile / execute / transactions,
@@ -33,7 +34,8 @@ for _path in (str(ROOT), str(BENCH)):
         sys.path.insert(0, _path)
 
 import engine as bench  # noqa: E402  (bench/engine.py)
-from common import create_api_client, generate_body, generate_ok, server_env  # noqa: E402
+from common import (codes_sent, create_api_client, generate_body, generate_ok, server_env, validate_body,  # noqa: E402
+                    validate_ok)
 from loadgen import Numbers, Server, http_request, run_load  # noqa: E402
 
 CORE = str(ROOT / "core") + "/"
@@ -171,9 +173,9 @@ def breakdown(session, generates: int, top_where: int) -> None:  # type: ignore[
         by_what[what(stack)] += seconds
         by_where[where(stack)] += seconds
     busy = sum(by_what.values())
-    print(f"\nsampled {busy:.2f} s busy (+{idle:.2f} s idle) over {generates} generates = "
-          f"{busy / generates * 1000:.2f} ms busy per generate")
-    print("\n  what (mechanism)                                                   share   ms/generate")
+    print(f"\nsampled {busy:.2f} s busy (+{idle:.2f} s idle) over {generates} requests = "
+          f"{busy / generates * 1000:.2f} ms busy per request")
+    print("\n  what (mechanism)                                                   share    ms/request")
     small = 0.0
     for name, seconds in by_what.most_common():
         if seconds / busy < 0.002:
@@ -182,7 +184,7 @@ def breakdown(session, generates: int, top_where: int) -> None:  # type: ignore[
         print(f"  {name:<64}{seconds / busy * 100:6.1f} %{seconds / generates * 1000:10.3f}")
     if small:
         print(f"  {'(categories under 0.2 % each)':<64}{small / busy * 100:6.1f} %{small / generates * 1000:10.3f}")
-    print("\n  where (services line, outbox task, api.py)                   share   ms/generate")
+    print("\n  where (services line, outbox task, api.py)                   share    ms/request")
     for name, seconds in by_where.most_common(top_where):
         print(f"  {name:<66}{seconds / busy * 100:6.1f} %{seconds / generates * 1000:8.3f}")
 
@@ -288,14 +290,21 @@ def profile_http(args: argparse.Namespace) -> None:
         numbers = Numbers("--requests")
         build = lambda n: http_request("POST", "/v2/otp/generate", server.port,  # noqa: E731
                                        generate_body(n), auth)
-        run_load(server.port, [build(n) for n in numbers.take(args.warmup)], concurrency=args.concurrency,
-                 timeout=args.timeout)
+        warm, measured = numbers.take(args.warmup), numbers.take(args.requests)
+        run_load(server.port, [build(n) for n in warm], concurrency=args.concurrency, timeout=args.timeout)
+        requests, check = [build(n) for n in measured], generate_ok
+        if args.phase == "validate":  # the codes of the measured generates (sent before profiling) are validated
+            run_load(server.port, requests, concurrency=args.concurrency, timeout=args.timeout)
+            codes = codes_sent(f"sqlite:///{db_path}", set(warm) | set(measured))
+            check_code = lambda n: http_request("POST", "/v2/otp/validate", server.port,  # noqa: E731
+                                                validate_body(n, codes[n]), auth)
+            run_load(server.port, [check_code(n) for n in warm], concurrency=args.concurrency, timeout=args.timeout)
+            requests, check = [check_code(n) for n in measured], validate_ok
         os.kill(server.proc.pid, signal.SIGUSR1)
         time.sleep(0.2)
         started = time.monotonic()
-        result = run_load(server.port, [build(n) for n in numbers.take(args.requests)],
-                          concurrency=args.concurrency, timeout=args.timeout, check=generate_ok)
-        print(f"HTTP generate under pyinstrument: {result.done} done, {result.ok} ok, {result.rate:.0f}/s "
+        result = run_load(server.port, requests, concurrency=args.concurrency, timeout=args.timeout, check=check)
+        print(f"HTTP {args.phase} under pyinstrument: {result.done} done, {result.ok} ok, {result.rate:.0f}/s "
               f"({time.monotonic() - started:.1f} s)")
         os.kill(server.proc.pid, signal.SIGUSR2)
         deadline = time.monotonic() + 120
@@ -320,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--http", action="store_true", help="profile `uvicorn api:app` under HTTP load instead")
     parser.add_argument("--concurrency", type=int, default=48)
     parser.add_argument("--api-app", default="api:app", help="module:attribute for --http (default api:app)")
+    parser.add_argument("--phase", choices=("generate", "validate"), default="generate",
+                        help="with --http: the endpoint profiled (validate: of codes generated before)")
     args = parser.parse_args(argv)
     if args.http:
         profile_http(args)

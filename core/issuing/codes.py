@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, bindparam, case, select, text, update
+from sqlalchemy import Connection, bindparam, case, literal_column, select, text, update
 
 from core.crypto import CodeKeys, equal, new_code
 from core.db.models import FailureCounter, OtpCode
@@ -19,9 +19,12 @@ from core.issuing.action_config import OtpConfig
 _code = OtpCode.__table__
 _failures = FailureCounter.__table__
 _when = _code.c.expires_at.type  # aware UTC in, UTC stored: bind parameters need the column's type
+# A code's state compared with a literal in the SQL, not a bound parameter: SQLite re-prepares a statement at every
+# execution when a bound value could decide whether a partial index applies (uq_otp_code_active is WHERE
+# state = 'active'), which made a validate's code lookup cost 19 us instead of 7 and its UPDATE 17 instead of 10.
+_active = _code.c.state == literal_column("'active'")
 
-_live = (_code.c.user_key == bindparam("p_user")) & (_code.c.action == bindparam("p_action")) \
-    & (_code.c.state == "active")
+_live = (_code.c.user_key == bindparam("p_user")) & (_code.c.action == bindparam("p_action")) & _active
 _RESEND = (update(_code)
            .where(_live, _code.c.expires_at > bindparam("p_now", type_=_when),
                   _code.c.send_count < bindparam("p_max_sends"))
@@ -34,19 +37,20 @@ _LIVE_EXPIRY = select(_code.c.expires_at).where(_live)
 # The live code, and whether it is still fresh, as SQL compares it (as _USE does): no timestamp parsed in Python.
 _FIND_LIVE = Prepared(lambda _insert: select(
     _code.c.id, _code.c.code_hmac, (_code.c.expires_at > bindparam("p_now", type_=_when)).label("fresh")).where(_live))
-_EXPIRE_ONE = Prepared(lambda _insert: update(_code).where(_code.c.id == bindparam("p_id"), _code.c.state == "active")
+_EXPIRE_ONE = Prepared(lambda _insert: update(_code).where(_code.c.id == bindparam("p_id"), _active)
                        .values(state="expired", code_enc=None))
 _USE = Prepared(lambda _insert: update(_code).where(
-    _code.c.id == bindparam("p_id"), _code.c.state == "active", _code.c.expires_at > bindparam("p_now", type_=_when))
+    _code.c.id == bindparam("p_id"), _active, _code.c.expires_at > bindparam("p_now", type_=_when))
     .values(state="used", code_enc=None, used_at=bindparam("p_used_at", type_=_when)).returning(_code.c.id))
 _burns = _code.c.failed_attempts + 1 >= bindparam("p_attempts")
-_FAIL = Prepared(lambda _insert: update(_code).where(_code.c.id == bindparam("p_id"), _code.c.state == "active").values(
+_FAIL = Prepared(lambda _insert: update(_code).where(_code.c.id == bindparam("p_id"), _active).values(
     failed_attempts=_code.c.failed_attempts + 1,
     state=case((_burns, "burned"), else_=_code.c.state),
     code_enc=case((_burns, None), else_=_code.c.code_enc),
 ).returning(_code.c.failed_attempts, _code.c.state))
 _LAST_USED_MAC = Prepared(lambda _insert: select(_code.c.code_hmac).where(
-    _code.c.user_key == bindparam("p_user"), _code.c.action == bindparam("p_action"), _code.c.state == "used")
+    _code.c.user_key == bindparam("p_user"), _code.c.action == bindparam("p_action"),
+    _code.c.state == literal_column("'used'"))
     .order_by(_code.c.id.desc()).limit(1))
 _LOCKED_UNTIL = Prepared(lambda _insert: select(_failures.c.locked_until, _failures.c.consecutive).where(
     _failures.c.user_key == bindparam("p_user"), _failures.c.action == bindparam("p_action")))

@@ -160,8 +160,9 @@ async def generate(rt: Runtime, payload: object, *, org_id: int, client_id: int 
                                     user_key=user_key, plan=plan, templates=templates, from_step=0,
                                     test_number=test_number)
 
-    log.info("%s code %s for %s action %s over %s", "re-sent" if issued.resent else "issued", issued.code_id,
-             mask(request.entity.value), config.action.value, ",".join(r.channel for r in reports))
+    if log.isEnabledFor(logging.INFO):  # the masked value and the channel list are built only when logged
+        log.info("%s code %s for %s action %s over %s", "re-sent" if issued.resent else "issued", issued.code_id,
+                 mask(request.entity.value), config.action.value, ",".join(r.channel for r in reports))
     failed = [r for r in reports if r.status == "failed"]
     for report in reports:
         metrics.generated(config.action.value, report.channel,

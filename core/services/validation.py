@@ -87,7 +87,8 @@ async def validate(rt: Runtime, payload: object, *, org_id: int, client_id: int 
                                     now=now) from None
     except DBAPIError as exc:
         raise storage_error(exc) from None
-    log.info("validation for %s action %s: %s", mask(request.entity.value), action, outcome.outcome)
+    if log.isEnabledFor(logging.INFO):  # the masked value is built only when it is logged
+        log.info("validation for %s action %s: %s", mask(request.entity.value), action, outcome.outcome)
     metrics.validated(action, outcome.outcome)
     if outcome.outcome == "ok":
         return ValidateResult(True)
