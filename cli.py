@@ -1,5 +1,6 @@
 """Command line: `python -m cli client create NAME [--org SLUG]` prints the new client's key and secret once;
-`python -m cli org create SLUG --name NAME` makes an organisation, `org list` lists them."""
+`python -m cli org create SLUG --name NAME` makes an organisation, `org update SLUG --brand ..` edits one,
+`org list` lists them."""
 from __future__ import annotations
 
 import argparse
@@ -10,8 +11,9 @@ from core.admin.clients import (check_end_user_ip_header, create_client, list_cl
 from core.admin.organisations import (OrganisationRefused, UnknownOrganisation, create_organisation,
                                       get_organisation_by_slug, list_organisations)
 from core.admin.tokens import DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS, MIN_TTL_SECONDS, check_token_ttl
-from core.db.models import ApiClientCreate, OrganisationBase
+from core.db.models import ApiClientCreate, OrganisationBase, OrganisationUpdate
 from core.runtime import Runtime
+from core.services.admin_actions import save_organisation
 from core.settings import settings_or_exit
 
 
@@ -50,6 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     org_create.add_argument("--timezone", default=None, help="where its day begins (default: OTP_TIMEZONE)")
     org_create.add_argument("--region", default=None, help="ISO region of its national numbers "
                                                            "(default: OTP_DEFAULT_REGION)")
+    org_update = org.add_parser("update", help="change an organisation's name, brand, time zone or phone region "
+                                               "(the slug stays); the API uses it within OTP_CACHE_SECONDS")
+    org_update.add_argument("slug", help="the organisation to change")
+    org_update.add_argument("--name", default=None)
+    org_update.add_argument("--brand", default=None, help="its {{ brand }}; \"\" for OTP_BRAND again")
+    org_update.add_argument("--timezone", default=None, help="where its day begins; \"\" for OTP_TIMEZONE again")
+    org_update.add_argument("--region", default=None, help="ISO region of its national numbers; \"\" for "
+                                                           "OTP_DEFAULT_REGION again")
     org.add_parser("list", help="list organisations")
     groups.add_parser("migrate", help="apply database migrations and seed the default configuration")
     args = parser.parse_args(argv)
@@ -64,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         header = check_end_user_ip_header(getattr(args, "end_user_ip_header", None))
     except ValueError as exc:
         parser.error(f"--end-user-ip-header: {exc}")
+    if args.group == "org" and args.command == "update" and all(
+            getattr(args, name) is None for name in ("name", "brand", "timezone", "region")):
+        parser.error("org update: say what to change: --name, --brand, --timezone or --region")
     runtime = Runtime(settings_or_exit())
     if args.group == "migrate":
         print("database is up to date")
@@ -117,18 +130,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _refused(exc: OrganisationRefused) -> int:
+    for problems in exc.problems.values():
+        for problem in problems:
+            print(problem, file=sys.stderr)
+    return 1
+
+
 def _org(args: argparse.Namespace, runtime: Runtime) -> int:
+    if args.command == "update":
+        return _org_update(args, runtime)
     with runtime.session() as session:
         if args.command == "create":
-            try:
-                made = create_organisation(session, actor="cli", fields=OrganisationBase(
+            try:  # built unchecked: core reports every problem (an over-long name too) by field, in words
+                made = create_organisation(session, actor="cli", fields=OrganisationBase.model_construct(
                     slug=args.slug, name=args.name, brand=args.brand, timezone=args.timezone,
                     phone_region=args.region))
             except OrganisationRefused as exc:
-                for problems in exc.problems.values():
-                    for problem in problems:
-                        print(problem, file=sys.stderr)
-                return 1
+                return _refused(exc)
             print(f"id: {made.id}")
             print(f"slug: {made.slug}")
             print(f"create its API clients with: python -m cli client create NAME --org {made.slug}")
@@ -136,6 +155,28 @@ def _org(args: argparse.Namespace, runtime: Runtime) -> int:
         for row in list_organisations(session):
             print(f"{row.id}\t{row.slug}\t{row.name}\tbrand {row.brand if row.brand is not None else '(OTP_BRAND)'}"
                   f"\ttimezone {row.timezone or '(OTP_TIMEZONE)'}\tregion {row.phone_region or '(OTP_DEFAULT_REGION)'}")
+    return 0
+
+
+
+def _org_update(args: argparse.Namespace, runtime: Runtime) -> int:
+    given = {field: value for field, value in (("name", args.name), ("brand", args.brand),
+                                               ("timezone", args.timezone), ("phone_region", args.region))
+             if value is not None}
+    try:
+        with runtime.session() as session:
+            org_id = get_organisation_by_slug(session, args.slug).id
+        edited = save_organisation(runtime, actor="cli", org_id=org_id, fields=OrganisationUpdate(**given))
+    except UnknownOrganisation as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except OrganisationRefused as exc:
+        return _refused(exc)
+    if not edited.changes:
+        print(f"{edited.organisation.slug}: nothing changed")
+    for field, (before, after) in edited.changes.items():
+        print(f"{field}: {before if before is not None else '(service setting)'} -> "
+              f"{after if after is not None else '(service setting)'}")
     return 0
 
 

@@ -4,15 +4,15 @@ from datetime import datetime
 import pandas as pd
 import streamlit as st
 
-from console_ui.state import can, gate, runtime, selected_org
+from console_ui.state import can, form_needs_loading, gate, runtime, selected_org
 from core.admin.clients import list_clients
-from core.admin.organisations import create_organisation, list_organisations
-from core.admin.staff import (ROLES, InvalidStaff, all_staff, assign_staff, create_staff, disable_staff, list_staff,
-                              set_role)
+from core.admin.organisations import OrganisationRefused, UnknownOrganisation, create_organisation, list_organisations
+from core.admin.staff import (ROLES, InvalidStaff, PermissionDenied, all_staff, assign_staff, create_staff,
+                              disable_staff, list_staff, set_role)
 from core.admin.tokens import MAX_TTL_SECONDS, MIN_TTL_SECONDS
-from core.db.models import OrganisationBase, StaffCreate
-from core.services.admin_actions import (new_api_client, revoke_api_client, set_api_client_end_user_ip_header,
-                                         set_api_client_token_ttl)
+from core.db.models import OrganisationBase, OrganisationUpdate, StaffCreate
+from core.services.admin_actions import (new_api_client, revoke_api_client, save_organisation,
+                                         set_api_client_end_user_ip_header, set_api_client_token_ttl)
 
 rt = runtime()
 identity = gate("staff.manage")
@@ -31,6 +31,29 @@ for field, empty in st.session_state.pop("admin_clear", {}).items():
 
 def when(moment: datetime | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M UTC") if moment else "never"
+
+
+def save_organisation_edit() -> None:
+    """The edit form's callback: runs before the page, so the outcome shows next to each field; all of the form is
+    saved, or nothing and what was typed stays."""
+    state = st.session_state
+    try:
+        edited = save_organisation(rt, actor=identity, org_id=state["org_edit_pick"], fields=OrganisationUpdate(
+            name=state["org_edit_name"], brand=state["org_edit_brand"].strip(),
+            timezone=state["org_edit_timezone"], phone_region=state["org_edit_region"]))
+    except OrganisationRefused as refused:
+        state["org_edit_problems"] = refused.problems
+    except (PermissionDenied, UnknownOrganisation) as exc:
+        state["admin_flash"] = ("error", f"Not saved: {exc}.")
+    else:
+        org = edited.organisation
+        state["admin_flash"] = ("success", f"Saved {org.name} ({org.slug}): changed "
+                                           f"{', '.join(EDIT_LABELS[f] for f in edited.changes)}." if edited.changes
+                                else f"{org.name} ({org.slug}): nothing to change.")
+        state["org_edit_loaded"] = None  # show what is now stored
+
+
+EDIT_LABELS = {"name": "name", "brand": "brand", "timezone": "time zone", "phone_region": "phone region"}
 
 
 def confirm(action: str, target: int, question: str, yes_label: str) -> bool:
@@ -199,10 +222,11 @@ if platform_tab:
         if made_org:
             try:
                 with rt.session() as db:
-                    made = create_organisation(db, actor=identity, fields=OrganisationBase(
+                    # Built unchecked: core reports every problem (an over-long name too) in words.
+                    made = create_organisation(db, actor=identity, fields=OrganisationBase.model_construct(
                         slug=slug, name=org_name, brand=brand.strip() or None, timezone=zone or None,
                         phone_region=region or None))
-            except ValueError as exc:  # OrganisationRefused, or a field too long for the model
+            except OrganisationRefused as exc:
                 st.error(str(exc))
             else:
                 rt.configuration_changed()
@@ -211,6 +235,26 @@ if platform_tab:
                                                    "org_timezone": "", "org_region": ""}
                 st.rerun()
         names = {o.id: f"{o.name} ({o.slug})" for o in organisations}
+        st.markdown("**Change an organisation** (its slug stays: the CLI names it by that)")
+        problems: dict[str, list[str]] = st.session_state.pop("org_edit_problems", {})
+        editing = {o.id: o for o in organisations}[st.selectbox("Organisation", list(names),
+                                                                  format_func=names.__getitem__, key="org_edit_pick")]
+        stored = {"org_edit_name": editing.name, "org_edit_brand": editing.brand or "",
+                  "org_edit_timezone": editing.timezone or "", "org_edit_region": editing.phone_region or ""}
+        if form_needs_loading("org_edit_loaded", (editing.id, *stored.values()), *stored):
+            st.session_state.update({**stored, "org_edit_loaded": (editing.id, *stored.values())})
+        if problems:
+            st.error("Not saved: the problems are shown next to their fields. Nothing was changed.")
+        with st.form("org_edit"):
+            fields = st.columns(4)
+            for place, (field, key, label) in zip(fields, (
+                    ("name", "org_edit_name", "Name"), ("brand", "org_edit_brand", "Brand (empty: the service's)"),
+                    ("timezone", "org_edit_timezone", "Time zone (empty: the service's)"),
+                    ("phone_region", "org_edit_region", "Phone region (empty: the service's)"))):
+                place.text_input(label, key=key)
+                for problem in problems.get(field, []):
+                    place.error(problem, icon=":material/error:")
+            st.form_submit_button("Save organisation", key="org_edit_save", on_click=save_organisation_edit)
         st.markdown("**Who works where**")
         st.dataframe(pd.DataFrame([{"username": p.username, "platform admin": p.platform_admin,
                                     **{names[o]: roles.get(o, "") for o in names}}

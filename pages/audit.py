@@ -4,23 +4,24 @@ from datetime import datetime, time, timedelta, timezone
 import pandas as pd
 import streamlit as st
 
-from console_ui.state import gate, is_platform_admin, runtime, selected_org
-from core.admin.audit import KINDS, actors, search, to_csv
+from console_ui.state import gate, runtime, selected_org
+from core.admin.audit import KINDS, actors, platform_rows_for, search, to_csv
 from core.clock import utcnow
 
 ALL = "all"
 rt = runtime()
-gate("templates.approve")
+identity = gate("templates.approve")
 org_id = selected_org()
-# Platform rows (sign-ins, staff assignments, organisations made) name people and organisations of every
-# organisation: an organisation's own staff see them only while there is no other organisation to learn about.
-platform_rows = is_platform_admin() or len(rt.organisations()) == 1
+with rt.session() as db:  # platform rows name people and organisations of every organisation: core says which
+    platform_rows = platform_rows_for(db, staff_id=identity.id, org_id=org_id)
 st.title("Audit log")
 st.caption("Sign-ins, test sends, gateway, configuration, template, staff and API-client changes. Destinations "
            "are masked and credentials shown as hints; no code or password is ever recorded.")
+if platform_rows == "members":
+    st.caption("Sign-ins and sign-outs: those of this organisation's own staff (and of no one outside it).")
 today = utcnow().date()
 with rt.session() as db:
-    people = actors(db, org_id=org_id, include_platform=platform_rows)
+    people = actors(db, org_id=org_id, platform=platform_rows)
 a, b, c = st.columns([2, 2, 3])
 kind = a.selectbox("Kind", [ALL, *KINDS], key="audit_kind", format_func=lambda k: "everything" if k == ALL else KINDS[k])
 actor = b.selectbox("Who", [ALL, *people], key="audit_actor", format_func=lambda p: "everyone" if p == ALL else p)
@@ -30,7 +31,7 @@ with rt.session() as db:
     rows = search(db, kind=None if kind == ALL else kind, actor=None if actor == ALL else actor,
                   start=datetime.combine(first, time(), timezone.utc),
                   end=datetime.combine(last + timedelta(days=1), time(), timezone.utc), org_id=org_id,
-                  include_platform=platform_rows)
+                  platform=platform_rows)
 st.dataframe(pd.DataFrame([{"when": r.at, "who": r.actor, "what": r.action, "target": r.target, "why": r.reason or "",
                             "detail": r.detail or ""} for r in rows], columns=["when", "who", "what", "target", "why", "detail"]),
              hide_index=True, width="stretch", key="audit_table",

@@ -9,12 +9,16 @@ import re
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
 
 from core.admin import audit
+from core.admin.console_sessions import end_session
 from core.admin.gateways import save_gateway
+from core.admin.organisations import create_organisation
+from core.admin.staff import StaffIdentity, assign_staff, authenticate, create_staff
 from core.clock import utcnow
-from core.db.models import GatewayConfigBase
+from core.db.models import GatewayConfigBase, OrganisationBase, StaffCreate
 from core.services.admin_actions import new_api_client, revoke_api_client
 from core.settings import ROOT
 from tests.conftest import outbox
@@ -151,3 +155,95 @@ def test_every_recorded_action_is_of_a_kind_the_page_can_filter():
     for path in [*Path(ROOT, "core").rglob("*.py"), *Path(ROOT, "pages").glob("*.py")]:
         recorded |= set(re.findall(r'action=f?"([a-z_]+)\.', path.read_text()))
     assert recorded and recorded <= set(audit.KINDS), recorded - set(audit.KINDS)
+
+
+@pytest.fixture
+def two_orgs(rt, team):
+    """Beside the default organisation (ada, eve, abe, vic): alpha with al (admin) and val (viewer), beta with bea
+    (admin), and mo, who works in alpha and beta. Each signs in once (mo and val also out; bea also fails once), a
+    name that is no account fails, and ada (platform admin) signs in."""
+    ada = team["admin"]
+    with rt.session() as db:
+        alpha = create_organisation(db, actor=ada, fields=OrganisationBase(slug="alpha", name="Alpha")).id
+    with rt.session() as db:
+        beta = create_organisation(db, actor=ada, fields=OrganisationBase(slug="beta", name="Beta")).id
+    people = {}
+    with rt.session() as db:
+        for name, org_id, role in (("al", alpha, "admin"), ("val", alpha, "viewer"), ("bea", beta, "admin"),
+                                   ("mo", alpha, "editor")):
+            made = create_staff(db, actor=ada, org_id=org_id, staff_create=StaffCreate(
+                username=name, password="password-123", role=role))
+            people[name] = StaffIdentity(made.id, made.username, made.role)
+    with rt.session() as db:
+        assign_staff(db, actor=ada, staff_id=people["mo"].id, org_id=beta, role="viewer")
+    for name, password in (("al", "password-123"), ("val", "password-123"), ("bea", "wrong-password"),
+                           ("bea", "password-123"), ("mo", "password-123"), ("nobody-here", "x"),
+                           ("ada", "correct horse 1"), ("eve", "password-123")):
+        with rt.session() as db:
+            authenticate(db, username=name, password=password)
+    for name in ("val", "mo"):
+        with rt.session() as db:
+            end_session(db, identity=people[name], token=None)
+    return {"alpha": alpha, "beta": beta, **people, "ada": ada, "abe": team["approver"]}
+
+
+def sign_ins(rt, *, staff_id: int, org_id: int) -> set[tuple[str, str]]:
+    """(who, what) of every sign-in row the person reads in the organisation, as the audit page asks core."""
+    with rt.session() as db:
+        platform = audit.platform_rows_for(db, staff_id=staff_id, org_id=org_id)
+        return {(r.actor, r.action) for r in audit.search(db, org_id=org_id, platform=platform, kind="session")}
+
+
+def test_an_organisations_staff_read_the_sign_ins_of_its_members_and_of_no_one_else(rt, two_orgs):
+    """Defence: audit.platform_rows_for gives an organisation's staff (with other organisations about) the
+    "members" view, and search reads platform rows in it only when they are sign-ins of the organisation's own
+    members (staff_membership, not platform admins). alpha's admin reads al's, val's and mo's (mo also works in
+    beta), not bea's, ada's, eve's (default organisation) or the unknown name's; beta's admin reads bea's (the
+    failed attempt too) and mo's; a platform admin reads all of them; no one outside reads the others'."""
+    w = two_orgs
+    alpha_view = sign_ins(rt, staff_id=w["al"].id, org_id=w["alpha"])
+    assert alpha_view == {("al", "session.sign_in"), ("val", "session.sign_in"), ("val", "session.sign_out"),
+                          ("mo", "session.sign_in"), ("mo", "session.sign_out")}
+    assert sign_ins(rt, staff_id=w["bea"].id, org_id=w["beta"]) == {
+        ("bea", "session.sign_in_failed"), ("bea", "session.sign_in"), ("mo", "session.sign_in"),
+        ("mo", "session.sign_out")}
+    # The default organisation's approver: eve's, not ada's (a platform admin: her sign-ins are the platform's).
+    assert sign_ins(rt, staff_id=w["abe"].id, org_id=1) == {("eve", "session.sign_in")}
+    everyone = sign_ins(rt, staff_id=w["ada"].id, org_id=w["alpha"])
+    assert {"ada", "eve", "bea", "al", "val", "mo"} < {who for who, _ in everyone}
+    assert any(who.startswith("n… (11 chars") for who, _ in everyone)
+    with rt.session() as db:
+        platform = audit.platform_rows_for(db, staff_id=w["al"].id, org_id=w["alpha"])
+        assert platform == "members"
+        # ada is there for adding alpha's staff (alpha's own rows), not for her sign-in.
+        assert audit.actors(db, org_id=w["alpha"], platform=platform) == ["ada", "al", "mo", "val"]
+        # Nor the other platform rows: organisations made, staff assigned.
+        assert audit.search(db, org_id=w["alpha"], platform=platform, kind="org") == []
+        assert {(r.org_id, r.action) for r in audit.search(db, org_id=w["alpha"], platform=platform, kind="staff")} \
+            == {(w["alpha"], "staff.create")}  # alpha's own; not mo's assignment to beta (a platform row)
+    # Taken out of alpha, mo's sign-ins are beta's alone.
+    with rt.session() as db:
+        assign_staff(db, actor=w["ada"], staff_id=w["mo"].id, org_id=w["alpha"], role=None)
+    assert {who for who, _ in sign_ins(rt, staff_id=w["al"].id, org_id=w["alpha"])} == {"al", "val"}
+
+
+def test_with_one_organisation_its_staff_read_every_sign_in_as_before(rt, team):
+    """Defence: platform_rows_for answers "all" while there is no other organisation: the log reads as it did
+    before organisations (the first admin's and a failed unknown name's sign-ins included)."""
+    for name, password in (("ada", "correct horse 1"), ("ghost", "x")):
+        with rt.session() as db:
+            authenticate(db, username=name, password=password)
+    assert sign_ins(rt, staff_id=team["approver"].id, org_id=1) == {
+        ("ada", "session.sign_in"), ("g… (5 chars, no such account)", "session.sign_in_failed")}
+
+
+def test_the_audit_page_shows_an_organisations_admin_its_members_sign_ins(rt, two_orgs):
+    """The page asks core which platform rows to show: alpha's admin sees al's, val's and mo's sign-ins and
+    nothing of bea's, ada's or eve's, in the table, the Who filter and the CSV."""
+    at = on_page(rt, two_orgs["al"], "pages/audit.py")
+    assert not at.exception, at.exception
+    at.selectbox(key="audit_kind").select("session").run()
+    assert set(at.dataframe[0].value["who"]) == {"al", "val", "mo"}
+    assert at.selectbox(key="audit_actor").options == ["everyone", "ada", "al", "mo", "val"]  # ada: alpha's staff
+    assert not [s for s in ("bea", "eve", "nobody", "n…") if s in at.dataframe[0].value.to_csv()]
+    assert "those of this organisation's own staff" in " ".join(c.value for c in at.caption)

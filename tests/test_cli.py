@@ -117,3 +117,45 @@ def test_organisations_from_the_shell(tmp_path):
     assert unknown.returncode == 1 and "no organisation with the slug 'nosuch'" in unknown.stderr
     rows = cli(tmp_path, "client", "list").stdout.splitlines()
     assert rows[0].endswith("\torg default") and rows[1].endswith("\torg acme-vn") and len(rows) == 2
+
+
+def test_org_update_from_the_shell(tmp_path):
+    """org update SLUG changes only what is named (an empty value: the service setting again), keeps the slug,
+    is recorded as the command line's platform action; bad input exits 1 with the rule and changes nothing, an
+    unknown slug exits 1, nothing to change is a usage error (2)."""
+    assert cli(tmp_path, "org", "create", "acme-vn", "--name", "Acme Vietnam", "--brand", "Acme").returncode == 0
+
+    def listed() -> str:
+        return cli(tmp_path, "org", "list").stdout.splitlines()[1]
+
+    done = cli(tmp_path, "org", "update", "acme-vn", "--timezone", "Asia/Ho_Chi_Minh", "--region", "vn")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["timezone: (service setting) -> Asia/Ho_Chi_Minh",
+                                        "phone_region: (service setting) -> VN"]
+    assert listed() == "2\tacme-vn\tAcme Vietnam\tbrand Acme\ttimezone Asia/Ho_Chi_Minh\tregion VN"
+    assert cli(tmp_path, "org", "update", "ACME-VN", "--name", "Acme VN", "--brand", "").returncode == 0
+    assert listed() == "2\tacme-vn\tAcme VN\tbrand (OTP_BRAND)\ttimezone Asia/Ho_Chi_Minh\tregion VN"
+    assert cli(tmp_path, "org", "update", "acme-vn", "--name", "Acme VN").stdout == "acme-vn: nothing changed\n"
+    for bad, problem in ((["--timezone", "Mars/Olympus"], "unknown time zone 'Mars/Olympus'"),
+                         (["--region", "XX"], "unknown ISO region 'XX'"),
+                         (["--name", " "], "the name must be 1 to 120"),
+                         (["--name", "n" * 121], "the name must be 1 to 120"),
+                         (["--brand", "b" * 101], "at most 100 characters"),
+                         (["--brand", "Acme\r\nBcc: x@example.com"], "printable text on one line"),
+                         (["--name", "Fine", "--timezone", "Nowhere/Else"], "unknown time zone")):
+        refused = cli(tmp_path, "org", "update", "acme-vn", *bad)
+        assert refused.returncode == 1 and problem in refused.stderr, (bad, refused.stderr)
+        assert "Traceback" not in refused.stderr
+    assert listed() == "2\tacme-vn\tAcme VN\tbrand (OTP_BRAND)\ttimezone Asia/Ho_Chi_Minh\tregion VN"
+    unknown = cli(tmp_path, "org", "update", "nosuch", "--name", "x")
+    assert unknown.returncode == 1 and "no organisation with the slug 'nosuch'" in unknown.stderr
+    empty = cli(tmp_path, "org", "update", "acme-vn")
+    assert empty.returncode == 2 and "say what to change" in empty.stderr
+    engine = make_engine(f"sqlite:///{tmp_path / 'otp.db'}")
+    with engine.connect() as conn:
+        entries = conn.exec_driver_sql("SELECT org_id, actor, target FROM audit_log WHERE action = 'org.update'").all()
+    engine.dispose()
+    assert [tuple(e) for e in entries] == [(None, "cli", "org:acme-vn")] * 2
+    # An over-long name at creation is refused in words too (it once stopped the command with a traceback).
+    long = cli(tmp_path, "org", "create", "other", "--name", "n" * 121)
+    assert long.returncode == 1 and long.stderr.strip() == "the name must be 1 to 120 printable characters on one line"

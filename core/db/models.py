@@ -29,6 +29,16 @@ class Organisation(OrganisationBase, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
+class OrganisationUpdate(SQLModel):
+    """What a platform admin may change after creation; the slug stays (the CLI's --org and receipt URLs name the
+    organisation by it). Only the fields set are changed; brand, timezone or phone_region None or empty: the
+    service setting again. No length limits here: core.admin.organisations reports them by field, in words."""
+    name: str | None = None
+    brand: str | None = None
+    timezone: str | None = None
+    phone_region: str | None = None
+
+
 class OrganisationPublic(OrganisationBase):
     id: int
     created_at: datetime

@@ -1,5 +1,5 @@
-"""Configuration and API-client changes made from the console: a permission check, the change with its audit row,
-and this process told at once (Runtime.configuration_changed)."""
+"""Configuration, API-client and organisation changes made from the console or the CLI: a permission check, the
+change with its audit row, and this process told at once (Runtime.configuration_changed)."""
 from __future__ import annotations
 
 from sqlmodel import Session
@@ -8,8 +8,9 @@ from core.admin import audit
 from core.admin.action_configs import update_action_config
 from core.admin.clients import (NewClientCredentials, check_end_user_ip_header, create_client, revoke_client,
                                 set_end_user_ip_header, set_token_ttl)
+from core.admin.organisations import OrganisationEdited, update_organisation
 from core.admin.staff import StaffIdentity, require
-from core.db.models import ActionConfigUpdate, ApiClient, ApiClientCreate
+from core.db.models import ActionConfigUpdate, ApiClient, ApiClientCreate, OrganisationUpdate
 from core.delivery.gateway_settings import load_gateway_rows
 from core.enums import Action
 from core.issuing.action_config import ConfigRefused, action_config_problems
@@ -99,3 +100,15 @@ def set_api_client_token_ttl(rt: Runtime, *, actor: StaffIdentity, org_id: int, 
         changed = set_token_ttl(session, client_id=client_id, seconds=seconds, org_id=org_id)
     rt.auth.forget_all()
     return changed
+
+
+def save_organisation(rt: Runtime, *, actor: StaffIdentity | str, org_id: int, fields: OrganisationUpdate,
+                      reason: str | None = None) -> OrganisationEdited:
+    """Edit an organisation (core.admin.organisations.update_organisation: platform admins only, checked, audited)
+    and have this process use the new brand, time zone and region from its next request on; other processes
+    re-read organisations within OTP_CACHE_SECONDS."""
+    with rt.session() as session:
+        edited = update_organisation(session, actor=actor, org_id=org_id, fields=fields, reason=reason)
+    if edited.changes:
+        rt.configuration_changed()
+    return edited

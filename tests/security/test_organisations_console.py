@@ -19,12 +19,13 @@ from console_ui.state import SESSION_KEY
 from core.admin.clients import NewClientCredentials
 from core.admin.gateway_forms import GatewayForm, save_gateway_form, stored_form
 from core.admin.gateways import GatewayRefused, save_gateway
-from core.admin.organisations import create_organisation
+from core.admin.organisations import create_organisation, update_organisation
 from core.admin.staff import (InvalidStaff, PermissionDenied, StaffIdentity, all_staff, assign_staff,
                               create_first_admin, create_staff, disable_staff, list_staff, set_role)
 from core.admin.template_versions import (TemplateRefused, approve, deactivate, list_versions, reactivate, reject,
                                           save_draft, submit_for_review)
-from core.db.models import ActionConfigUpdate, GatewayConfigBase, OrganisationBase, StaffCreate, TemplateVersionCreate
+from core.db.models import (ActionConfigUpdate, GatewayConfigBase, OrganisationBase, OrganisationUpdate, StaffCreate,
+                            TemplateVersionCreate)
 from core.enums import Action, Channel
 from core.services.admin_actions import (new_api_client, revoke_api_client, save_action_config,
                                          set_api_client_end_user_ip_header, set_api_client_token_ttl)
@@ -218,11 +219,13 @@ def test_a_forged_organisation_in_the_session_is_refused(rt, world):
 def test_core_refuses_every_operation_in_an_organisation_the_person_is_not_in(rt, world, role):
     """Defence: core.admin.staff.require(session, actor, permission, org_id) reads the role in org_id from
     staff_membership on every call. alpha's editor, approver or admin naming beta can read, change, approve,
-    send, validate or export nothing of beta's; every refusal is PermissionDenied and nothing of beta's changes."""
+    send, validate or export nothing of beta's, nor edit beta (by its id) or even alpha (a platform action);
+    every refusal is PermissionDenied and nothing of beta's changes."""
     me = world.staff[role]
     b = world.beta
     config = rt.config_for(b, Action.COUPON)
     before = rows(rt, "SELECT id, status, is_active, reviewer FROM template_version ORDER BY id") + \
+        rows(rt, "SELECT id, slug, name, brand, timezone, phone_region FROM organisation ORDER BY id") + \
         rows(rt, "SELECT name, enabled, endpoint, credentials_enc FROM gateway_config ORDER BY id") + \
         rows(rt, "SELECT id, revoked_at, token_ttl_seconds, end_user_ip_header FROM api_client ORDER BY id") + \
         rows(rt, "SELECT org_id, action, code_length FROM action_config ORDER BY org_id, action")
@@ -260,6 +263,11 @@ def test_core_refuses_every_operation_in_an_organisation_the_person_is_not_in(rt
         "assign": lambda db: assign_staff(db, actor=me, staff_id=me.id, org_id=b, role="admin"),
         "all_staff": lambda db: all_staff(db, actor=me),
         "create_org": lambda db: create_organisation(db, actor=me, fields=OrganisationBase(slug="x", name="X")),
+        # Editing an organisation is a platform action: beta's by a forged id, and alpha's own too.
+        "update_org": lambda db: update_organisation(db, actor=me, org_id=b, fields=OrganisationUpdate(
+            name="Owned", brand="Owned")),
+        "update_own_org": lambda db: update_organisation(db, actor=me, org_id=world.alpha, fields=OrganisationUpdate(
+            timezone="Asia/Tokyo")),
     }
     refused = []
     for name, attempt in attempts.items():
@@ -270,6 +278,7 @@ def test_core_refuses_every_operation_in_an_organisation_the_person_is_not_in(rt
                 refused.append(name)
     assert refused == list(attempts)
     after = rows(rt, "SELECT id, status, is_active, reviewer FROM template_version ORDER BY id") + \
+        rows(rt, "SELECT id, slug, name, brand, timezone, phone_region FROM organisation ORDER BY id") + \
         rows(rt, "SELECT name, enabled, endpoint, credentials_enc FROM gateway_config ORDER BY id") + \
         rows(rt, "SELECT id, revoked_at, token_ttl_seconds, end_user_ip_header FROM api_client ORDER BY id") + \
         rows(rt, "SELECT org_id, action, code_length FROM action_config ORDER BY org_id, action")
