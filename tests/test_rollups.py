@@ -8,7 +8,7 @@ import time
 from datetime import date, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select, text, update
 
 from core.admin.gateways import save_gateway
 from core.db.models import Delivery, GatewayConfigBase, OtpCode, OtpRequest, OtpValidation
@@ -235,3 +235,56 @@ def test_cover_reads_each_quarter_hour_once_through_the_coarsest_rows_that_fit()
     assert [(span, lo - kolkata, hi - kolkata) for span, lo, hi in R.cover(kolkata, kolkata + 30 * R.DAY)] == [
         (R.HALF, 0, 2), (R.HOUR, 2, 22), (R.DAY, 22, 22 + 29 * R.DAY), (R.SIX_HOURS, 22 + 29 * R.DAY, 94 + 29 * R.DAY),
         (R.HALF, 94 + 29 * R.DAY, 96 + 29 * R.DAY)]
+
+
+def _refresh_waiting_for_the_lock(engine) -> bool:  # type: ignore[no-untyped-def]
+    with engine.connect() as conn:
+        return bool(conn.execute(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'advisory' "
+            "AND query LIKE 'SELECT pg_advisory_lock(%'")).scalar_one())
+
+
+def test_a_refresh_waits_for_one_in_its_own_schema_only(rt):
+    """The refresh lock is per schema: a first build elsewhere in the same database (another installation, a
+    benchmark) holds it for minutes and must not stall this one; one in the same schema still takes turns."""
+    if rt.db.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's advisory locks are per database; SQLite has one file per installation")
+    from core.db.engine import make_engine
+    from core.db.schemas import PrivateSchema
+    from tests.conftest import PG_URL
+
+    def hold(engine):  # type: ignore[no-untyped-def]
+        conn = engine.connect()
+        conn.execute(text(f"SELECT pg_advisory_lock({R._LOCK_ARGS})"))
+        conn.commit()
+        return conn
+
+    def rebuild_in_thread() -> threading.Thread:
+        worker = threading.Thread(target=R.rebuild, args=(rt.db,), daemon=True)
+        worker.start()
+        return worker
+
+    with PrivateSchema(PG_URL, "otp_elsewhere") as elsewhere_url:
+        elsewhere = make_engine(elsewhere_url)
+        held = hold(elsewhere)
+        try:
+            worker = rebuild_in_thread()
+            worker.join(60)
+            assert not worker.is_alive(), "a refresh waited for another schema's refresh"
+        finally:
+            held.close()
+            elsewhere.dispose()
+
+    held = hold(rt.db)  # the same schema: the rebuild waits until it is released
+    try:
+        worker = rebuild_in_thread()
+        deadline = time.monotonic() + 60
+        while not _refresh_waiting_for_the_lock(rt.db) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert worker.is_alive() and _refresh_waiting_for_the_lock(rt.db)
+    finally:
+        held.execute(text(f"SELECT pg_advisory_unlock({R._LOCK_ARGS})"))  # a session lock outlives pooling
+        held.commit()
+        held.close()
+    worker.join(60)
+    assert not worker.is_alive()

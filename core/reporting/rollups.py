@@ -512,7 +512,11 @@ class Refreshed:
 
 
 _process_lock = threading.Lock()
-_LOCK_KEY = 0x07_0D_A5_4B  # pg_advisory_lock key of the rollup refresh
+# pg_advisory_lock keys of the rollup refresh: this class, and the schema's name hashed. Advisory locks belong to
+# the whole database, so installations in two schemas of one database (and the tests' private schemas) must not
+# wait for each other's refresh (a first build holds it for minutes); core.db.engine's migration lock does the same.
+_LOCK_KEY = 0x07_0D_A5_4B
+_LOCK_ARGS = f"{_LOCK_KEY}, hashtext(coalesce(current_schema(), ''))"
 
 
 def _writer(engine: Engine) -> Engine:
@@ -542,7 +546,7 @@ def refresh(engine: Engine, *, force_full: bool = False) -> Refreshed | None:
         postgres = conn.dialect.name == "postgresql"
         if postgres:
             # One refresher at a time across processes, taken before the snapshot the plan is read in.
-            conn.execute(text(f"SELECT pg_advisory_lock({_LOCK_KEY})"))
+            conn.execute(text(f"SELECT pg_advisory_lock({_LOCK_ARGS})"))
             conn.commit()
             conn = conn.execution_options(isolation_level="REPEATABLE READ")
         try:
@@ -572,7 +576,7 @@ def refresh(engine: Engine, *, force_full: bool = False) -> Refreshed | None:
             if postgres:
                 if conn.in_transaction():
                     conn.rollback()
-                conn.execute(text(f"SELECT pg_advisory_unlock({_LOCK_KEY})"))
+                conn.execute(text(f"SELECT pg_advisory_unlock({_LOCK_ARGS})"))
                 conn.commit()
     return Refreshed(sum(stop - first for first, stop in usage_runs),
                      sum(stop - first for first, stop in delivery_runs), bool(todo.full), time.perf_counter() - started)
