@@ -249,13 +249,14 @@ def test_a_refresh_waits_for_one_in_its_own_schema_only(rt):
     benchmark) holds it for minutes and must not stall this one; one in the same schema still takes turns."""
     if rt.db.dialect.name != "postgresql":
         pytest.skip("PostgreSQL's advisory locks are per database; SQLite has one file per installation")
-    from core.db.engine import make_engine
+    from core.db.engine import make_engine, schema_advisory_lock, schema_advisory_unlock
     from core.db.schemas import PrivateSchema
     from tests.conftest import PG_URL
+    from tests.fakes import wait_for
 
     def hold(engine):  # type: ignore[no-untyped-def]
         conn = engine.connect()
-        conn.execute(text(f"SELECT pg_advisory_lock({R._LOCK_ARGS})"))
+        schema_advisory_lock(conn, R._LOCK_KEY)
         conn.commit()
         return conn
 
@@ -278,12 +279,10 @@ def test_a_refresh_waits_for_one_in_its_own_schema_only(rt):
     held = hold(rt.db)  # the same schema: the rebuild waits until it is released
     try:
         worker = rebuild_in_thread()
-        deadline = time.monotonic() + 60
-        while not _refresh_waiting_for_the_lock(rt.db) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert worker.is_alive() and _refresh_waiting_for_the_lock(rt.db)
+        wait_for(lambda: _refresh_waiting_for_the_lock(rt.db), timeout=60)
+        assert worker.is_alive()
     finally:
-        held.execute(text(f"SELECT pg_advisory_unlock({R._LOCK_ARGS})"))  # a session lock outlives pooling
+        schema_advisory_unlock(held, R._LOCK_KEY)  # a session lock outlives pooling
         held.commit()
         held.close()
     worker.join(60)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 
@@ -202,6 +202,17 @@ def alembic_config(engine: Engine | None = None) -> Config:
 _SCHEMA_LOCK_CLASS = 0x4F54504D
 
 
+def schema_advisory_lock(conn: Connection, cls: int) -> None:
+    """PostgreSQL: wait for the session advisory lock of class cls in the current schema. Advisory locks belong
+    to the whole database; keyed by the schema too, services in two schemas of one database do not wait for each
+    other. It stays until schema_advisory_unlock or the connection's end (returning it to a pool is no end)."""
+    conn.execute(text("SELECT pg_advisory_lock(:cls, hashtext(coalesce(current_schema(), '')))"), {"cls": cls})
+
+
+def schema_advisory_unlock(conn: Connection, cls: int) -> None:
+    conn.execute(text("SELECT pg_advisory_unlock(:cls, hashtext(coalesce(current_schema(), '')))"), {"cls": cls})
+
+
 @contextmanager
 def schema_lock(engine: Engine) -> Iterator[None]:
     """Held while one process migrates and seeds, so that workers and hosts starting together take turns.
@@ -216,14 +227,12 @@ def schema_lock(engine: Engine) -> Iterator[None]:
     """
     if not is_sqlite(engine):
         with engine.connect() as conn:
-            conn.execute(text("SELECT pg_advisory_lock(:cls, hashtext(coalesce(current_schema(), '')))"),
-                         {"cls": _SCHEMA_LOCK_CLASS})
+            schema_advisory_lock(conn, _SCHEMA_LOCK_CLASS)
             conn.commit()  # the session lock stays; no transaction is left idle while others migrate
             try:
                 yield
             finally:
-                conn.execute(text("SELECT pg_advisory_unlock(:cls, hashtext(coalesce(current_schema(), '')))"),
-                             {"cls": _SCHEMA_LOCK_CLASS})
+                schema_advisory_unlock(conn, _SCHEMA_LOCK_CLASS)
                 conn.commit()
         return
     database = engine.url.database

@@ -179,7 +179,7 @@ def _rows(runs: list[tuple[int, int, int]]) -> list[tuple[int, int]]:
     return [(span, bucket) for span, first, stop in runs for bucket in range(first, stop, span)]
 
 
-def _range_runs(filters: Filters):  # type: ignore[no-untyped-def]
+def _range_rows(filters: Filters):  # type: ignore[no-untyped-def]
     """The rollup rows of the whole range as a small table: span, bucket (rollups.cover), joined by equality.
 
     Equality, not a range per run: PostgreSQL estimates a join on bucket ranges so poorly that it hashed on span
@@ -199,9 +199,9 @@ def _bucket_days(filters: Filters):  # type: ignore[no-untyped-def]
                   name="days").data(rows).cte("days")
 
 
-def _on_run(runs, table):  # type: ignore[no-untyped-def]
-    """table's rows listed in runs (of _range_runs or _bucket_days)."""
-    return and_(table.c.span == runs.c.span, table.c.bucket == runs.c.bucket)
+def _on_row(listed, table):  # type: ignore[no-untyped-def]
+    """table's rows listed in listed (of _range_rows or _bucket_days)."""
+    return and_(table.c.span == listed.c.span, table.c.bucket == listed.c.bucket)
 
 
 def _histogram(table) -> list[ColumnElement]:  # type: ignore[no-untyped-def]
@@ -248,7 +248,7 @@ def daily_usage(conn: Connection, filters: Filters) -> list[UsageRow]:
     u = rollups.usage
     action = u.c.action == filters.action if filters.action else u.c.action != rollups.ALL
     query = (select(days.c.day, u.c.action, *[func.sum(u.c[n]) for n in rollups.USAGE_COUNTS])
-             .select_from(days).join(u, _on_run(days, u))
+             .select_from(days).join(u, _on_row(days, u))
              .where(_of(u.c.org_id, orgs), u.c.channel == (filters.channel or rollups.ALL), action)
              .group_by(days.c.day, u.c.action).order_by(days.c.day, u.c.action))
     return [UsageRow(row[0], row[1], *(int(x) for x in row[2:])) for row in conn.execute(query)]
@@ -279,7 +279,7 @@ def time_to_validate_by_day(conn: Connection, filters: Filters) -> dict[str, Val
     days = _bucket_days(filters)
     u, chosen = _usage_rows(filters, orgs)
     query = (select(days.c.day, func.max(u.c.ttv_max_us), *_histogram(u)).select_from(days)
-             .join(u, _on_run(days, u)).where(chosen, u.c.codes_used > 0).group_by(days.c.day))
+             .join(u, _on_row(days, u)).where(chosen, u.c.codes_used > 0).group_by(days.c.day))
     found = {row[0]: _validate_times(row[2:], row[1]) for row in conn.execute(query)}
     return {day: times for day, times in found.items() if times.count}
 
@@ -304,10 +304,10 @@ def usage_totals(conn: Connection, filters: Filters) -> UsageTotals:
     """The KPI row of the daily-usage page: sums over the whole range, and time to validate."""
     _fresh(conn)  # first: on SQLite a writable conn that has read holds the write lock the refresh needs
     orgs = _scope(conn, filters)
-    runs = _range_runs(filters)
+    runs = _range_rows(filters)
     u, chosen = _usage_rows(filters, orgs)
     row = conn.execute(select(*[func.sum(u.c[n]) for n in rollups.USAGE_COUNTS], func.max(u.c.ttv_max_us),
-                              *_histogram(u)).select_from(runs).join(u, _on_run(runs, u)).where(chosen)).one()
+                              *_histogram(u)).select_from(runs).join(u, _on_row(runs, u)).where(chosen)).one()
     counts = [int(x or 0) for x in row[:len(rollups.USAGE_COUNTS)]]
     rest = row[len(rollups.USAGE_COUNTS):]
     return UsageTotals(*counts, _validate_times(rest[1:], rest[0]))
@@ -347,11 +347,11 @@ def delivery_summary(conn: Connection, filters: Filters) -> list[DeliveryRow]:
     """Per channel and gateway: messages by status and gateway latency p50/p95/p99 (ms, bin upper edges)."""
     _fresh(conn)  # first: on SQLite a writable conn that has read holds the write lock the refresh needs
     orgs = _scope(conn, filters)
-    runs = _range_runs(filters)
+    runs = _range_rows(filters)
     d = rollups.deliveries
     query = (select(d.c.channel, d.c.gateway, *[func.sum(d.c[n]) for n in rollups.DELIVERY_COUNTS],
                     func.max(d.c.latency_max_ms), *_histogram(d))
-             .select_from(runs).join(d, _on_run(runs, d)).where(_delivery_rows(d, filters, orgs))
+             .select_from(runs).join(d, _on_row(runs, d)).where(_delivery_rows(d, filters, orgs))
              .group_by(d.c.channel, d.c.gateway).order_by(d.c.channel, d.c.gateway))
     rows = []
     width = len(rollups.DELIVERY_COUNTS)
@@ -382,7 +382,7 @@ def delivery_by_day(conn: Connection, filters: Filters) -> list[DeliveryDay]:
     days = _bucket_days(filters)
     d = rollups.deliveries
     query = (select(days.c.day, d.c.channel, func.sum(d.c.messages), func.sum(d.c.delivered), func.sum(d.c.failed))
-             .select_from(days).join(d, _on_run(days, d)).where(_delivery_rows(d, filters, orgs))
+             .select_from(days).join(d, _on_row(days, d)).where(_delivery_rows(d, filters, orgs))
              .group_by(days.c.day, d.c.channel).order_by(days.c.day, d.c.channel))
     return [DeliveryDay(row[0], row[1], int(row[2]), int(row[3]), int(row[4])) for row in conn.execute(query)]
 
@@ -398,11 +398,11 @@ class FailureCount:
 def failures_by_error(conn: Connection, filters: Filters, *, top: int = 20) -> list[FailureCount]:
     _fresh(conn)  # first: on SQLite a writable conn that has read holds the write lock the refresh needs
     orgs = _scope(conn, filters)
-    runs = _range_runs(filters)
+    runs = _range_rows(filters)
     f = rollups.failures
     n = func.sum(f.c.failures)
     query = (select(f.c.channel, f.c.gateway, f.c.error, n)
-             .select_from(runs).join(f, _on_run(runs, f)).where(_delivery_rows(f, filters, orgs))
+             .select_from(runs).join(f, _on_row(runs, f)).where(_delivery_rows(f, filters, orgs))
              .group_by(f.c.channel, f.c.gateway, f.c.error).order_by(n.desc(), f.c.channel, f.c.gateway, f.c.error)
              .limit(top))
     return [FailureCount(row[0], row[1], row[2], int(row[3])) for row in conn.execute(query)]
@@ -523,19 +523,19 @@ def org_breakdown(conn: Connection, filters: Filters) -> list[OrgFigures]:
     their sums are the all-organisations totals. Organisations with no activity in the range are left out."""
     _fresh(conn)  # first: on SQLite a writable conn that has read holds the write lock the refresh needs
     orgs = _scope(conn, filters)
-    runs = _range_runs(filters)
+    runs = _range_rows(filters)
     found: dict[int, dict[str, int]] = {}
     u, chosen = _usage_rows(filters, orgs)
     for org, *counts in conn.execute(
             select(u.c.org_id, func.sum(u.c.requests), func.sum(u.c.issued), func.sum(u.c.validated),
                    func.sum(u.c.codes), func.sum(u.c.codes_used))
-            .select_from(runs).join(u, _on_run(runs, u)).where(chosen).group_by(u.c.org_id)):
+            .select_from(runs).join(u, _on_row(runs, u)).where(chosen).group_by(u.c.org_id)):
         found.setdefault(int(org), {}).update(zip(("requests", "issued", "validated", "codes_issued", "codes_used"),
                                                   (int(c or 0) for c in counts)))
     d = rollups.deliveries
     for org, *counts in conn.execute(
             select(d.c.org_id, func.sum(d.c.messages), func.sum(d.c.delivered), func.sum(d.c.failed))
-            .select_from(runs).join(d, _on_run(runs, d)).where(_delivery_rows(d, filters, orgs))
+            .select_from(runs).join(d, _on_row(runs, d)).where(_delivery_rows(d, filters, orgs))
             .group_by(d.c.org_id)):
         found.setdefault(int(org), {}).update(zip(("messages", "delivered", "failed"), (int(c or 0) for c in counts)))
     e = _limit

@@ -54,7 +54,7 @@ from sqlalchemy.sql.expression import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
 
 from core.clock import utcnow
-from core.db.engine import READ_ONLY
+from core.db.engine import READ_ONLY, schema_advisory_lock, schema_advisory_unlock
 from core.db.models import (Delivery, DeliveryReceipt, DeliveryRollup, FailureRollup, OtpCode, OtpRequest,
                             OtpValidation, RollupState, UsageRollup)
 from core.histogram import BINS, EDGES, EDGES_US
@@ -257,8 +257,7 @@ def _recompute_usage(conn: Connection, first: int, stop: int) -> None:
     conn.execute(delete(usage).where(_quarters(usage, first, stop)))
     conn.execute(insert(usage).from_select(["org_id", "channel", "bucket", "action", *USAGE_COUNTS, "ttv_max_us",
                                             *HISTOGRAM], _usage_rows(first, stop)))
-    _sum_over_actions(conn, usage, ["org_id", "channel", "bucket"], [*USAGE_COUNTS, *HISTOGRAM], "ttv_max_us",
-                      first, stop)
+    _sum_over_actions(conn, usage, first, stop)
 
 
 def _quarters(table, first: int, stop: int) -> ColumnElement:  # type: ignore[no-untyped-def]
@@ -266,10 +265,11 @@ def _quarters(table, first: int, stop: int) -> ColumnElement:  # type: ignore[no
     return and_(table.c.span == 1, table.c.bucket >= first, table.c.bucket < stop)
 
 
-def _sum_over_actions(conn: Connection, table, keys: list[str], sums: list[str], largest: str | None,  # type: ignore[no-untyped-def]
-                      first: int, stop: int) -> None:
+def _sum_over_actions(conn: Connection, table, first: int, stop: int) -> None:  # type: ignore[no-untyped-def]
     """Add the action '*' rows of [first, stop) as sums of that range's per-action rows."""
     t = table
+    identity, sums, largest = _LAYOUT[table]
+    keys = [k for k in identity if k != "action"] + ["bucket"]
     columns = [t.c[k] for k in keys] + [literal_column(f"'{ALL}'", String()).label("action")] + \
         [func.sum(t.c[s]).label(s) for s in sums] + ([func.max(t.c[largest]).label(largest)] if largest else [])
     names = keys + ["action"] + sums + ([largest] if largest else [])
@@ -290,15 +290,13 @@ def _recompute_deliveries(conn: Connection, first: int, stop: int) -> None:
         ["org_id", "action", "bucket", "channel", "gateway", *DELIVERY_COUNTS, "latency_max_ms", *HISTOGRAM],
         select(*keys, func.count(), *[_count_if(rows.c.status == s) for s in DELIVERY_COUNTS[1:]],
                func.max(rows.c.latency_ms), *_pivot(rows.c.bin)).group_by(*keys)))
-    _sum_over_actions(conn, deliveries, ["org_id", "bucket", "channel", "gateway"], [*DELIVERY_COUNTS, *HISTOGRAM],
-                      "latency_max_ms", first, stop)
+    _sum_over_actions(conn, deliveries, first, stop)
     error = func.coalesce(rows.c.error, NO_ERROR_TEXT)
     conn.execute(delete(failures).where(_quarters(failures, first, stop)))
     conn.execute(insert(failures).from_select(
         ["org_id", "action", "bucket", "channel", "gateway", "error", "failures"],
         select(*keys, error, func.count()).where(rows.c.status == "failed").group_by(*keys, error)))
-    _sum_over_actions(conn, failures, ["org_id", "bucket", "channel", "gateway", "error"], ["failures"], None, first,
-                      stop)
+    _sum_over_actions(conn, failures, first, stop)
 
 
 # What identifies a row besides its span and bucket, what is summed and what is the largest, per rollup table.
@@ -313,9 +311,8 @@ def _roll_up(conn: Connection, tables, runs: list[tuple[int, int]]) -> None:  # 
     """Recompute the rows of each coarser span over the quarter runs just recomputed, from the span below."""
     for finer, coarser in zip(SPANS, SPANS[1:]):
         runs = _widened(runs, coarser)
-        for table in tables:
-            keys, sums, largest = _LAYOUT[table]
-            t = table
+        for t in tables:
+            keys, sums, largest = _LAYOUT[t]
             # The span as literal SQL text, not a bind: PostgreSQL matches the SELECT's expression to the GROUP BY's
             # only when both read the same (two binds are two expressions to it).
             quarters = literal_column(str(coarser), Integer())
@@ -512,11 +509,10 @@ class Refreshed:
 
 
 _process_lock = threading.Lock()
-# pg_advisory_lock keys of the rollup refresh: this class, and the schema's name hashed. Advisory locks belong to
-# the whole database, so installations in two schemas of one database (and the tests' private schemas) must not
-# wait for each other's refresh (a first build holds it for minutes); core.db.engine's migration lock does the same.
+# The advisory lock class of the rollup refresh, per schema (core.db.engine.schema_advisory_lock): installations in
+# two schemas of one database (and the tests' private schemas) must not wait for each other's refresh (a first
+# build holds it for minutes).
 _LOCK_KEY = 0x07_0D_A5_4B
-_LOCK_ARGS = f"{_LOCK_KEY}, hashtext(coalesce(current_schema(), ''))"
 
 
 def _writer(engine: Engine) -> Engine:
@@ -546,7 +542,7 @@ def refresh(engine: Engine, *, force_full: bool = False) -> Refreshed | None:
         postgres = conn.dialect.name == "postgresql"
         if postgres:
             # One refresher at a time across processes, taken before the snapshot the plan is read in.
-            conn.execute(text(f"SELECT pg_advisory_lock({_LOCK_ARGS})"))
+            schema_advisory_lock(conn, _LOCK_KEY)
             conn.commit()
             conn = conn.execution_options(isolation_level="REPEATABLE READ")
         try:
@@ -581,7 +577,7 @@ def refresh(engine: Engine, *, force_full: bool = False) -> Refreshed | None:
             if postgres:
                 if conn.in_transaction():
                     conn.rollback()
-                conn.execute(text(f"SELECT pg_advisory_unlock({_LOCK_ARGS})"))
+                schema_advisory_unlock(conn, _LOCK_KEY)
                 conn.commit()
     return Refreshed(sum(stop - first for first, stop in usage_runs),
                      sum(stop - first for first, stop in delivery_runs), bool(todo.full), time.perf_counter() - started)
