@@ -1,4 +1,4 @@
-"""Group commit (core.db.groupcommit): on SQLite the engine writes of one event-loop turn share one commit."""
+"""Group commit (core.db.groupcommit): engine writes arriving together share one commit, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
@@ -20,7 +20,7 @@ from core.services.validation import validate
 from tests.conftest import code_sent_to, configure
 
 BODY = {"entityType": "MOBILE", "action": "COUPON"}
-# Group commit is SQLite's only (PostgreSQL keeps a transaction per request): these run on SQLite alone.
+# SQLite's own way of batching (per loop turn, the write lock waited for on the loop): these run on SQLite alone.
 SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 
@@ -39,7 +39,7 @@ def _count(rt, sql: str) -> int:
         return conn.execute(text(sql)).scalar_one()
 
 
-def test_one_turn_of_generates_is_one_commit_on_sqlite_and_one_each_on_postgresql(rt, db_url):
+def test_one_turn_of_generates_is_one_commit_and_every_answer_follows_it(rt, db_url):
     commits = _commits(rt)
 
     async def burst():
@@ -52,7 +52,7 @@ def test_one_turn_of_generates_is_one_commit_on_sqlite_and_one_each_on_postgresq
     assert _count(rt, "SELECT count(*) FROM outbox_message") == 20
     if db_url.startswith("sqlite"):
         assert commits[0] == 1
-    else:  # each its own transaction (committed by a COMMIT in its pipeline, core.db.engine.pipelined_transaction)
+    else:  # one batch (a COMMIT sent in its pipeline, core.db.engine.pipelined_transaction), a savepoint each
         assert _count(rt, "SELECT count(DISTINCT xmin::text) FROM otp_request") == 20
 
 
@@ -330,3 +330,99 @@ def test_a_commit_runs_off_the_loop_and_writes_arriving_meanwhile_share_the_next
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM u")).scalar_one() == 6
     engine.dispose()
+
+
+# PostgreSQL's batches (core.db.groupcommit.Writer._queued): units queued per loop, one transaction per batch.
+
+@pytest.fixture
+def pg_writer(pg_schema_url):
+    """A Writer on the test schema's PostgreSQL engine, and a scratch table (k unique) emptied for the test."""
+    engine = make_engine(pg_schema_url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE IF NOT EXISTS gc_probe (k INTEGER PRIMARY KEY, v INTEGER)"))
+        conn.execute(text("TRUNCATE gc_probe"))
+    yield Writer(engine), engine
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE gc_probe"))
+    engine.dispose()
+
+
+def _pg_insert(k: int, *, then_raise: bool = False):
+    """A unit of work: insert row k, return its transaction's id (top-level, even inside a savepoint)."""
+    def work(conn):
+        conn.execute(text("INSERT INTO gc_probe (k) VALUES (:k)"), {"k": k})
+        if then_raise:
+            raise ValueError(f"unit {k} refused")
+        return conn.execute(text("SELECT txid_current()")).scalar_one()
+    return work
+
+
+def _keys(engine) -> list[int]:
+    with engine.connect() as conn:
+        return [k for (k,) in conn.execute(text("SELECT k FROM gc_probe ORDER BY k"))]
+
+
+@pytest.mark.postgresql
+def test_postgresql_units_arriving_together_share_one_commit_and_a_refusal_undoes_only_its_own(pg_writer):
+    writer, engine = pg_writer
+
+    async def burst():
+        return await asyncio.gather(*(writer.run(_pg_insert(k, then_raise=k == 3)) for k in range(10)),
+                                    return_exceptions=True)
+
+    results = asyncio.run(burst())
+    assert isinstance(results[3], ValueError)
+    txids = {r for i, r in enumerate(results) if i != 3}
+    assert len(txids) == 1, txids  # one transaction (each unit its own would be ten)
+    assert _keys(engine) == [0, 1, 2, 4, 5, 6, 7, 8, 9]  # committed before the answers; unit 3's row undone
+
+
+@pytest.mark.postgresql
+def test_postgresql_a_statement_error_in_a_batch_fails_its_own_unit_alone(pg_writer):
+    """A failed statement aborts psycopg's pipeline (its error may surface in a later unit's read): the batch is
+    run again unit by unit, so that only the unit at fault fails and the others keep their writes."""
+    writer, engine = pg_writer
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO gc_probe (k) VALUES (5)"))
+
+    async def burst():
+        return await asyncio.gather(*(writer.run(_pg_insert(k)) for k in range(3, 8)), return_exceptions=True)
+
+    results = asyncio.run(burst())
+    assert isinstance(results[2], DBAPIError) and "duplicate key" in str(results[2])
+    assert [type(r) for i, r in enumerate(results) if i != 2] == [int] * 4
+    assert _keys(engine) == [3, 4, 5, 6, 7]
+
+
+@pytest.mark.postgresql
+def test_postgresql_a_unit_waiting_for_a_lock_does_not_hold_up_the_others(pg_writer):
+    """One batch runs at a time per loop; one stuck on a row lock another transaction holds must not stall the
+    worker's other writes (another batch starts beside it after Writer.STALLED_AFTER)."""
+    writer, engine = pg_writer
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO gc_probe (k, v) VALUES (1, 0)"))
+    blocker = engine.connect()
+    blocker.begin()
+    blocker.execute(text("SELECT * FROM gc_probe WHERE k = 1 FOR UPDATE"))
+
+    def bump(conn):
+        conn.execute(text("UPDATE gc_probe SET v = v + 1 WHERE k = 1"))
+
+    async def scenario():
+        stuck = asyncio.ensure_future(writer.run(bump))
+        try:
+            with engine.connect() as probe:  # the update is waiting for the blocker's lock
+                while not probe.execute(text("SELECT count(*) FROM pg_locks WHERE NOT granted")).scalar_one():
+                    await asyncio.sleep(0.01)
+            free = await asyncio.wait_for(writer.run(_pg_insert(2)), timeout=10)
+            assert not stuck.done()
+        finally:
+            blocker.commit()  # (also when the assertions fail: the stuck unit's thread must end)
+            blocker.close()
+            await stuck
+        return free
+
+    assert isinstance(asyncio.run(scenario()), int)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT v FROM gc_probe WHERE k = 1")).scalar_one() == 1
+    assert _keys(engine) == [1, 2]

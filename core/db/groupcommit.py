@@ -30,8 +30,17 @@ connection's busy timeout (OTP_WRITE_LOCK_TIMEOUT_SECONDS), and then fail with "
 having written nothing. (Writer.within outside a batch is synchronous: SQLite's busy handler waits there, on
 the calling thread, bounded by the same timeout.)
 
-PostgreSQL takes concurrent transactions without a file lock: there, each call is its own transaction, run in
-a worker thread so that a worker's requests overlap their round trips.
+PostgreSQL takes concurrent transactions without a file lock, but each COMMIT still costs it a WAL flush and
+most of its CPU per request: there the units of work queue per event loop and go to worker threads in batches
+(_PgQueue). A batch is one transaction on one connection in psycopg's pipeline mode, each unit inside its own
+SAVEPOINT (released on success, rolled back to when the unit raises, as its own transaction would be), one
+COMMIT for all; every unit answers after that commit. At most MAX_RUNNING batches of a loop run at once, so
+the units that arrive while they run form the next batch (the busier the worker, the larger its batches; a
+lone request goes at once, alone, as its own transaction). A batch that fails as a whole (a statement error,
+which in pipeline mode cannot be pinned on one unit; a deadlock; a failed COMMIT the server reported, which
+kept nothing) runs its units again one by one, each its own transaction: each then gets its own answer. A
+batch whose connection broke during COMMIT may or may not have committed, so nothing is run again: every
+unit fails (503), as a lone transaction would.
 """
 from __future__ import annotations
 
@@ -61,6 +70,15 @@ class _Batch:
 
 
 @dataclass
+class _PgQueue:
+    """One event loop's PostgreSQL units of work: those waiting for a batch, and how many batches are running."""
+    waiting: list[tuple[Callable[[Connection], object], asyncio.Future]] = field(default_factory=list)
+    running: int = 0
+    stalled: set[asyncio.Future] = field(default_factory=set)  # batches running for over STALLED_AFTER
+    scheduled: bool = False
+
+
+@dataclass
 class _LockWait:
     """The write lock asked for again and again by one task (per loop) until it is free or the deadline passes."""
     deadline: float  # loop.time()
@@ -72,9 +90,24 @@ class _LockWait:
 class Writer:
     """Runs units of write work: work(conn) is synchronous and must not await."""
 
+    # PostgreSQL. Batches of one loop running at once: one makes the largest batches, the fewest commits and the
+    # least switching between threads (bench/load.py, 2 workers: 1 did 671 and 660 generates/s, p99 91 and 81 ms;
+    # 2 did 660 and 441, p99 98 and 164; 3 did 565, p99 149). A batch still running after STALLED_AFTER seconds
+    # (its unit waits for a row another transaction holds, say) lets one more start, up to MAX_STALLED more, so
+    # that a lock wait never holds up the worker's other writes. Units in one batch: PostgreSQL keeps the first
+    # 64 subtransactions of a transaction in shared memory; more would spill to pg_subtrans.
+    MAX_RUNNING = 1
+    STALLED_AFTER = 0.05
+    MAX_STALLED = 4
+    MAX_BATCH = 32
+
     def __init__(self, engine: Engine, *, group: bool | None = None) -> None:
+        """group: None for the engine's own way (SQLite: per loop turn; PostgreSQL: queued batches), False for
+        every unit its own transaction in a worker thread, True for the SQLite way."""
         self._engine_ref = weakref.ref(engine)  # the registry below must not keep an engine alive
         self._group = is_sqlite(engine) if group is None else group
+        self._batched = group is None and not self._group and engine.dialect.name == "postgresql"
+        self._queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _PgQueue] = weakref.WeakKeyDictionary()
         self._open: dict[asyncio.AbstractEventLoop, _Batch] = {}
         self._waits: dict[asyncio.AbstractEventLoop, _LockWait] = {}
         self._committing: dict[asyncio.AbstractEventLoop, asyncio.Future] = {}  # a batch's COMMIT in its thread
@@ -89,6 +122,8 @@ class Writer:
 
     async def run(self, work: Callable[[Connection], T]) -> T:
         """work's result once its writes are committed; its exception, with its writes undone, if it raises."""
+        if self._batched:
+            return await self._queued(work)
         if not self._group:
             # Each unit its own transaction, in a worker thread: a worker's requests then overlap their round
             # trips and commit flushes instead of queueing behind one another on the event loop.
@@ -99,6 +134,101 @@ class Writer:
         batch.members += 1
         await asyncio.shield(batch.done)  # one request cancelled must not cancel the others' commit
         return result
+
+    async def _queued(self, work: Callable[[Connection], T]) -> T:
+        """work's result once the batch it ran in has committed (PostgreSQL)."""
+        loop = asyncio.get_running_loop()
+        queue = self._queues.get(loop)
+        if queue is None:
+            queue = self._queues[loop] = _PgQueue()
+        answer = loop.create_future()
+        queue.waiting.append((work, answer))
+        if not queue.scheduled and self._room(queue):
+            queue.scheduled = True  # after every task already scheduled this turn: they join the same batch
+            loop.call_soon(self._dispatch, loop, queue)
+        return await asyncio.shield(answer)  # one request cancelled must not cancel its batch's other units
+
+    def _room(self, queue: _PgQueue) -> bool:
+        return queue.running < self.MAX_RUNNING + min(len(queue.stalled), self.MAX_STALLED)
+
+    def _dispatch(self, loop: asyncio.AbstractEventLoop, queue: _PgQueue) -> None:
+        """Start batches of the waiting units while there is room for them (_room)."""
+        queue.scheduled = False
+        while queue.waiting and self._room(queue):
+            units, queue.waiting = queue.waiting[:self.MAX_BATCH], queue.waiting[self.MAX_BATCH:]
+            queue.running += 1
+            running = loop.run_in_executor(None, self._run_batch, [work for work, _answer in units])
+            late = loop.call_later(self.STALLED_AFTER, self._stalled, loop, queue, running)
+            running.add_done_callback(functools.partial(self._batch_done, loop, queue, units, late))
+
+    def _stalled(self, loop: asyncio.AbstractEventLoop, queue: _PgQueue, running: asyncio.Future) -> None:
+        """A batch has run for STALLED_AFTER seconds: let one more batch start beside it."""
+        if not running.done():
+            queue.stalled.add(running)
+            if queue.waiting and not queue.scheduled:
+                self._dispatch(loop, queue)
+
+    def _batch_done(self, loop: asyncio.AbstractEventLoop, queue: _PgQueue,
+                    units: list[tuple[Callable[[Connection], object], asyncio.Future]], late: asyncio.TimerHandle,
+                    running: asyncio.Future) -> None:
+        """On the loop: answer each unit of a finished batch, then start the next one with what waits."""
+        queue.running -= 1
+        queue.stalled.discard(running)
+        late.cancel()
+        failure = running.exception()
+        outcomes = [(False, failure)] * len(units) if failure is not None else running.result()
+        for (_work, answer), (ok, value) in zip(units, outcomes):
+            if answer.done():
+                continue
+            if ok:
+                answer.set_result(value)
+            else:
+                answer.set_exception(value)
+        if queue.waiting and not queue.scheduled:
+            self._dispatch(loop, queue)
+
+    def _run_batch(self, works: list[Callable[[Connection], object]]) -> list[tuple[bool, object]]:
+        """In a worker thread: every unit in one transaction, each in its own savepoint; (ok, result or error) each.
+
+        A unit that raises a Python exception (a limit refusal, a lost race) is rolled back to its savepoint and
+        gets its exception; the others go on. A statement error aborts the pipeline (psycopg reports it at the
+        next read, possibly another unit's), so the batch is given up and its units run again one by one.
+        """
+        if len(works) == 1:
+            return [self._alone(works[0])]
+        outcomes: list[tuple[bool, object]] = []
+        committing = False
+        try:
+            with self._engine.connect() as conn, pipelined_transaction(conn):
+                cursor = conn.connection.driver_connection.cursor()
+                for work in works:
+                    cursor.execute(b"SAVEPOINT unit")  # queued: travels with the unit's first read
+                    try:
+                        result = work(conn)
+                    except DBAPIError:
+                        raise
+                    except Exception as exc:
+                        cursor.execute(b"ROLLBACK TO SAVEPOINT unit")
+                        cursor.execute(b"RELEASE SAVEPOINT unit")
+                        outcomes.append((False, exc))
+                        continue
+                    cursor.execute(b"RELEASE SAVEPOINT unit")
+                    outcomes.append((True, result))
+                committing = True  # COMMIT goes now
+        except DBAPIError as exc:
+            if committing and getattr(exc.orig, "sqlstate", None) is None:
+                return [(False, exc)] * len(works)  # no answer from the server to COMMIT: it may have landed
+            return [self._alone(work) for work in works]  # nothing of the batch was kept
+        except Exception as exc:  # not the database's (a pool timeout): no unit ran
+            return [(False, exc)] * len(works)
+        return outcomes
+
+    def _alone(self, work: Callable[[Connection], object]) -> tuple[bool, object]:
+        """One unit as its own transaction: (True, its result) or (False, its exception)."""
+        try:
+            return True, self._transaction(work)
+        except Exception as exc:
+            return False, exc
 
     def _transaction(self, work: Callable[[Connection], T]) -> T:
         """One transaction; retried (twice at most) when PostgreSQL chose it as a deadlock or serialisation victim.
