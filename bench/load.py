@@ -14,9 +14,9 @@ Set-ups, each measured in the same run as its own floor (and, on PostgreSQL, its
                          count, sent the same generate bodies and headers, --empty-factor times as many
   raw driver             PostgreSQL only: bench/rawpg.py, a transaction of a generate's shape (its five
                          statements and COMMIT, through psycopg directly, no HTTP), 2 processes (--pg-workers) on
-                         one connection each, on the same schema, just before the API's phases (after a
-                         CHECKPOINT: see checkpoint(); --no-checkpoint leaves it out). "of raw" is the
-                         API's rate as a share of it: the goal is generate >= 40 %, with p99 under 100 ms.
+                         one connection each, on the same schema, just before the API's phases (each run after
+                         a CHECKPOINT: see PrivateSchema.checkpoint; --no-checkpoint leaves it out). "of raw" is
+                         the API's rate as a share of it: the goal is generate >= 40 %, with p99 under 100 ms.
   --also-concurrency N   adds a second generate phase with N requests in flight instead of --concurrency, on the
                          same servers (new numbers), printed as "generate @N" beside the others: at a fixed
                          concurrency C a closed-loop client's mean latency is C / rate (Little's law), so the p99 at
@@ -70,7 +70,7 @@ from common import (codes_sent, create_api_client, empty_ok, generate_body, gene
                     server_env, validate_body, validate_ok)
 from loadgen import (HOST, LoadResult, Numbers, Server, free_port, http_request, process_cpu_seconds,  # noqa: E402
                      run_load)
-from rawpg import libpq_url, raw_rate  # noqa: E402
+from rawpg import raw_rate  # noqa: E402
 
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -249,6 +249,26 @@ class PrivateSchema:
             )).mappings().one()
         return {key: float(value) for key, value in row.items()}
 
+    def checkpoint(self) -> None:
+        """CHECKPOINT now, so that no timed checkpoint falls inside the measured phases of this run.
+
+        PostgreSQL checkpoints every checkpoint_timeout (5 min by default) from the last one; its writes and fsyncs
+        share the disk with every COMMIT's WAL flush. Here the runs that overlapped one ("checkpoints +1" in the
+        summary) were the slow ones: the raw driver itself fell to 312-630 transactions/s from ~1000, and the API's
+        rates with it. A run takes under a minute, so after this one the next timed checkpoint comes after it.
+        It runs before the run's pg_stat_bgwriter snapshot, so the summary still counts only checkpoints that fell
+        inside the run. (Needs a superuser or pg_checkpoint's role, as the bench's trust-auth postgres has; else a
+        line says so.)
+        """
+        from sqlalchemy import text
+        from sqlalchemy.exc import DBAPIError
+
+        try:
+            with self._admin.connect() as conn:
+                conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("CHECKPOINT"))
+        except DBAPIError as exc:
+            print(f"  (no CHECKPOINT before the run: {exc.orig})", flush=True)
+
     def __exit__(self, *_exc: object) -> None:
         from sqlalchemy import text
 
@@ -257,24 +277,6 @@ class PrivateSchema:
                 conn.execute(text(f"DROP SCHEMA IF EXISTS {self.name} CASCADE"))
         finally:
             self._admin.dispose()
-
-
-def checkpoint(url: str) -> None:
-    """CHECKPOINT now, so that no timed checkpoint falls inside the measured phases of this run.
-
-    PostgreSQL checkpoints every checkpoint_timeout (5 min by default) from the last one; its writes and fsyncs
-    share the disk with every COMMIT's WAL flush. Here the runs that overlapped one ("checkpoints +1" in the
-    summary) were the slow ones: the raw driver itself fell to 312-630 transactions/s from ~1000, and the API's
-    rates with it. A run takes under a minute, so after this one the next timed checkpoint comes after it.
-    (Needs a superuser or pg_checkpoint's role, as the bench's trust-auth postgres has; else a line says so.)
-    """
-    import psycopg
-
-    try:
-        with psycopg.connect(libpq_url(url), autocommit=True) as conn:
-            conn.execute("CHECKPOINT")
-    except psycopg.Error as exc:
-        print(f"  (no CHECKPOINT before the run: {exc.diag.message_primary or exc})", flush=True)
 
 
 def run_setup(setup: Setup, numbers: Numbers, args: argparse.Namespace, tmp: Path) -> list[Row]:
@@ -289,8 +291,6 @@ def run_setup(setup: Setup, numbers: Numbers, args: argparse.Namespace, tmp: Pat
             rows[-1].note += " (Nagle + delayed ACK: the listening socket lacks TCP_NODELAY)"
         print(f"  {rows[-1].phase}: {rows[-1].result.rate:.0f} req/s; {rows[-1].note}", flush=True)
         if not setup.database_url.startswith("sqlite"):
-            if not args.no_checkpoint:
-                checkpoint(setup.database_url)
             started = time.perf_counter()
             raw = raw_rate(setup.database_url, args.raw_transactions, setup.workers)
             result = LoadResult(done=args.raw_transactions, ok=args.raw_transactions,
@@ -383,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--also-concurrency", type=int, default=0,
                         help="also a generate phase with this many in flight, labelled 'generate @N' (default: none)")
     parser.add_argument("--no-checkpoint", action="store_true",
-                        help="PostgreSQL: no CHECKPOINT before each run's raw reference and API phases (see checkpoint)")
+                        help="PostgreSQL: no CHECKPOINT before each run (see PrivateSchema.checkpoint)")
     parser.add_argument("--uvicorn-cli", action="store_true",
                         help="also run the PostgreSQL set-up started by `uvicorn --workers N` (no TCP_NODELAY)")
     args = parser.parse_args(argv)
@@ -430,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"\nPostgreSQL {schema.server_version}, run {run}/{args.runs}: private schema "
                               f"{schema.name} (dropped afterwards); load average {load}")
                         name = f"PostgreSQL, {workers} workers" + (f", run {run}" if args.runs > 1 else "")
+                        if not args.no_checkpoint:
+                            schema.checkpoint()
                         before = schema.background()
                         got = run_setup(Setup(name, workers, schema.url), numbers, args, tmp / f"pg{run}")
                         after = schema.background()

@@ -34,8 +34,9 @@ PostgreSQL takes concurrent transactions without a file lock, but each COMMIT st
 most of its CPU per request: there the units of work queue per event loop and go to worker threads in batches
 (_PgQueue). A batch is one transaction on one connection in psycopg's pipeline mode, each unit inside its own
 SAVEPOINT (released on success, rolled back to when the unit raises, as its own transaction would be), one
-COMMIT for all; every unit answers after that commit. At most MAX_RUNNING batches of a loop run at once, so
-the units that arrive while they run form the next batch (the busier the worker, the larger its batches; a
+COMMIT for all; every unit answers after that commit. At most MAX_RUNNING batches of a loop run at once (one
+more for each that has run longer than STALLED_AFTER, as one waiting for a row lock), so the units that arrive
+while they run form the next batch (the busier the worker, the larger its batches; a
 lone request goes at once, alone, as its own transaction). A batch that fails as a whole (a statement error,
 which in pipeline mode cannot be pinned on one unit; a deadlock; a failed COMMIT the server reported, which
 kept nothing) runs its units again one by one, each its own transaction: each then gets its own answer. A
@@ -106,7 +107,7 @@ class Writer:
         every unit its own transaction in a worker thread, True for the SQLite way."""
         self._engine_ref = weakref.ref(engine)  # the registry below must not keep an engine alive
         self._group = is_sqlite(engine) if group is None else group
-        self._batched = group is None and not self._group and engine.dialect.name == "postgresql"
+        self._batched = group is None and engine.dialect.name == "postgresql"
         self._queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _PgQueue] = weakref.WeakKeyDictionary()
         self._open: dict[asyncio.AbstractEventLoop, _Batch] = {}
         self._waits: dict[asyncio.AbstractEventLoop, _LockWait] = {}
