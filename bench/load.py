@@ -253,9 +253,9 @@ class PrivateSchema:
         """CHECKPOINT now, so that no timed checkpoint falls inside the measured phases of this run.
 
         PostgreSQL checkpoints every checkpoint_timeout (5 min by default) from the last one; its writes and fsyncs
-        share the disk with every COMMIT's WAL flush. Here the runs that overlapped one ("checkpoints +1" in the
-        summary) were the slow ones: the raw driver itself fell to 312-630 transactions/s from ~1000, and the API's
-        rates with it. A run takes under a minute, so after this one the next timed checkpoint comes after it.
+        share the disk with every COMMIT's WAL flush. Here several runs that overlapped one ("checkpoints +1" in
+        the summary) were slow: the raw driver itself fell to 312-630 transactions/s from ~1000, and the API's
+        rates with it (other slow runs had no checkpoint inside them: the machine's own speed moves too). A run takes under a minute, so after this one the next timed checkpoint comes after it.
         It runs before the run's pg_stat_bgwriter snapshot, so the summary still counts only checkpoints that fell
         inside the run. (Needs a superuser or pg_checkpoint's role, as the bench's trust-auth postgres has; else a
         line says so.)
