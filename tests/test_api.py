@@ -185,6 +185,19 @@ def test_generate_resend_and_validate_with_bearer(rt, api, creds):
         assert_code_absent(response, code)
 
 
+def test_generate_and_validate_under_a_root_path(rt, creds):
+    """A proxy that mounts the service under /otp (uvicorn --root-path /otp) passes paths with the prefix:
+    generate and validate answer there as they do at the top, and an unknown path under it is still a 404."""
+    auth = (creds.key, creds.secret)
+    with TestClient(create_app(rt), root_path="/otp", raise_server_exceptions=False) as api:
+        generated = api.post("/otp" + GENERATE_PATH, json=GENERATE, auth=auth)
+        assert generated.status_code == 200, generated.text
+        assert generated.json()["createdId"] == scalar(rt, "SELECT max(id) FROM otp_request")
+        validated = api.post("/otp" + VALIDATE_PATH, json={**GENERATE, "code": code_sent_to(rt, PHONE)}, auth=auth)
+        assert validated.json() == {"entity": True, "warnings": []}, validated.text
+        assert api.post("/otp/v2/otp/nothing", json=GENERATE, auth=auth).status_code == 404
+
+
 # --- 2. authentication ---------------------------------------------------------------------------
 
 def test_missing_or_wrong_credentials_are_401(rt, api, creds):
