@@ -27,7 +27,10 @@ Set-ups, each measured in the same run as its own floor (and, on PostgreSQL, its
 
 Each floor row also notes the p50 of keep-alive requests sent one at a time, which shows that stall directly.
 With --runs N the whole PostgreSQL set-up (a new schema, servers, raw reference, phases) is repeated N times
-in a row and a summary prints each run's rates, p99s and shares, with their medians.
+in a row and a summary prints each run's rates, p99s and shares and the server's CPU per generate, with their
+medians. The machine is a VM on shared cores: the same code's CPU per generate ("gen CPU ms") moves between
+runs with the machine's speed (1.1 ms in one window, 1.6-2.2 ms in another of the same session), and the raw
+reference with it; a slow run shows both.
 
 Every generate is for a new valid Indian mobile (+91 99000 xxxxx) with the outbox gateway; every validate
 sends the right code (read back from the outbox table). The abuse limits that would refuse a load run from
@@ -340,29 +343,34 @@ def print_table(rows: list[Row]) -> None:
 
 
 def print_summary(runs: list[tuple[list[Row], str]]) -> None:
-    """One line per PostgreSQL run: raw rate, generate and validate (req/s, p99, share of raw), load average."""
+    """One line per PostgreSQL run: raw rate, generate and validate (req/s, p99, share of raw), the
+    server's CPU per generate, load average."""
     print(f"\n{len(runs)} runs, PostgreSQL (raw = generate-shaped transactions through psycopg, same run and schema)")
     extra = [next((row for row in rows if row.phase.startswith("generate @")), None) for rows, _load in runs]
     extra_head = f"{extra[0].phase.replace('generate ', 'gen p99 '):>15}" if all(extra) else ""
     print(f"{'run':<5}{'raw tx/s':>10}{'gen req/s':>11}{'gen p99':>9}{'gen/raw':>9}{'val req/s':>11}{'val p99':>9}"
-          f"{'val/raw':>9}{'gen split':>11}{extra_head}   load average before; PostgreSQL background work during the run")
+          f"{'val/raw':>9}{'gen CPU ms':>12}{'gen split':>11}{extra_head}   load average before; PostgreSQL background work during the run")
     table = []
     for number, ((rows, load), other) in enumerate(zip(runs, extra), 1):
         raw = _rate(rows, "raw driver")
         gen = next(row for row in rows if row.phase == "generate")
         val = next(row for row in rows if row.phase == "validate")
+        cpu_ms = gen.server_cpu / gen.result.done * 1000 if gen.server_cpu is not None and gen.result.done else 0.0
         line = [raw, gen.result.rate, gen.result.percentile(99), gen.result.rate / raw * 100,
-                val.result.rate, val.result.percentile(99), val.result.rate / raw * 100]
+                val.result.rate, val.result.percentile(99), val.result.rate / raw * 100, cpu_ms]
         table.append(line)
         split = "/".join(f"{s * 100:.0f}" for s in gen.split) if gen.split and len(gen.split) > 1 else ""
         also = f"{other.result.percentile(99):>9.1f} ({other.result.rate:.0f}/s)" if extra_head and other else ""
-        print(f"{number:<5}{line[0]:>10.0f}{line[1]:>11.0f}{line[2]:>9.1f}{line[3]:>8.1f}%{line[4]:>11.0f}"
-              f"{line[5]:>9.1f}{line[6]:>8.1f}%{split:>11}{also:>15}   {load}")
-    medians = [statistics.median(column) for column in zip(*table)]
-    print(f"{'med':<5}{medians[0]:>10.0f}{medians[1]:>11.0f}{medians[2]:>9.1f}{medians[3]:>8.1f}%{medians[4]:>11.0f}"
-          f"{medians[5]:>9.1f}{medians[6]:>8.1f}%")
+        print(f"{number:<5}{_summary_line(line)}{split:>11}{also:>15}   {load}")
+    print(f"{'med':<5}{_summary_line([statistics.median(column) for column in zip(*table)])}")
     met = sum(1 for line in table if line[3] >= RAW_GOAL * 100 and line[2] < P99_GOAL_MS)
     print(f"goal (generate >= {RAW_GOAL:.0%} of raw and p99 < {P99_GOAL_MS:g} ms) met in {met} of {len(table)} runs")
+
+
+def _summary_line(line: list[float]) -> str:
+    raw, gen, gen_p99, gen_raw, val, val_p99, val_raw, cpu_ms = line
+    return (f"{raw:>10.0f}{gen:>11.0f}{gen_p99:>9.1f}{gen_raw:>8.1f}%{val:>11.0f}{val_p99:>9.1f}"
+            f"{val_raw:>8.1f}%{cpu_ms:>12.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
