@@ -279,6 +279,16 @@ async def answer_validate(runtime: Runtime, scope: Scope, receive: Receive) -> R
 OTP_ROUTES = {"/v2/otp/generate": answer_generate, "/v2/otp/validate": answer_validate}
 
 
+def _http_error_response(exc: StarletteHTTPException) -> JSONResponse:
+    """Unknown paths, wrong methods and other HTTP errors in the same envelope as everything else, with their
+    headers: a 405 names the allowed methods in Allow (RFC 9110). Routes set it; the docs' static files (a mount)
+    do not, and serve only GET and HEAD."""
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers.setdefault("Allow", "GET, HEAD")
+    return _error_response(OtpError.single(exc.status_code, str(exc.detail), exc.status_code), headers)
+
+
 def _client_gone(method: str, path: str) -> Response:
     """Nobody is left to answer; the reply goes nowhere. One line, no traceback: a client's network dropping is
     not our bug."""
@@ -299,7 +309,9 @@ class OtpRoutes:
     They are nearly all of the traffic, and on the empty-handed path the framework's share of a validate was
     about a quarter of its CPU time (bench/profile_engine.py --http: FastAPI 14 %, Starlette 14 %). The routes
     stay declared on the app, for the OpenAPI description, and call the same functions; another method on
-    these paths (405 with Allow) and every other path go on to the app.
+    these paths (405 with Allow) and every other path go on to the app. The app's exception handlers are not on
+    this path: the three exceptions they answer are answered here the same way, anything else is a bug for
+    AnswerUnexpectedErrors.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -314,6 +326,8 @@ class OtpRoutes:
             response = await answer(scope["app"].state.runtime, scope, receive)
         except OtpError as exc:
             response = _error_response(exc)
+        except StarletteHTTPException as exc:
+            response = _http_error_response(exc)
         except ClientDisconnect:
             response = _client_gone(scope["method"], scope["path"])
         await response(scope, receive, send)
@@ -443,13 +457,7 @@ def create_app(runtime: Runtime | None = None, settings: Settings | None = None)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        # Unknown paths and wrong methods answer in the same envelope as everything else, with their
-        # headers: a 405 names the allowed methods in Allow (RFC 9110). Routes set it; the docs' static
-        # files (a mount) do not, and serve only GET and HEAD.
-        headers = dict(exc.headers or {})
-        if exc.status_code == 405:
-            headers.setdefault("Allow", "GET, HEAD")
-        return _error_response(OtpError.single(exc.status_code, str(exc.detail), exc.status_code), headers)
+        return _http_error_response(exc)
 
     @app.exception_handler(ClientDisconnect)
     async def _client_disconnected(request: Request, _exc: ClientDisconnect) -> Response:

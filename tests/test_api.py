@@ -198,6 +198,23 @@ def test_generate_and_validate_under_a_root_path(rt, creds):
         assert api.post("/otp/v2/otp/nothing", json=GENERATE, auth=auth).status_code == 404
 
 
+def test_an_http_error_raised_under_generate_or_validate_keeps_its_status_and_envelope(rt, api, auth, monkeypatch):
+    """generate and validate do not pass through the app's exception handlers (api.OtpRoutes): an HTTPException
+    from below them must still answer with its own status in the envelope, as from any other route, not 500."""
+    from starlette.exceptions import HTTPException
+
+    import api as api_module
+
+    async def refuse(*_args, **_kwargs):
+        raise HTTPException(418, "teapot", headers={"X-Why": "test"})
+
+    monkeypatch.setattr(api_module, "validate", refuse)
+    response = api.post(VALIDATE_PATH, json={**GENERATE, "code": "123456"}, auth=auth)
+    assert response.status_code == 418, response.text
+    assert response.json() == {"errors": [{"status": False, "code": 418, "message": "teapot"}], "warnings": []}
+    assert response.headers["x-why"] == "test"
+
+
 # --- 2. authentication ---------------------------------------------------------------------------
 
 def test_missing_or_wrong_credentials_are_401(rt, api, creds):
