@@ -296,6 +296,20 @@ def _client_gone(method: str, path: str) -> Response:
     return Response(status_code=400)
 
 
+# The exceptions a handler is expected to raise, answered by expected_answer on every path: the app's exception
+# handlers and OtpRoutes alike.
+EXPECTED = (OtpError, StarletteHTTPException, ClientDisconnect)
+
+
+def expected_answer(exc: Exception, method: str, path: str) -> Response:
+    """The answer to one of the EXPECTED exceptions: Capillary's envelope, or nothing for a client that hung up."""
+    if isinstance(exc, OtpError):
+        return _error_response(exc)
+    if isinstance(exc, StarletteHTTPException):
+        return _http_error_response(exc)
+    return _client_gone(method, path)
+
+
 def _route_path(scope: Scope) -> str:
     """The path the app routes on: the request's, less the root path a proxy mounts the service under."""
     path, root = scope["path"], scope.get("root_path", "")
@@ -306,12 +320,11 @@ class OtpRoutes:
     """POST /v2/otp/generate and /v2/otp/validate go straight to answer_generate and answer_validate, past
     Starlette's router and FastAPI's request handling.
 
-    They are nearly all of the traffic, and on the empty-handed path the framework's share of a validate was
-    about a quarter of its CPU time (bench/profile_engine.py --http: FastAPI 14 %, Starlette 14 %). The routes
-    stay declared on the app, for the OpenAPI description, and call the same functions; another method on
-    these paths (405 with Allow) and every other path go on to the app. The app's exception handlers are not on
-    this path: the three exceptions they answer are answered here the same way, anything else is a bug for
-    AnswerUnexpectedErrors.
+    They are nearly all of the traffic, and the framework's share of a validate was about a quarter of its CPU
+    time (bench/profile_engine.py --http: FastAPI 14 %, Starlette 14 %). The routes stay declared on the app, for
+    the OpenAPI description, and call the same functions; another method on these paths (405 with Allow) and
+    every other path go on to the app. The app's exception handlers are not on this path: the EXPECTED exceptions
+    are answered here by the same expected_answer, anything else is a bug for AnswerUnexpectedErrors.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -324,12 +337,8 @@ class OtpRoutes:
             return
         try:
             response = await answer(scope["app"].state.runtime, scope, receive)
-        except OtpError as exc:
-            response = _error_response(exc)
-        except StarletteHTTPException as exc:
-            response = _http_error_response(exc)
-        except ClientDisconnect:
-            response = _client_gone(scope["method"], scope["path"])
+        except EXPECTED as exc:
+            response = expected_answer(exc, scope["method"], scope["path"])
         await response(scope, receive, send)
 
 
@@ -451,17 +460,11 @@ def create_app(runtime: Runtime | None = None, settings: Settings | None = None)
 
     app.openapi = openapi  # type: ignore[method-assign]
 
-    @app.exception_handler(OtpError)
-    async def _otp_error(_request: Request, exc: OtpError) -> JSONResponse:
-        return _error_response(exc)
+    async def _expected(request: Request, exc: Exception) -> Response:
+        return expected_answer(exc, request.method, request.url.path)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _http_error_response(exc)
-
-    @app.exception_handler(ClientDisconnect)
-    async def _client_disconnected(request: Request, _exc: ClientDisconnect) -> Response:
-        return _client_gone(request.method, request.url.path)
+    for kind in EXPECTED:
+        app.add_exception_handler(kind, _expected)
 
     # Taken by OtpRoutes before they reach the router: declared here for the OpenAPI description.
     @app.post("/v2/otp/generate", response_model=GenerateResponse, responses=_ERRORS,
