@@ -26,7 +26,7 @@ from core.admin.tokens import DEFAULT_TTL_SECONDS
 from core.crypto import load_master_key, token_key
 from core.runtime import Runtime
 from core.services.admin_actions import revoke_api_client, set_api_client_token_ttl
-from tests.conftest import TEST_KEY, code_sent_to, make_settings
+from tests.conftest import TEST_KEY, code_sent_to, make_settings, no_collector_pauses
 from tests.servers import ApiServer, cli
 from tests.servers import new_client as cli_new_client
 from tests.test_api import (GENERATE, GENERATE_PATH, PHONE, VALIDATE_PATH, assert_envelope, assert_nothing_written,
@@ -190,14 +190,16 @@ def test_a_revoked_clients_tokens_stop(rt, api, creds, tmp_path):
     response = api.post(GENERATE_PATH, json=GENERATE, headers={HEADERS[0]: token})
     assert_envelope(response, 401, [401], "revoked client's token, same process")
     # The other process refuses it once its trust runs out (OTP_AUTH_CACHE_SECONDS), and not much later.
-    revoked_at, polls = time.monotonic(), 0
-    while (answer := other_api.post(GENERATE_PATH, headers={HEADERS[1]: token}, json={
-            **GENERATE, "entityValue": f"+9199558{polls:05d}"})).status_code == 200:  # new users: no limit hit
-        assert time.monotonic() - revoked_at < 5, "the other process still accepts a revoked client's token"
-        polls += 1
-        time.sleep(0.05)
+    with no_collector_pauses():
+        revoked_at, polls = time.monotonic(), 0
+        while (answer := other_api.post(GENERATE_PATH, headers={HEADERS[1]: token}, json={
+                **GENERATE, "entityValue": f"+9199558{polls:05d}"})).status_code == 200:  # new users: no limit hit
+            assert time.monotonic() - revoked_at < 5, "the other process still accepts a revoked client's token"
+            polls += 1
+            time.sleep(0.05)
+        refused_after = time.monotonic() - revoked_at
     assert_envelope(answer, 401, [401], "revoked client's token, other process")
-    assert time.monotonic() - revoked_at < 1.5
+    assert refused_after < 1.5
     # A new token is not to be had either.
     assert_token_error(api.post(TOKEN_PATH, json={"key": creds.key, "secret": creds.secret}), 401, [401], "revoked")
     assert scalar(rt, "SELECT count(*) FROM otp_request") == requests_before + polls

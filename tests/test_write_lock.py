@@ -6,17 +6,15 @@ console refreshing rollups or saving configuration would be; the server is `pyth
 from __future__ import annotations
 
 import asyncio
-import gc
 import sqlite3
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
-from tests.conftest import TEST_KEY
+from tests.conftest import TEST_KEY, no_collector_pauses
 from tests.servers import ApiServer, cli, new_client
 from tests.test_multiworker import NO_ABUSE_LIMITS, basic
 
@@ -86,20 +84,9 @@ async def _timed(request) -> Timed:  # type: ignore[no-untyped-def]
     return Timed(response, sent, time.monotonic())
 
 
-@contextmanager
-def _no_collector_pauses():
-    """No garbage collection in this process meanwhile: late in a full run the test process holds ~400k objects,
-    and a full collection (0.3-0.6 s measured, more on a loaded machine) would be counted as the server's time."""
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
 def _under_lock(url: str, headers: dict, code: str, holder: LockHolder, release_when_answered: bool) -> Scenario:
     """While holder has the lock: a generate and a validate in flight, and /health asked again and again."""
-    with _no_collector_pauses():
+    with no_collector_pauses():
         return asyncio.run(_probe(url, headers, code, holder, release_when_answered))
 
 
